@@ -1,0 +1,61 @@
+"""What the API shows: request and response bodies (not the same thing as the event contracts)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from events.contracts import FramePrediction
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str = "api"
+
+
+class Accepted(BaseModel):
+    status: Literal["ok"] = "ok"
+    event_id: str
+
+
+class VideoRequest(BaseModel):
+    """Process a video that is already in storage."""
+
+    bucket: str | None = Field(default=None, description="defaults to DEFAULT_BUCKET")
+    object: str = Field(min_length=1, max_length=1024, description="the video's key in the bucket")
+
+
+class Operation(BaseModel):
+    video_id: str
+    status_code: str
+    status_description: str
+    processing_time_seconds: float
+    processing_time_formatted: str
+    error: str | None = None
+
+
+class Operations(BaseModel):
+    operations: list[Operation]
+    total: int
+
+
+class ResultReady(BaseModel):
+    status: Literal["ready"] = "ready"
+    event_id: str
+    prediction: list[FramePrediction]
+    processing_time_seconds: float
+    processing_time_formatted: str
+
+
+class ResultPending(BaseModel):
+    status: str
+    event_id: str
+    status_description: str
+    processing_time_seconds: float
+    processing_time_formatted: str
+    error: str | None = None
+
+
+class Cleaned(BaseModel):
+    status: Literal["ok"] = "ok"
+    jobs_deleted: int
+    objects_deleted: int

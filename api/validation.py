@@ -1,0 +1,48 @@
+"""Checks on what clients send: bucket names, object keys, ids, and whether bytes look like a video."""
+
+import re
+import uuid
+
+from fastapi import HTTPException, status
+
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
+PROBE_BYTES = 512
+
+
+def bad_request(message: str, code: int = status.HTTP_400_BAD_REQUEST) -> HTTPException:
+    return HTTPException(status_code=code, detail=message)
+
+
+def check_bucket(bucket: str) -> str:
+    if not BUCKET_RE.match(bucket) or ".." in bucket:
+        raise bad_request(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, dots and hyphens")
+    return bucket
+
+
+def check_object_key(key: str) -> str:
+    parts = key.split("/")
+    if key.startswith("/") or any(part in {"", ".", ".."} for part in parts) or not key.isprintable():
+        raise bad_request(f"invalid object key {key!r}: a relative path without empty, '.' or '..' parts")
+    return key
+
+
+def check_event_id(event_id: str) -> str:
+    try:
+        parsed = uuid.UUID(event_id)
+    except ValueError:
+        raise bad_request(f"event_id must be a UUID, got {event_id!r}", status.HTTP_422_UNPROCESSABLE_ENTITY) from None
+    return str(parsed)
+
+
+def looks_like_video(head: bytes) -> bool:
+    """Container signatures: MP4/MOV/3GP, Matroska/WebM, AVI, FLV, MPEG-TS, MPEG-PS, Ogg."""
+    return (
+        head[4:8] in MP4_BOXES
+        or head.startswith(b"\x1a\x45\xdf\xa3")
+        or (head.startswith(b"RIFF") and head[8:12] == b"AVI ")
+        or head.startswith(b"FLV")
+        or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
+        or head.startswith(b"\x00\x00\x01\xba")
+        or head.startswith(b"OggS")
+    )

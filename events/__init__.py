@@ -1,0 +1,1 @@
+"""What the services share: contracts, topics, statuses, settings, logging and the client factories."""

@@ -1,0 +1,101 @@
+"""The one place that builds clients: MongoDB, Kafka producer/consumer/admin, object storage."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from minio import Minio
+from pymongo import AsyncMongoClient
+
+from events import topics
+from events.log import get_logger
+from events.retry import on_startup
+from events.settings import Settings
+from events.storage import DirectoryStore, ObjectStore, S3Store
+
+log = get_logger(__name__)
+
+
+@asynccontextmanager
+async def mongo_client(uri: str) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+    try:
+        await on_startup(client.admin.command)("ping")
+        yield client
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def kafka_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_idempotence,
+        linger_ms=1,
+        max_request_size=8 * 1024 * 1024,
+    )
+    await on_startup(producer.start)()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def kafka_consumer(
+    settings: Settings, topic: str, group_id: str, max_poll_records: int = 100, **options: Any
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """At-least-once: no auto-commit, the caller commits after it has finished a message."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.kafka_topic_prefix}{group_id}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 5, 500),
+        max_poll_records=max_poll_records,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        **options,
+    )
+    await on_startup(consumer.start)()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the pipeline's topics if they are missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await on_startup(admin.start)()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [settings.topic(name) for name in topics.ALL if settings.topic(name) not in existing]
+        if missing:
+            new = [NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1) for name in missing]
+            with suppress(TopicAlreadyExistsError):  # another service created them first
+                await admin.create_topics(new)
+            log.info("kafka topics created", topics=missing, partitions=settings.kafka_partitions)
+    finally:
+        await admin.close()
+
+
+def object_store(settings: Settings) -> ObjectStore:
+    if settings.storage_backend == "dir":
+        return DirectoryStore(settings.storage_dir)
+    if settings.minio_access_key is None or settings.minio_secret_key is None:
+        raise ValueError("MINIO_ACCESS_KEY and MINIO_SECRET_KEY are required with STORAGE_BACKEND=s3")
+    client = Minio(
+        settings.minio_endpoint,
+        access_key=settings.minio_access_key.get_secret_value(),
+        secret_key=settings.minio_secret_key.get_secret_value(),
+        secure=settings.minio_secure,
+        region=settings.minio_region,
+    )
+    return S3Store(client)

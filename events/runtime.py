@@ -1,0 +1,60 @@
+"""How a long-running service starts and stops: settings, logging, signals, an embedded health server."""
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from fastapi import FastAPI
+
+from events.log import configure_logging, get_logger
+from events.settings import Settings
+
+log = get_logger(__name__)
+
+ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+def run_service(name: str, main: ServiceMain, settings: Settings | None = None) -> None:
+    """Run `main(settings, stop)` until it returns; SIGTERM and SIGINT set `stop` (graceful shutdown)."""
+    settings = settings or Settings()
+    configure_logging(name, settings.log_level)
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("service starting")
+        await main(settings, stop)
+        log.info("service stopped")
+
+    asyncio.run(runner())
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to its host service."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+@contextlib.asynccontextmanager
+async def http_server(app: FastAPI, host: str, port: int):
+    """Serve `app` (health and data endpoints) beside a service's main loop."""
+    server = _EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

@@ -1,0 +1,66 @@
+"""All configuration, from environment variables (the original names kept: MONGO_URI, MINIO_ENDPOINT, ...)."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "inference" / "models" / "yolov10n.onnx"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore")
+
+    # MongoDB: the API and the outbox relay use MONGO_URI, the runner and the S3 relay RUNNER_MONGO_URI.
+    mongo_uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    runner_mongo_uri: str | None = Field(default=None, description="defaults to MONGO_URI")
+    main_db: str = "main_db"
+    runner_db: str = "runner_db"
+
+    # Kafka. Idempotence must be on for Apache Kafka and off for Tansu (it refuses InitProducerId).
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_idempotence: bool = False
+    kafka_topic_prefix: str = ""
+    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_session_timeout_ms: int = 10_000
+
+    # Object storage: a local directory (local stack) or any S3 endpoint (MinIO).
+    storage_backend: Literal["dir", "s3"] = "dir"
+    storage_dir: Path = Path("data/storage")
+    minio_endpoint: str = "127.0.0.1:9000"
+    minio_access_key: SecretStr | None = None
+    minio_secret_key: SecretStr | None = None
+    minio_secure: bool = False
+    minio_region: str | None = None
+    default_bucket: str = "videos"
+
+    # Runner.
+    frame_stride: int = Field(default=5, ge=1)
+    jpeg_quality: int = Field(default=90, ge=10, le=100)
+    preprocess_workers: int = Field(default=2, ge=1)
+
+    # Inference.
+    model_path: Path = DEFAULT_MODEL
+    conf_threshold: float = Field(default=0.25, ge=0, le=1)
+    iou_threshold: float = Field(default=0.45, ge=0, le=1)
+    inference_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
+    inference_batch_size: int = Field(default=4, ge=1)
+
+    # Relays: how often a quiet change stream still persists its post-batch resume token.
+    relay_checkpoint_interval_s: float = Field(default=10.0, gt=0)
+
+    # HTTP.
+    bind_host: str = "127.0.0.1"
+    api_port: int = 8080
+    runner_port: int = 8002
+    inference_port: int = 8003
+
+    log_level: str = "INFO"
+
+    @property
+    def runner_mongo(self) -> str:
+        return self.runner_mongo_uri or self.mongo_uri
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka_topic_prefix}{name}"

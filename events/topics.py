@@ -1,0 +1,16 @@
+"""Kafka topic names. Every service asks `Settings.topic()` for the real name (tests add a prefix)."""
+
+OUTBOX_EVENTS = "outbox_events"
+INFERENCE_TASKS = "inference_tasks"
+INFERENCE_RESULTS = "inference_results"
+
+
+# Consumer groups: one per kind of consumer, so several instances of a service share the partitions.
+RUNNER_JOBS_GROUP = "runner-group"
+RUNNER_RESULTS_GROUP = "runner-results-group"
+INFERENCE_GROUP = "inference-group"
+
+# Messages that cannot be parsed or processed, with the error and their origin.
+DEAD_LETTERS = "dead_letters"
+
+ALL = (OUTBOX_EVENTS, INFERENCE_TASKS, INFERENCE_RESULTS, DEAD_LETTERS)

@@ -1,0 +1,1 @@
+"""Inference worker: frames from `inference_tasks` through a YOLO detector to `inference_results`."""

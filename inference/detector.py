@@ -1,0 +1,67 @@
+"""The detector port and its ONNX Runtime adapter (the default backend)."""
+
+import ast
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from events.contracts import DetectedObject
+from inference.coco import COCO_NAMES
+from inference.postprocess import decode, letterbox, to_tensor
+
+
+class Detector(Protocol):
+    names: tuple[str, ...]
+
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
+        """BGR frames of any size -> one list of objects per frame, boxes in that frame's pixels."""
+        ...
+
+
+def class_names(metadata: dict[str, str], count: int) -> tuple[str, ...]:
+    """Names stored in an Ultralytics export; a COCO model that stores only "0".."79" gets COCO's names."""
+    raw = metadata.get("names")
+    names = ast.literal_eval(raw) if raw else {}
+    ordered = tuple(str(names.get(i, i)) for i in range(count))
+    if count == len(COCO_NAMES) and all(name == str(i) for i, name in enumerate(ordered)):
+        return COCO_NAMES
+    return ordered
+
+
+class OnnxDetector:
+    def __init__(
+        self, model_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45, threads: int = 0
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        height = model_input.shape[2]
+        self.size = height if isinstance(height, int) else ast.literal_eval(metadata.get("imgsz", "[640]"))[0]
+        self.batch_fixed = isinstance(model_input.shape[0], int)
+        count = self.session.get_outputs()[0].shape[1]
+        self.names = class_names(metadata, (count if isinstance(count, int) else 84) - 4)
+        self.conf_threshold = conf_threshold
+        self.iou_threshold = iou_threshold
+
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
+        if not images:
+            return []
+        if self.batch_fixed and len(images) > 1:
+            return [self.detect([image])[0] for image in images]
+        boxed, fits = zip(*(letterbox(image, self.size) for image in images), strict=True)
+        (outputs,) = self.session.run(None, {self.input_name: to_tensor(list(boxed))})
+        return [
+            [
+                DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
+                for d in decode(output, fit, self.conf_threshold, self.iou_threshold)
+            ]
+            for output, fit in zip(outputs, fits, strict=True)
+        ]

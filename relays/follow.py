@@ -1,0 +1,117 @@
+"""The change-stream loop both relays share.
+
+Order of work, and why no event is lost or applied twice:
+
+1. Open the stream (from the stored resume token, or from now if there is none), then sweep the
+   collection for documents still in the source status. The stream is opened first, so anything
+   written during the sweep is also seen on the stream; the sweep catches what was written while
+   no relay ran or what a lost token would skip.
+2. For each change: do the side effect (publish to Kafka / write the object), then move the status on
+   with a conditional update (`new -> sent`, `predictable -> ready`), and only then save the resume
+   token. A crash before the save replays the change after restart: the side effect may happen again
+   (consumers are idempotent; the object is written only if absent) and the conditional update
+   matches nothing the second time.
+3. While the collection is quiet, the stream's post-batch resume token still moves on and is saved
+   every `relay_checkpoint_interval_s`, so a restart after a long quiet spell does not hand the server
+   a token that has aged out of its history.
+4. If the server refuses the token (history lost, invalid token) or the stream is invalidated, the
+   token is dropped and the loop starts again at step 1: a fresh stream plus a sweep, so nothing the
+   lost token covered is skipped.
+
+Several instances of one relay may run at once: they race on the conditional update, one wins, and
+the other's side effect is a duplicate that downstream consumers ignore. One instance is enough.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure
+
+from events.log import get_logger
+from relays.checkpoints import TokenStore
+
+log = get_logger(__name__)
+
+# Server answers meaning "this resume token cannot be used any more".
+TOKEN_LOST_CODES = {
+    9,  # FailedToParse: a corrupted token
+    136,  # CappedPositionLost
+    260,  # InvalidResumeToken
+    280,  # ChangeStreamFatalError
+    286,  # ChangeStreamHistoryLost
+}
+AWAIT_MS = 500
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class RelayStats:
+    changes: int = 0
+    swept: int = 0
+    tokens_lost: int = 0
+    checkpoints: int = 0
+
+
+@dataclass
+class Relay:
+    name: str
+    collection: AsyncCollection
+    pipeline: list[dict[str, Any]]
+    source_filter: dict[str, Any]
+    handle: Handler
+    tokens: TokenStore
+    checkpoint_interval: float
+    stats: RelayStats = field(default_factory=RelayStats)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._follow(await self.tokens.load(self.name), stop)
+            except OperationFailure as error:
+                if error.code not in TOKEN_LOST_CODES:
+                    raise
+                self.stats.tokens_lost += 1
+                log.error(
+                    "resume token refused, reconciling by sweep",
+                    relay=self.name,
+                    code=error.code,
+                    reason=str(error.details.get("errmsg") if error.details else error),
+                    tokens_lost=self.stats.tokens_lost,
+                )
+                await self.tokens.clear(self.name)
+
+    async def sweep(self) -> None:
+        async for doc in self.collection.find(self.source_filter):
+            await self.handle(doc)
+            self.stats.swept += 1
+
+    async def _follow(self, token: dict[str, Any] | None, stop: asyncio.Event) -> None:
+        async with await self.collection.watch(
+            self.pipeline, resume_after=token, full_document="updateLookup", max_await_time_ms=AWAIT_MS
+        ) as stream:
+            log.info("change stream opened", relay=self.name, resumed=token is not None)
+            await self.sweep()
+            saved, saved_at = token, time.monotonic()
+            while not stop.is_set() and stream.alive:
+                change = await stream.try_next()
+                if change is not None:
+                    if change["operationType"] == "invalidate":
+                        break
+                    if change.get("fullDocument"):
+                        await self.handle(change["fullDocument"])
+                    self.stats.changes += 1
+                elif time.monotonic() - saved_at < self.checkpoint_interval:
+                    continue
+                if stream.resume_token and stream.resume_token != saved:
+                    await self.tokens.save(self.name, stream.resume_token)
+                    self.stats.checkpoints += 1
+                saved, saved_at = stream.resume_token, time.monotonic()
+            if not stop.is_set():  # invalidated: the old token cannot resume, start afresh
+                log.error("change stream invalidated, reconciling by sweep", relay=self.name)
+                self.stats.tokens_lost += 1
+                await self.tokens.clear(self.name)

@@ -1,0 +1,64 @@
+"""The runner's bookkeeping in `runner_db.runner_predictions`: every write is conditional or idempotent."""
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from events.contracts import InferenceResult, RunnerPrediction, utcnow
+from events.retry import transient
+from events.statuses import RunnerStatus
+
+PROCESSING = {"status": RunnerStatus.PROCESSING.value}
+
+
+class Jobs:
+    def __init__(self, collection: AsyncCollection) -> None:
+        self.collection = collection
+
+    @transient
+    async def create(self, event_id: str, bucket: str) -> bool:
+        """Start tracking a job; False if it already exists (a redelivered outbox event)."""
+        try:
+            await self.collection.insert_one(RunnerPrediction(id=event_id, bucket=bucket).to_mongo())
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @transient
+    async def set_total(self, event_id: str, total_frames: int) -> RunnerPrediction | None:
+        doc = await self.collection.find_one_and_update(
+            {"_id": event_id, **PROCESSING},
+            {"$set": {"total_frames": total_frames}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return RunnerPrediction.model_validate(doc) if doc else None
+
+    @transient
+    async def record(self, result: InferenceResult) -> RunnerPrediction | None:
+        """Store one frame's objects once; None if the frame was already stored (or the job is over)."""
+        field = f"frame_results.{result.frame}"
+        objects = [obj.to_mongo() for obj in result.objects]
+        doc = await self.collection.find_one_and_update(
+            {"_id": result.event_id, **PROCESSING, field: {"$exists": False}},
+            {"$set": {field: objects}, "$inc": {"received_frames": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return RunnerPrediction.model_validate(doc) if doc else None
+
+    @transient
+    async def complete(self, job: RunnerPrediction) -> bool:
+        """processing -> predictable with the prediction sorted by frame; True for the one caller that won."""
+        prediction = [frame.to_mongo() for frame in job.sorted_prediction()]
+        outcome = await self.collection.update_one(
+            {"_id": job.id, **PROCESSING},
+            {"$set": {"status": RunnerStatus.PREDICTABLE.value, "prediction": prediction, "completed_at": utcnow()}},
+        )
+        return outcome.modified_count == 1
+
+    @transient
+    async def fail(self, event_id: str, reason: str) -> bool:
+        outcome = await self.collection.update_one(
+            {"_id": event_id, **PROCESSING},
+            {"$set": {"status": RunnerStatus.FAILED.value, "error": reason, "failed_at": utcnow()}},
+        )
+        return outcome.modified_count == 1

@@ -1,0 +1,185 @@
+"""Runner loops: jobs from `outbox_events` fan out to `inference_tasks`; `inference_results` are collected.
+
+Frames are published while the video is read: decoding runs in a thread, preprocessing and JPEG
+encoding in a process pool, with a bounded window in flight, so memory does not grow with video length.
+"""
+
+import asyncio
+import multiprocessing
+import time
+from collections import deque
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from events import topics
+from events.clients import ensure_topics, kafka_consumer, kafka_producer, mongo_client, object_store
+from events.contracts import PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
+from events.deadletter import dead_letter
+from events.log import get_logger
+from events.runtime import http_server
+from events.settings import Settings
+from events.storage import ObjectStore
+from runner.frames import VideoError, encode_frame, sample_frames
+from runner.jobs import Jobs
+
+log = get_logger(__name__)
+SERVICE = "runner"
+DELIVERY_BATCH = 256
+JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # one job may take long to fan out; its offset is committed after
+
+
+@dataclass
+class Stats:
+    jobs_started: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    frames_published: int = 0
+    results_stored: int = 0
+    duplicate_results: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Runner:
+    jobs: Jobs
+    store: ObjectStore
+    producer: AIOKafkaProducer
+    pool: Executor
+    settings: Settings
+    stats: Stats = field(default_factory=Stats)
+
+    async def publish_frames(self, path: Path, event_id: str) -> int:
+        """Sample, preprocess and publish the frames of one video; returns how many were published."""
+        loop = asyncio.get_running_loop()
+        topic, key = self.settings.topic(topics.INFERENCE_TASKS), event_id.encode()
+        window = 2 * self.settings.preprocess_workers
+        pending: deque[tuple[int, asyncio.Future[str]]] = deque()
+        deliveries: list[asyncio.Future] = []
+
+        async def publish_oldest() -> None:
+            index, encoded = pending.popleft()
+            task = InferenceTask(event_id=event_id, frame=index, image=await encoded)
+            deliveries.append(await self.producer.send(topic, task.to_bytes(), key=key))
+            if len(deliveries) >= DELIVERY_BATCH:
+                await asyncio.gather(*deliveries)
+                deliveries.clear()
+
+        frames = sample_frames(path, self.settings.frame_stride)
+        count = 0
+        try:
+            while (item := await asyncio.to_thread(next, frames, None)) is not None:
+                index, frame = item
+                pending.append((index, loop.run_in_executor(self.pool, encode_frame, frame, self.settings.jpeg_quality)))
+                count += 1
+                if len(pending) >= window:
+                    await publish_oldest()
+            while pending:
+                await publish_oldest()
+            await asyncio.gather(*deliveries)
+        finally:
+            frames.close()
+        self.stats.frames_published += count
+        return count
+
+    async def start_job(self, event: OutboxEvent) -> None:
+        bucket, key = event.payload.bucket, event.payload.object
+        if not await self.jobs.create(event.event_id, bucket):
+            log.info("job already exists, outbox event ignored", duplicate_events=1)
+            return
+        self.stats.jobs_started += 1
+        started = time.monotonic()
+        try:
+            async with self.store.local_copy(bucket, key) as path:
+                total = await self.publish_frames(path, event.event_id)
+            if total == 0:
+                raise VideoError("the video has no decodable frames")
+        except (VideoError, FileNotFoundError) as error:
+            reason = f"video not found in storage: {bucket}/{key}" if isinstance(error, FileNotFoundError) else str(error)
+            await self.jobs.fail(event.event_id, reason)
+            self.stats.jobs_failed += 1
+            log.error("job failed", reason=reason)
+            return
+        log.info("frames published", total_frames=total, seconds=round(time.monotonic() - started, 3))
+        job = await self.jobs.set_total(event.event_id, total)
+        if job and job.is_complete():
+            await self.complete(job)
+
+    async def store_result(self, result: InferenceResult) -> None:
+        job = await self.jobs.record(result)
+        if job is None:
+            self.stats.duplicate_results += 1
+            log.debug("result ignored: duplicate or job over", frame=result.frame)
+            return
+        self.stats.results_stored += 1
+        if job.is_complete():
+            await self.complete(job)
+
+    async def complete(self, job: RunnerPrediction) -> None:
+        if await self.jobs.complete(job):
+            self.stats.jobs_completed += 1
+            log.info("job predictable", total_frames=job.total_frames)
+
+    async def consume_jobs(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=1)
+            for message in (m for partition in batches.values() for m in partition):
+                try:
+                    event = OutboxEvent.from_bytes(message.value)
+                except ValidationError as error:
+                    await dead_letter(self.producer, self.settings, SERVICE, message, error)
+                    continue
+                with structlog.contextvars.bound_contextvars(event_id=event.event_id):
+                    await self.start_job(event)
+            if batches:
+                await consumer.commit()
+
+    async def consume_results(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            for message in (m for partition in batches.values() for m in partition):
+                try:
+                    result = InferenceResult.from_bytes(message.value)
+                except ValidationError as error:
+                    await dead_letter(self.producer, self.settings, SERVICE, message, error)
+                    continue
+                with structlog.contextvars.bound_contextvars(event_id=result.event_id, frame=result.frame):
+                    await self.store_result(result)
+            if batches:
+                await consumer.commit()
+
+
+def health_app(stats: Stats) -> FastAPI:
+    app = FastAPI(title="vdetect runner")
+
+    @app.get("/health")
+    async def health() -> dict:
+        counters = {name: value for name, value in asdict(stats).items() if name != "started"}
+        return {"status": "ok", "service": SERVICE, **counters, "uptime_seconds": round(time.monotonic() - stats.started, 3)}
+
+    return app
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    await ensure_topics(settings)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(settings.preprocess_workers, mp_context=spawn) as pool:
+        async with (
+            mongo_client(settings.runner_mongo) as client,
+            kafka_producer(settings) as producer,
+            kafka_consumer(
+                settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP, 1, max_poll_interval_ms=JOB_POLL_INTERVAL_MS
+            ) as jobs_consumer,
+            kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
+        ):
+            runner = Runner(Jobs(client[settings.runner_db][PREDICTIONS]), object_store(settings), producer, pool, settings)
+            async with http_server(health_app(runner.stats), settings.bind_host, settings.runner_port):
+                log.info("runner ready")
+                await asyncio.gather(
+                    runner.consume_jobs(jobs_consumer, stop), runner.consume_results(results_consumer, stop)
+                )

@@ -1,0 +1,1 @@
+"""The `vdetect` command: start any service, or the whole local stack."""

@@ -1,0 +1,3 @@
+from vdetect.cli import app
+
+app(prog_name="vdetect")

@@ -1,0 +1,82 @@
+"""`vdetect <service>` starts one service; `vdetect up` starts the whole local stack."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+@app.command()
+def api() -> None:
+    """The HTTP API (port 8080)."""
+    import uvicorn
+
+    from api.app import create_app
+    from events.log import configure_logging
+    from events.settings import Settings
+
+    settings = Settings()
+    configure_logging("api", settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command("outbox-relay")
+def outbox_relay() -> None:
+    """Relay new outbox documents to Kafka (`outbox_events`)."""
+    from events.runtime import run_service
+    from relays.outbox import main
+
+    run_service("outbox-relay", main)
+
+
+@app.command("s3-relay")
+def s3_relay() -> None:
+    """Write finished predictions to object storage (`detection/{id}.json`)."""
+    from events.runtime import run_service
+    from relays.s3 import main
+
+    run_service("s3-relay", main)
+
+
+@app.command()
+def runner() -> None:
+    """Extract frames, fan them out to inference, collect the results (health on port 8002)."""
+    from events.runtime import run_service
+    from runner.service import main
+
+    run_service("runner", main)
+
+
+@app.command()
+def inference() -> None:
+    """Run the YOLO detector on frames (port 8003)."""
+    from events.runtime import run_service
+    from inference.service import main
+
+    run_service("inference", main)
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path, typer.Option(help="where databases, objects and logs live")] = Path("data"),
+    mongo_port: Annotated[int, typer.Option(help="SecantusDB (MongoDB wire protocol)")] = 27017,
+    kafka_port: Annotated[int, typer.Option(help="Tansu (Kafka protocol)")] = 9092,
+    api_port: int = 8080,
+    runner_port: int = 8002,
+    inference_port: int = 8003,
+    inference_workers: Annotated[int, typer.Option(help="inference worker processes")] = 1,
+) -> None:
+    """Start SecantusDB, Tansu and every service on this machine; Ctrl-C stops them all."""
+    from vdetect.stack import Ports, run_stack
+
+    ports = Ports(mongo_port, kafka_port, api_port, runner_port, inference_port)
+    raise typer.Exit(run_stack(data_dir.resolve(), ports, inference_workers))

