@@ -31,7 +31,7 @@ def check_event_id(event_id: str) -> str:
     try:
         parsed = uuid.UUID(event_id)
     except ValueError:
-        raise bad_request(f"event_id must be a UUID, got {event_id!r}", status.HTTP_422_UNPROCESSABLE_ENTITY) from None
+        raise bad_request(f"event_id must be a UUID, got {event_id!r}", 422) from None
     return str(parsed)
 
 

@@ -7,7 +7,7 @@ from tenacity import (
     retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 
@@ -18,7 +18,7 @@ def _retriable_kafka(error: BaseException) -> bool:
 # Waiting for a server at start-up: a service may start before its dependencies.
 on_startup = retry(
     retry=retry_if_exception_type((KafkaConnectionError, ConnectionFailure, OSError)),
-    wait=wait_exponential_jitter(initial=0.2, max=3),
+    wait=wait_random_exponential(multiplier=0.2, max=3),
     stop=stop_after_delay(120),
     reraise=True,
 )
@@ -28,7 +28,7 @@ transient = retry(
     retry=retry_if_exception(
         lambda e: isinstance(e, AutoReconnect | NetworkTimeout | ConnectionFailure) or _retriable_kafka(e)
     ),
-    wait=wait_exponential_jitter(initial=0.2, max=5),
+    wait=wait_random_exponential(multiplier=0.2, max=5),
     stop=stop_after_delay(60),
     reraise=True,
 )

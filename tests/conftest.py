@@ -1,0 +1,59 @@
+"""Session-wide real servers (SecantusDB, Tansu) and per-test isolation (own databases, own topics)."""
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from events.clients import ensure_topics, mongo_client
+from events.settings import Settings
+from tests.servers import Server, running, secantus, tansu
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(secantus(tmp_path_factory.mktemp("secantus"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tansu(tmp_path_factory.mktemp("tansu"))) as server:
+        yield server
+
+
+def mongo_uri(server: Server) -> str:
+    return f"mongodb://127.0.0.1:{server.port}/?directConnection=true"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, mongo_server: Server, kafka_server: Server) -> Settings:
+    """Settings for one test: its own databases, topic prefix, consumer groups and storage folder."""
+    run = uuid.uuid4().hex[:10]
+    return Settings(
+        mongo_uri=mongo_uri(mongo_server),
+        main_db=f"main_{run}",
+        runner_db=f"runner_{run}",
+        kafka_bootstrap_servers=f"127.0.0.1:{kafka_server.port}",
+        kafka_topic_prefix=f"t{run}.",
+        kafka_partitions=2,
+        kafka_session_timeout_ms=6000,
+        storage_backend="dir",
+        storage_dir=tmp_path / "storage",
+        relay_checkpoint_interval_s=0.5,
+        preprocess_workers=1,
+    )
+
+
+@pytest.fixture
+async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient]:
+    async with mongo_client(settings.mongo_uri) as client:
+        yield client
+
+
+@pytest.fixture
+async def topics(settings: Settings) -> Settings:
+    await ensure_topics(settings)
+    return settings

