@@ -6,7 +6,8 @@ Order of work, and why no event is lost or applied twice:
    collection for documents still in the source status. The stream is opened first, so anything
    written during the sweep is also seen on the stream; the sweep catches what was written while
    no relay ran or what a lost token would skip.
-2. For each change: do the side effect (publish to Kafka / write the object), then move the status on
+2. For each change, read the document again and skip it unless it is still in the source status (the
+   sweep or another instance may have handled it). Then do the side effect (publish to Kafka / write the object), then move the status on
    with a conditional update (`new -> sent`, `predictable -> ready`), and only then save the resume
    token. A crash before the save replays the change after restart: the side effect may happen again
    (consumers are idempotent; the object is written only if absent) and the conditional update
@@ -32,6 +33,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure
 
 from events.log import get_logger
+from events.retry import transient
 from relays.checkpoints import TokenStore
 
 log = get_logger(__name__)
@@ -85,6 +87,13 @@ class Relay:
                 )
                 await self.tokens.clear(self.name)
 
+    async def handle_current(self, key: Any) -> None:
+        """Handle a changed document if it is still in the source status: the change event's own copy
+        may be stale (the sweep or another relay instance may have handled it already)."""
+        doc = await transient(self.collection.find_one)({"_id": key, **self.source_filter})
+        if doc is not None:
+            await self.handle(doc)
+
     async def sweep(self) -> None:
         async for doc in self.collection.find(self.source_filter):
             await self.handle(doc)
@@ -92,7 +101,7 @@ class Relay:
 
     async def _follow(self, token: dict[str, Any] | None, stop: asyncio.Event) -> None:
         async with await self.collection.watch(
-            self.pipeline, resume_after=token, full_document="updateLookup", max_await_time_ms=AWAIT_MS
+            self.pipeline, resume_after=token, max_await_time_ms=AWAIT_MS
         ) as stream:
             log.info("change stream opened", relay=self.name, resumed=token is not None)
             await self.sweep()
@@ -102,8 +111,7 @@ class Relay:
                 if change is not None:
                     if change["operationType"] == "invalidate":
                         break
-                    if change.get("fullDocument"):
-                        await self.handle(change["fullDocument"])
+                    await self.handle_current(change["documentKey"]["_id"])
                     self.stats.changes += 1
                 elif time.monotonic() - saved_at < self.checkpoint_interval:
                     continue

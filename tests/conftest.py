@@ -1,5 +1,7 @@
 """Session-wide real servers (SecantusDB, Tansu) and per-test isolation (own databases, own topics)."""
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -54,6 +56,54 @@ async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient]:
 
 
 @pytest.fixture
-async def topics(settings: Settings) -> Settings:
+async def kafka_topics(settings: Settings) -> Settings:
     await ensure_topics(settings)
     return settings
+
+
+async def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30) -> list:
+    """Read `count` messages of a topic from the beginning with a fresh consumer group."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"reader-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    await consumer.start()
+    messages: list = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(messages) < count:
+                batches = await consumer.getmany(timeout_ms=500)
+                messages += [m for partition in batches.values() for m in partition]
+        # anything beyond `count` that is already there counts too: duplicates must be visible
+        batches = await consumer.getmany(timeout_ms=1000)
+        messages += [m for partition in batches.values() for m in partition]
+    finally:
+        await consumer.stop()
+    return messages
+
+
+async def eventually(check, timeout: float = 30, interval: float = 0.2):
+    """Poll an async `check` until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        while not (result := await check()):
+            await asyncio.sleep(interval)
+    return result
+
+
+@contextlib.asynccontextmanager
+async def serving(service):
+    """Run a service object's `run(stop)` loop as a task for the length of the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

@@ -1,0 +1,88 @@
+"""The outbox relay against real SecantusDB and Tansu."""
+
+import asyncio
+import uuid
+
+from aiokafka import AIOKafkaProducer
+
+from events import topics
+from events.clients import kafka_producer
+from events.contracts import CHECKPOINTS, OUTBOX, OutboxDocument, OutboxEvent, OutboxPayload
+from events.settings import Settings
+from relays.checkpoints import MongoTokenStore
+from relays.follow import Relay
+from relays.outbox import NAME, PIPELINE, publisher
+from tests.conftest import eventually, read_topic, serving
+
+
+def new_event() -> OutboxDocument:
+    event_id = str(uuid.uuid4())
+    return OutboxDocument(id=event_id, payload=OutboxPayload(bucket="videos", object=f"input/{event_id}.mp4"))
+
+
+def outbox_relay(db, producer: AIOKafkaProducer, settings: Settings) -> Relay:
+    return Relay(
+        name=NAME,
+        collection=db[OUTBOX],
+        pipeline=PIPELINE,
+        source_filter={"status": "new"},
+        handle=publisher(db[OUTBOX], producer, settings),
+        tokens=MongoTokenStore(db[CHECKPOINTS]),
+        checkpoint_interval=settings.relay_checkpoint_interval_s,
+    )
+
+
+async def all_sent(outbox, ids) -> bool:
+    docs = await outbox.find({"_id": {"$in": ids}}).to_list(None)
+    return len(docs) == len(ids) and all(d["status"] == "sent" and d.get("sent_at") for d in docs)
+
+
+async def test_relay_publishes_old_and_new_events_keyed_by_id_and_marks_them_sent(settings, mongo, kafka_topics):
+    db = mongo[settings.main_db]
+    before = [new_event() for _ in range(3)]  # written while no relay ran: found by the start-up sweep
+    await db[OUTBOX].insert_many([e.to_mongo() for e in before])
+    async with kafka_producer(settings) as producer, serving(outbox_relay(db, producer, settings)) as relay:
+        after = [new_event() for _ in range(2)]
+        await asyncio.sleep(0.5)
+        for event in after:
+            await db[OUTBOX].insert_one(event.to_mongo())
+        ids = [e.id for e in before + after]
+        await eventually(lambda: all_sent(db[OUTBOX], ids))
+        assert relay.stats.swept == 3
+    messages = await read_topic(settings, topics.OUTBOX_EVENTS, 5)
+    assert sorted(m.key.decode() for m in messages) == sorted(ids)
+    for message in messages:
+        event = OutboxEvent.from_bytes(message.value)
+        assert event.event_id == message.key.decode()
+        assert event.payload.object == f"input/{event.event_id}.mp4"
+    assert await db[CHECKPOINTS].find_one({"_id": NAME}) is not None
+
+
+async def test_relay_resumes_from_its_token_after_a_restart(settings, mongo, kafka_topics):
+    db = mongo[settings.main_db]
+    async with kafka_producer(settings) as producer:
+        async with serving(outbox_relay(db, producer, settings)):
+            first = new_event()
+            await db[OUTBOX].insert_one(first.to_mongo())
+            await eventually(lambda: all_sent(db[OUTBOX], [first.id]))
+        token = (await db[CHECKPOINTS].find_one({"_id": NAME}))["token"]
+        second = new_event()
+        await db[OUTBOX].insert_one(second.to_mongo())  # while the relay is down
+        async with serving(outbox_relay(db, producer, settings)) as relay:
+            await eventually(lambda: all_sent(db[OUTBOX], [second.id]))
+            # the stream resumed at the stored token, so it replays the insert made while down
+            await eventually(lambda: asyncio.sleep(0, relay.stats.changes >= 1))
+        assert (await db[CHECKPOINTS].find_one({"_id": NAME}))["token"] != token
+    messages = await read_topic(settings, topics.OUTBOX_EVENTS, 2)
+    assert sorted(m.key.decode() for m in messages) == sorted([first.id, second.id])  # no duplicate
+
+
+async def test_a_quiet_relay_still_advances_its_stored_token(settings, mongo, kafka_topics):
+    db = mongo[settings.main_db]
+    async with kafka_producer(settings) as producer, serving(outbox_relay(db, producer, settings)):
+        first = await eventually(lambda: db[CHECKPOINTS].find_one({"_id": NAME}), timeout=15)
+        await db["unrelated"].insert_one({"x": 1})  # the cluster moves on; the outbox stays quiet
+        moved = await eventually(
+            lambda: db[CHECKPOINTS].find_one({"_id": NAME, "token": {"$ne": first["token"]}}), timeout=15
+        )
+    assert moved["updated_at"] > first["updated_at"]

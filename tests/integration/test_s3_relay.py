@@ -1,0 +1,84 @@
+"""The S3 relay against real SecantusDB: predictable jobs become detection files, written once."""
+
+import asyncio
+import uuid
+
+from events.clients import object_store
+from events.contracts import (
+    CHECKPOINTS,
+    PREDICTIONS,
+    DetectedObject,
+    DetectionFile,
+    FramePrediction,
+    RunnerPrediction,
+    detection_key,
+)
+from events.statuses import RunnerStatus
+from relays.checkpoints import MongoTokenStore
+from relays.follow import Relay
+from relays.s3 import NAME, PIPELINE, exporter
+from tests.conftest import eventually, serving
+
+CAR = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.9)
+
+
+def s3_relay(db, store, settings) -> Relay:
+    return Relay(
+        name=NAME,
+        collection=db[PREDICTIONS],
+        pipeline=PIPELINE,
+        source_filter={"status": "predictable"},
+        handle=exporter(db[PREDICTIONS], store),
+        tokens=MongoTokenStore(db[CHECKPOINTS]),
+        checkpoint_interval=settings.relay_checkpoint_interval_s,
+    )
+
+
+def finished_job() -> RunnerPrediction:
+    return RunnerPrediction(
+        id=str(uuid.uuid4()),
+        bucket="videos",
+        total_frames=2,
+        received_frames=2,
+        frame_results={"5": [CAR], "0": []},
+    )
+
+
+async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mongo):
+    db, store = mongo[settings.runner_db], object_store(settings)
+    swept, streamed, other = finished_job(), finished_job(), finished_job()
+    swept.status = RunnerStatus.PREDICTABLE
+    swept.prediction = swept.sorted_prediction()
+    await db[PREDICTIONS].insert_many([swept.to_mongo(), streamed.to_mongo(), other.to_mongo()])
+    async with serving(s3_relay(db, store, settings)) as relay:
+        await asyncio.sleep(0.5)
+        await db[PREDICTIONS].update_one(
+            {"_id": streamed.id},
+            {"$set": {"status": "predictable", "prediction": [p.to_mongo() for p in streamed.sorted_prediction()]}},
+        )
+        for job in (swept, streamed):
+            await eventually(lambda job=job: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
+        assert relay.stats.swept == 1
+    for job in (swept, streamed):
+        doc = await db[PREDICTIONS].find_one({"_id": job.id})
+        assert doc["output_s3"] == {"bucket": "videos", "object": f"detection/{job.id}.json"}
+        assert doc["ready_at"] is not None
+        result = DetectionFile.from_bytes(await store.get_bytes("videos", detection_key(job.id)))
+        assert result.prediction == [FramePrediction(frame=0, objects=[]), FramePrediction(frame=5, objects=[CAR])]
+        assert result.total_frames == 2
+    assert await store.get_bytes("videos", detection_key(other.id)) is None  # still processing
+    assert (await db[PREDICTIONS].find_one({"_id": other.id}))["status"] == "processing"
+
+
+async def test_a_replayed_job_does_not_rewrite_its_detection_file(settings, mongo):
+    db, store = mongo[settings.runner_db], object_store(settings)
+    job = finished_job()
+    job.status = RunnerStatus.PREDICTABLE
+    await db[PREDICTIONS].insert_one(job.to_mongo())
+    async with serving(s3_relay(db, store, settings)):
+        await eventually(lambda: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
+        written = await store.modified_at("videos", detection_key(job.id))
+        # a crash after the write but before `ready` would leave the job predictable: replay that
+        await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"status": "predictable"}})
+        await eventually(lambda: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
+    assert await store.modified_at("videos", detection_key(job.id)) == written
