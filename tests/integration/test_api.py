@@ -1,0 +1,106 @@
+"""The API against real SecantusDB and a storage folder, through HTTP requests to the ASGI app."""
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from events.contracts import DetectedObject, DetectionFile, FramePrediction, detection_key, utcnow
+from tests.servers import bikes_video
+
+
+@pytest.fixture
+def client(settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def upload(client: TestClient, content: bytes | None = None, **form) -> dict:
+    data = content if content is not None else bikes_video().read_bytes()
+    response = client.post("/api/upload_video", files={"file": ("video.mp4", data, "video/mp4")}, data=form)
+    return {"code": response.status_code, **response.json()}
+
+
+@pytest.mark.parametrize("path", ["/api", "/api/", "/api/health"])
+def test_health(client: TestClient, path: str) -> None:
+    assert client.get(path).json() == {"status": "ok", "service": "api"}
+
+
+def test_upload_stores_the_video_and_writes_a_new_outbox_event(client: TestClient, settings) -> None:
+    answer = upload(client)
+    assert answer["code"] == 200 and answer["status"] == "ok"
+    event_id = answer["event_id"]
+    assert uuid.UUID(event_id).version == 4
+    stored = settings.storage_dir / "videos" / "input" / f"{event_id}.mp4"
+    assert stored.read_bytes() == bikes_video().read_bytes()
+    result = client.get(f"/api/result_video/{event_id}").json()
+    assert result["status"] == "new" and result["event_id"] == event_id
+    assert result["processing_time_seconds"] >= 0 and result["processing_time_formatted"].endswith("s")
+    operations = client.get("/api/status/all").json()
+    assert operations["total"] == 1
+    assert operations["operations"][0]["video_id"] == event_id
+    assert operations["operations"][0]["status_code"] == "new"
+
+
+def test_readiness_comes_from_storage(client: TestClient, settings) -> None:
+    event_id = upload(client, bucket="clips")["event_id"]
+    result = DetectionFile(
+        event_id=event_id,
+        total_frames=1,
+        prediction=[FramePrediction(frame=0, objects=[DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.9)])],
+        created_at=utcnow(),
+        completed_at=utcnow(),
+    )
+    target = settings.storage_dir / "clips" / detection_key(event_id)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(result.to_bytes())
+    answer = client.get(f"/api/result_video/{event_id}").json()
+    assert set(answer) == {"status", "event_id", "prediction", "processing_time_seconds", "processing_time_formatted"}
+    assert answer["status"] == "ready"
+    assert answer["prediction"] == [{"frame": 0, "objects": [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.9}]}]
+    (operation,) = client.get("/api/status/all").json()["operations"]
+    assert operation["status_code"] == "ready"
+
+
+def test_request_enqueues_a_video_already_in_storage(client: TestClient, settings) -> None:
+    source = upload(client)["event_id"]
+    answer = client.post("/api/request", json={"bucket": "videos", "object": f"input/{source}.mp4"})
+    assert answer.status_code == 200
+    event_id = answer.json()["event_id"]
+    assert event_id != source
+    assert client.get(f"/api/result_video/{event_id}").json()["status"] == "new"
+
+
+@pytest.mark.parametrize(
+    ("send", "code", "message"),
+    [
+        (lambda c: upload(c, content=b""), 400, "empty"),
+        (lambda c: upload(c, content=b"%PDF-1.7 not a video at all"), 415, "not a video"),
+        (lambda c: upload(c, bucket="Bad_Bucket"), 400, "bucket"),
+        (lambda c: c.get("/api/result_video/not-a-uuid"), 422, "UUID"),
+        (lambda c: c.get(f"/api/result_video/{uuid.uuid4()}"), 404, "no job"),
+        (lambda c: c.post("/api/request", json={"object": "input/missing.mp4"}), 404, "does not exist"),
+        (lambda c: c.post("/api/request", json={"object": "../../etc/passwd"}), 400, "invalid object key"),
+        (lambda c: c.post("/api/upload_video", data={"bucket": "videos"}), 422, "file"),
+    ],
+    ids=["empty", "not-video", "bad-bucket", "bad-id", "unknown-id", "missing-object", "bad-key", "no-file"],
+)
+def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(client: TestClient, settings, send, code, message) -> None:
+    response = send(client)
+    status = response["code"] if isinstance(response, dict) else response.status_code
+    body = response if isinstance(response, dict) else response.json()
+    assert status == code
+    assert message in str(body["detail"])
+    assert client.get("/api/status/all").json()["total"] == 0
+    assert not list(settings.storage_dir.rglob("*.mp4"))
+
+
+def test_cleanup_removes_jobs_and_objects(client: TestClient, settings) -> None:
+    for _ in range(2):
+        upload(client)
+    answer = client.delete("/api/cleanup/all").json()
+    assert answer == {"status": "ok", "jobs_deleted": 2, "objects_deleted": 2}
+    assert client.get("/api/status/all").json() == {"operations": [], "total": 0}
+    assert not list(settings.storage_dir.rglob("*.mp4"))

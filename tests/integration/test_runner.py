@@ -1,0 +1,107 @@
+"""The runner against real SecantusDB, Tansu, a real video and a real process pool."""
+
+import asyncio
+import multiprocessing
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from events import topics
+from events.clients import kafka_producer, object_store
+from events.contracts import (
+    PREDICTIONS,
+    DetectedObject,
+    InferenceResult,
+    InferenceTask,
+    OutboxEvent,
+    OutboxPayload,
+    input_key,
+    utcnow,
+)
+from runner.jobs import Jobs
+from runner.service import Runner
+from tests.conftest import read_topic
+from tests.servers import bikes_video
+
+BIKES_SAMPLED = 50  # bikes.mp4 has 250 frames; every 5th is sampled
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        yield executor
+
+
+@pytest.fixture
+async def runner(settings, mongo, kafka_topics, pool) -> AsyncIterator[Runner]:
+    async with kafka_producer(settings) as producer:
+        yield Runner(Jobs(mongo[settings.runner_db][PREDICTIONS]), object_store(settings), producer, pool, settings)
+
+
+def upload(settings, path=None, content: bytes | None = None) -> OutboxEvent:
+    event_id = str(uuid.uuid4())
+    target = settings.storage_dir / "videos" / input_key(event_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if path:
+        shutil.copy(path, target)
+    elif content is not None:
+        target.write_bytes(content)
+    return OutboxEvent(
+        event_id=event_id, payload=OutboxPayload(bucket="videos", object=input_key(event_id)), created_at=utcnow()
+    )
+
+
+async def job(runner: Runner, event_id: str) -> dict:
+    return await runner.jobs.collection.find_one({"_id": event_id})
+
+
+async def test_a_video_fans_out_one_task_per_sampled_frame_once(runner: Runner, settings):
+    event = upload(settings, bikes_video())
+    await runner.start_job(event)
+    await runner.start_job(event)  # a redelivered outbox event does not start the job twice
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "processing" and doc["total_frames"] == BIKES_SAMPLED
+    assert doc["received_frames"] == 0 and doc["frame_results"] == {} and doc["bucket"] == "videos"
+    messages = await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)
+    assert len(messages) == BIKES_SAMPLED
+    tasks = [InferenceTask.from_bytes(m.value) for m in messages]
+    assert sorted(t.frame for t in tasks) == list(range(0, 250, 5))
+    assert {m.key for m in messages} == {event.event_id.encode()}
+    assert runner.stats.jobs_started == 1
+
+
+async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runner, settings):
+    event = upload(settings, bikes_video())
+    await runner.start_job(event)
+    car = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.5)
+    frames = list(range(0, 250, 5))
+    results = [InferenceResult(event_id=event.event_id, frame=f, objects=[car] if f % 10 else []) for f in frames]
+    await asyncio.gather(*(runner.store_result(r) for r in reversed(results[1:])))
+    await runner.store_result(results[2])  # a redelivered result changes nothing
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "processing" and doc["received_frames"] == BIKES_SAMPLED - 1
+    await runner.store_result(results[0])
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "predictable"
+    assert doc["received_frames"] == BIKES_SAMPLED
+    assert [p["frame"] for p in doc["prediction"]] == frames
+    assert doc["prediction"][1]["objects"] == [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.5}]
+    assert runner.stats.duplicate_results == 1
+    await runner.store_result(results[3])  # late duplicate after completion
+    assert (await job(runner, event.event_id))["status"] == "predictable"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 1000, "video"), (None, "not found")],
+    ids=["corrupt", "missing"],
+)
+async def test_a_broken_or_missing_video_fails_the_job_with_a_reason(runner: Runner, settings, content, reason):
+    event = upload(settings, content=content)
+    await runner.start_job(event)
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "failed"
+    assert reason in doc["error"]
