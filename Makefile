@@ -1,0 +1,38 @@
+# Two commands on a fresh machine:  `make up` runs the local stack, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ULTRALYTICS_ASSETS := ultralytics==8.4.190
+
+.PHONY: up test test-fast bench clean
+
+up: $(VENV)/.run-deps
+	$(VENV)/bin/vdetect up
+
+test: $(VENV)/.test-deps node_modules/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.test-deps node_modules/.installed
+	$(PY) -m pytest -m "not e2e"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[local]"
+	touch $@
+
+# Ultralytics' wheel is installed without its dependencies (no torch): the tests only read its photos.
+$(VENV)/.test-deps: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps $(ULTRALYTICS_ASSETS)
+	touch $(VENV)/.run-deps $@
+
+# s3rver, the S3-compatible server the storage tests run against.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) node_modules data

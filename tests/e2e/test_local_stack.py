@@ -1,0 +1,150 @@
+"""End to end: `vdetect up` on free ports, a real video uploaded over HTTP, detections back."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from tests.servers import bikes_video, free_port
+
+pytestmark = pytest.mark.e2e
+READY_TIMEOUT_S = 180
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen
+    api: str
+    runner_port: int
+    inference_port: int
+    log: Path
+
+    def lines(self) -> list[dict]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def pid(self, name: str) -> int:
+        started = [line for line in self.lines() if line.get("event") == "process started" and line["process"] == name]
+        return started[-1]["pid"]
+
+
+def wait_until(check, timeout: float, what: str):
+    for attempt in Retrying(
+        stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_exception_type((AssertionError, httpx.TransportError)), reraise=True
+    ):
+        with attempt:
+            result = check()
+            assert result, f"still waiting for {what}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("stack")
+    ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference")}
+    log = data / "stack.log"
+    env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1"}
+    argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
+    argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
+    process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log)
+    try:
+        wait_until(lambda: any(line.get("event") == "stack ready" for line in stack.lines()), READY_TIMEOUT_S, "stack")
+        yield stack
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(90)
+
+
+def wait_ready(event_id: str, api: str) -> dict:
+    def ready() -> dict | None:
+        answer = httpx.get(f"{api}/result_video/{event_id}").json()
+        assert answer["status"] != "failed", answer
+        return answer if answer["status"] == "ready" else None
+
+    return wait_until(ready, 240, f"job {event_id}")
+
+
+def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack) -> None:
+    started = time.monotonic()
+    with bikes_video().open("rb") as video:
+        response = httpx.post(f"{stack.api}/upload_video", files={"file": ("bikes.mp4", video, "video/mp4")},
+                              data={"bucket": "videos"}, timeout=60)  # fmt: skip
+    assert response.status_code == 200
+    upload = response.json()
+    assert set(upload) == {"status", "event_id"} and upload["status"] == "ok"
+    answer = wait_ready(upload["event_id"], stack.api)
+    elapsed = time.monotonic() - started
+    assert set(answer) == {"status", "event_id", "prediction", "processing_time_seconds", "processing_time_formatted"}
+    assert answer["event_id"] == upload["event_id"]
+    assert isinstance(answer["processing_time_seconds"], float) and answer["processing_time_formatted"].endswith("s")
+    frames = answer["prediction"]
+    assert [f["frame"] for f in frames] == list(range(0, 250, 5))
+    for frame in frames:
+        assert set(frame) == {"frame", "objects"}
+        for obj in frame["objects"]:
+            assert set(obj) == {"class", "box", "conf"}
+            x1, y1, x2, y2 = obj["box"]
+            assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 272  # pixels of the 640x272 original
+            assert 0.25 <= obj["conf"] <= 1
+    with_cars = sum(any(o["class"] == "car" for o in f["objects"]) for f in frames)
+    assert with_cars > len(frames) / 2
+    with_objects = sum(bool(f["objects"]) for f in frames)
+    print(f"\nbikes.mp4 end to end: {elapsed:.1f}s, {len(frames)} frames, {with_objects} with detections, "
+          f"{with_cars} with cars")  # fmt: skip
+
+    operations = httpx.get(f"{stack.api}/status/all").json()
+    mine = next(o for o in operations["operations"] if o["video_id"] == upload["event_id"])
+    assert set(mine) >= {"video_id", "status_code", "status_description", "processing_time_seconds",
+                         "processing_time_formatted"}  # fmt: skip
+    assert mine["status_code"] == "ready" and operations["total"] == len(operations["operations"])
+    assert httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").json()["status"] == "ok"
+    data = httpx.get(f"http://127.0.0.1:{stack.inference_port}/api/data").json()
+    assert data["frames_processed"] >= len(frames) and data["classes"] == 80
+
+
+def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stack: Stack) -> None:
+    with bikes_video().open("rb") as video:
+        source = httpx.post(f"{stack.api}/upload_video", files={"file": ("b.mp4", video)}, timeout=60).json()
+    answer = httpx.post(f"{stack.api}/request", json={"object": f"input/{source['event_id']}.mp4"})
+    assert answer.status_code == 200
+    again = wait_ready(answer.json()["event_id"], stack.api)
+    first = wait_ready(source["event_id"], stack.api)
+    assert again["prediction"] == first["prediction"]  # same video, same model, same detections
+    cleaned = httpx.delete(f"{stack.api}/cleanup/all").json()
+    assert cleaned["status"] == "ok" and cleaned["jobs_deleted"] >= 2
+    assert httpx.get(f"{stack.api}/status/all").json() == {"operations": [], "total": 0}
+    assert httpx.get(f"{stack.api}/result_video/{source['event_id']}").status_code == 404
+
+
+def test_a_service_that_dies_is_restarted(stack: Stack) -> None:
+    old = stack.pid("runner")
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: stack.pid("runner") != old, 60, "runner restart")
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").status_code == 200, 60, "health")
+
+
+def test_sigterm_stops_the_whole_stack_cleanly(stack: Stack) -> None:
+    pids = [stack.pid(name) for name in ("api", "runner", "inference", "outbox-relay", "s3-relay", "tansu", "secantusdb")]
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.process.wait(90) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert any(line.get("event") == "stack stopped" for line in stack.lines())
