@@ -19,7 +19,14 @@ from api.schemas import (
     VideoRequest,
 )
 from api.timing import elapsed_seconds, format_duration
-from api.validation import PROBE_BYTES, bad_request, check_bucket, check_event_id, check_object_key, looks_like_video
+from api.validation import (
+    PROBE_BYTES,
+    bad_request,
+    check_bucket,
+    check_event_id,
+    check_object_key,
+    looks_like_video,
+)
 from events.contracts import DetectionFile, OutboxDocument, OutboxPayload, detection_key, input_key
 from events.log import get_logger
 from events.statuses import DESCRIPTIONS, OutboxStatus

@@ -112,6 +112,9 @@ class RunnerPrediction(Contract):
     ready_at: datetime | None = None
     output_s3: StorageLocation | None = None
     error: str | None = None
+    failed_at: datetime | None = None
+    updated_at: datetime | None = Field(default=None, description="last progress: for the stall watchdog")
+    resends: int = 0
 
     def is_complete(self) -> bool:
         return self.total_frames is not None and self.received_frames >= self.total_frames
@@ -131,6 +134,21 @@ class DetectionFile(Contract):
     prediction: list[FramePrediction]
     created_at: datetime
     completed_at: datetime
+
+
+class FailureFile(Contract):
+    """`failed/{event_id}.json` in object storage: why a job failed, written by the S3 relay.
+
+    A failure is a job's outcome like a detection file, so it reaches the API the same way (the API
+    never reads `runner_db`, and `runner_db` may live on another server than `main_db`)."""
+
+    event_id: str
+    error: str
+    failed_at: datetime
+
+
+def failure_key(event_id: str) -> str:
+    return f"failed/{event_id}.json"
 
 
 def detection_key(event_id: str) -> str:

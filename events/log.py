@@ -5,7 +5,6 @@ import sys
 
 import structlog
 
-
 SHARED = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,

@@ -34,11 +34,14 @@ class Settings(BaseSettings):
     minio_secure: bool = False
     minio_region: str | None = None
     default_bucket: str = "videos"
+    allowed_buckets: str = Field(default="", description="comma-separated; empty: any valid bucket name")
 
     # Runner.
     frame_stride: int = Field(default=5, ge=1)
     jpeg_quality: int = Field(default=90, ge=10, le=100)
     preprocess_workers: int = Field(default=2, ge=1)
+    stall_timeout_s: float = Field(default=120.0, gt=0, description="no progress for this long: resend frames")
+    max_resends: int = Field(default=3, ge=0, description="resends of a stalled job before it fails")
 
     # Inference.
     model_path: Path = DEFAULT_MODEL
@@ -49,6 +52,10 @@ class Settings(BaseSettings):
 
     # Relays: how often a quiet change stream still persists its post-batch resume token.
     relay_checkpoint_interval_s: float = Field(default=10.0, gt=0)
+
+    # API.
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    api_key: SecretStr | None = Field(default=None, description="when set, required in X-API-Key to change data")
 
     # HTTP.
     bind_host: str = "127.0.0.1"
@@ -61,6 +68,10 @@ class Settings(BaseSettings):
     @property
     def runner_mongo(self) -> str:
         return self.runner_mongo_uri or self.mongo_uri
+
+    @property
+    def bucket_allowlist(self) -> set[str]:
+        return {name.strip() for name in self.allowed_buckets.split(",") if name.strip()}
 
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"

@@ -74,9 +74,7 @@ async def handle_batch(
     for task, objects in zip(tasks, detections, strict=True):
         result = InferenceResult(event_id=task.event_id, frame=task.frame, objects=objects)
         deliveries.append(
-            await producer.send(
-                settings.topic(topics.INFERENCE_RESULTS), result.to_bytes(), key=task.event_id.encode()
-            )
+            await producer.send(settings.topic(topics.INFERENCE_RESULTS), result.to_bytes(), key=task.event_id.encode())
         )
         log.debug("frame detected", event_id=task.event_id, frame=task.frame, objects=len(objects))
     await asyncio.gather(*deliveries)

@@ -6,12 +6,12 @@ Order of work, and why no event is lost or applied twice:
    collection for documents still in the source status. The stream is opened first, so anything
    written during the sweep is also seen on the stream; the sweep catches what was written while
    no relay ran or what a lost token would skip.
-2. For each change, read the document again and skip it unless it is still in the source status (the
-   sweep or another instance may have handled it). Then do the side effect (publish to Kafka / write the object), then move the status on
-   with a conditional update (`new -> sent`, `predictable -> ready`), and only then save the resume
-   token. A crash before the save replays the change after restart: the side effect may happen again
-   (consumers are idempotent; the object is written only if absent) and the conditional update
-   matches nothing the second time.
+2. For each change, read the document again and skip it unless it is still in the source status
+   (the sweep or another instance may have handled it). Then do the side effect (publish to Kafka,
+   write the object), then move the status on with a conditional update (`new -> sent`,
+   `predictable -> ready`), and only then save the resume token. A crash before the save replays
+   the change after restart: the side effect may happen again (consumers are idempotent; the object
+   is written only if absent) and the conditional update matches nothing the second time.
 3. While the collection is quiet, the stream's post-batch resume token still moves on and is saved
    every `relay_checkpoint_interval_s`, so a restart after a long quiet spell does not hand the server
    a token that has aged out of its history.
@@ -100,9 +100,7 @@ class Relay:
             self.stats.swept += 1
 
     async def _follow(self, token: dict[str, Any] | None, stop: asyncio.Event) -> None:
-        async with await self.collection.watch(
-            self.pipeline, resume_after=token, max_await_time_ms=AWAIT_MS
-        ) as stream:
+        async with await self.collection.watch(self.pipeline, resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
             log.info("change stream opened", relay=self.name, resumed=token is not None)
             await self.sweep()
             saved, saved_at = token, time.monotonic()

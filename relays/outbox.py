@@ -7,6 +7,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from events import topics
 from events.clients import ensure_topics, kafka_producer, mongo_client
@@ -48,17 +49,19 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Set
     return publish
 
 
+def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> Relay:
+    return Relay(
+        name=NAME,
+        collection=db[OUTBOX],
+        pipeline=PIPELINE,
+        source_filter={"status": OutboxStatus.NEW.value},
+        handle=publisher(db[OUTBOX], producer, settings),
+        tokens=MongoTokenStore(db[CHECKPOINTS]),
+        checkpoint_interval=settings.relay_checkpoint_interval_s,
+    )
+
+
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
     async with mongo_client(settings.mongo_uri) as client, kafka_producer(settings) as producer:
-        db = client[settings.main_db]
-        relay = Relay(
-            name=NAME,
-            collection=db[OUTBOX],
-            pipeline=PIPELINE,
-            source_filter={"status": OutboxStatus.NEW.value},
-            handle=publisher(db[OUTBOX], producer, settings),
-            tokens=MongoTokenStore(db[CHECKPOINTS]),
-            checkpoint_interval=settings.relay_checkpoint_interval_s,
-        )
-        await relay.run(stop)
+        await build(client[settings.main_db], producer, settings).run(stop)

@@ -75,7 +75,9 @@ class Runner:
         try:
             while (item := await asyncio.to_thread(next, frames, None)) is not None:
                 index, frame = item
-                pending.append((index, loop.run_in_executor(self.pool, encode_frame, frame, self.settings.jpeg_quality)))
+                pending.append(
+                    (index, loop.run_in_executor(self.pool, encode_frame, frame, self.settings.jpeg_quality))
+                )
                 count += 1
                 if len(pending) >= window:
                     await publish_oldest()
@@ -100,7 +102,9 @@ class Runner:
             if total == 0:
                 raise VideoError("the video has no decodable frames")
         except (VideoError, FileNotFoundError) as error:
-            reason = f"video not found in storage: {bucket}/{key}" if isinstance(error, FileNotFoundError) else str(error)
+            reason = (
+                f"video not found in storage: {bucket}/{key}" if isinstance(error, FileNotFoundError) else str(error)
+            )
             await self.jobs.fail(event.event_id, reason)
             self.stats.jobs_failed += 1
             log.error("job failed", reason=reason)
@@ -160,7 +164,12 @@ def health_app(stats: Stats) -> FastAPI:
     @app.get("/health")
     async def health() -> dict:
         counters = {name: value for name, value in asdict(stats).items() if name != "started"}
-        return {"status": "ok", "service": SERVICE, **counters, "uptime_seconds": round(time.monotonic() - stats.started, 3)}
+        return {
+            "status": "ok",
+            "service": SERVICE,
+            **counters,
+            "uptime_seconds": round(time.monotonic() - stats.started, 3),
+        }
 
     return app
 
@@ -177,7 +186,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             ) as jobs_consumer,
             kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
         ):
-            runner = Runner(Jobs(client[settings.runner_db][PREDICTIONS]), object_store(settings), producer, pool, settings)
+            runner = Runner(
+                Jobs(client[settings.runner_db][PREDICTIONS]), object_store(settings), producer, pool, settings
+            )
             async with http_server(health_app(runner.stats), settings.bind_host, settings.runner_port):
                 log.info("runner ready")
                 await asyncio.gather(

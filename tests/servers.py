@@ -113,4 +113,3 @@ def ultralytics_asset(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("ultralytics' assets are missing: run `make test` (it installs the wheel, no deps)")
     return Path(next(iter(spec.submodule_search_locations))) / "assets" / name
-

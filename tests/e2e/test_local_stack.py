@@ -45,7 +45,10 @@ class Stack:
 
 def wait_until(check, timeout: float, what: str):
     for attempt in Retrying(
-        stop=stop_after_delay(timeout), wait=wait_fixed(0.5), retry=retry_if_exception_type((AssertionError, httpx.TransportError)), reraise=True
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.5),
+        retry=retry_if_exception_type((AssertionError, httpx.TransportError)),
+        reraise=True,
     ):
         with attempt:
             result = check()
@@ -141,7 +144,9 @@ def test_a_service_that_dies_is_restarted(stack: Stack) -> None:
 
 
 def test_sigterm_stops_the_whole_stack_cleanly(stack: Stack) -> None:
-    pids = [stack.pid(name) for name in ("api", "runner", "inference", "outbox-relay", "s3-relay", "tansu", "secantusdb")]
+    pids = [
+        stack.pid(name) for name in ("api", "runner", "inference", "outbox-relay", "s3-relay", "tansu", "secantusdb")
+    ]
     stack.process.send_signal(signal.SIGTERM)
     assert stack.process.wait(90) == 0
     for pid in pids:

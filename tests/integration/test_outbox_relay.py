@@ -5,13 +5,13 @@ import uuid
 
 from aiokafka import AIOKafkaProducer
 
+import relays.outbox
 from events import topics
 from events.clients import kafka_producer
 from events.contracts import CHECKPOINTS, OUTBOX, OutboxDocument, OutboxEvent, OutboxPayload
 from events.settings import Settings
-from relays.checkpoints import MongoTokenStore
 from relays.follow import Relay
-from relays.outbox import NAME, PIPELINE, publisher
+from relays.outbox import NAME
 from tests.conftest import eventually, read_topic, serving
 
 
@@ -21,15 +21,7 @@ def new_event() -> OutboxDocument:
 
 
 def outbox_relay(db, producer: AIOKafkaProducer, settings: Settings) -> Relay:
-    return Relay(
-        name=NAME,
-        collection=db[OUTBOX],
-        pipeline=PIPELINE,
-        source_filter={"status": "new"},
-        handle=publisher(db[OUTBOX], producer, settings),
-        tokens=MongoTokenStore(db[CHECKPOINTS]),
-        checkpoint_interval=settings.relay_checkpoint_interval_s,
-    )
+    return relays.outbox.build(db, producer, settings)
 
 
 async def all_sent(outbox, ids) -> bool:

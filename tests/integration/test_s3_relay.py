@@ -3,9 +3,9 @@
 import asyncio
 import uuid
 
+import relays.s3
 from events.clients import object_store
 from events.contracts import (
-    CHECKPOINTS,
     PREDICTIONS,
     DetectedObject,
     DetectionFile,
@@ -14,24 +14,14 @@ from events.contracts import (
     detection_key,
 )
 from events.statuses import RunnerStatus
-from relays.checkpoints import MongoTokenStore
 from relays.follow import Relay
-from relays.s3 import NAME, PIPELINE, exporter
 from tests.conftest import eventually, serving
 
 CAR = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.9)
 
 
 def s3_relay(db, store, settings) -> Relay:
-    return Relay(
-        name=NAME,
-        collection=db[PREDICTIONS],
-        pipeline=PIPELINE,
-        source_filter={"status": "predictable"},
-        handle=exporter(db[PREDICTIONS], store),
-        tokens=MongoTokenStore(db[CHECKPOINTS]),
-        checkpoint_interval=settings.relay_checkpoint_interval_s,
-    )
+    return relays.s3.build(db, store, settings)
 
 
 def finished_job() -> RunnerPrediction:
