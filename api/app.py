@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.deps import Services
+from api.limits import BodySizeLimit
 from api.routes import router
 from events.clients import mongo_client, object_store
 from events.contracts import OUTBOX, PREDICTIONS
@@ -29,5 +30,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
 
     app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(router, prefix="/api")
     return app

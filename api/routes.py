@@ -1,13 +1,14 @@
 """The API's endpoints under /api."""
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Services, ServicesDep
+from api.deps import ApiKeyDep, Services, ServicesDep
 from api.schemas import (
     Accepted,
     Cleaned,
@@ -27,13 +28,21 @@ from api.validation import (
     check_object_key,
     looks_like_video,
 )
-from events.contracts import DetectionFile, OutboxDocument, OutboxPayload, detection_key, input_key
+from events.contracts import (
+    DetectionFile,
+    FailureFile,
+    OutboxDocument,
+    OutboxPayload,
+    detection_key,
+    failure_key,
+    input_key,
+)
 from events.log import get_logger
 from events.statuses import DESCRIPTIONS, OutboxStatus
 
 log = get_logger(__name__)
 router = APIRouter()
-CLEANED_PREFIXES = ("input/", "detection/")
+CLEANED_PREFIXES = ("input/", "detection/", "failed/")
 
 
 @router.get("", include_in_schema=False)
@@ -49,13 +58,13 @@ async def enqueue(services: Services, event_id: str, bucket: str, key: str) -> N
     log.info("job enqueued", event_id=event_id, bucket=bucket, object=key)
 
 
-@router.post("/upload_video")
+@router.post("/upload_video", dependencies=[ApiKeyDep])
 async def upload_video(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="the video")],
     bucket: Annotated[str | None, Form()] = None,
 ) -> Accepted:
-    bucket = check_bucket(bucket or services.settings.default_bucket)
+    bucket = check_bucket(bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     head = await file.read(PROBE_BYTES)
     if not head:
         raise bad_request("the uploaded file is empty")
@@ -75,9 +84,9 @@ async def upload_video(
     return Accepted(event_id=event_id)
 
 
-@router.post("/request")
+@router.post("/request", dependencies=[ApiKeyDep])
 async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
-    bucket = check_bucket(body.bucket or services.settings.default_bucket)
+    bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
     if await services.store.modified_at(bucket, key) is None:
         raise bad_request(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
@@ -86,30 +95,63 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     return Accepted(event_id=event_id)
 
 
-def describe(doc: dict[str, Any], ready_at: datetime | None) -> dict[str, Any]:
-    """Status fields of one job: ready if its detection file exists, otherwise its outbox status."""
-    code = OutboxStatus.READY.value if ready_at else doc["status"]
-    end = ready_at or (doc.get("failed_at") if code == OutboxStatus.FAILED else None)
-    seconds = elapsed_seconds(doc["created_at"], end)
-    return {
-        "status_description": DESCRIPTIONS.get(code, code),
-        "processing_time_seconds": seconds,
-        "processing_time_formatted": format_duration(seconds),
-        "error": doc.get("error") if code == OutboxStatus.FAILED else None,
-        "code": code,
-    }
+@dataclass(frozen=True)
+class Outcome:
+    """Where a job stands: its result or failure in storage if there is one, else its outbox status."""
+
+    status: str
+    finished_at: datetime | None = None
+    error: str | None = None
+    result: DetectionFile | None = None
+
+    def times(self, created_at: datetime) -> dict[str, Any]:
+        seconds = elapsed_seconds(created_at, self.finished_at)
+        return {"processing_time_seconds": seconds, "processing_time_formatted": format_duration(seconds)}
+
+    def description(self) -> str:
+        return DESCRIPTIONS.get(self.status, self.status)
+
+
+async def read_failure(services: Services, bucket: str, event_id: str) -> Outcome | None:
+    raw = await services.store.get_bytes(bucket, failure_key(event_id))
+    if raw is None:
+        return None
+    failure = FailureFile.from_bytes(raw)
+    return Outcome(OutboxStatus.FAILED.value, failure.failed_at, failure.error)
+
+
+def from_outbox(doc: dict[str, Any]) -> Outcome:
+    if doc["status"] == OutboxStatus.FAILED:  # the outbox relay could not even send it
+        return Outcome(OutboxStatus.FAILED.value, doc.get("failed_at"), doc.get("error"))
+    return Outcome(doc["status"])
 
 
 @router.get("/status/all")
 async def status_all(services: ServicesDep) -> Operations:
     docs = await services.outbox.find().sort("created_at", 1).to_list(None)
-    finished: dict[str, datetime] = {}  # one listing per bucket, not one lookup per job
+    finished: dict[str, datetime] = {}  # one listing per bucket and outcome, not one lookup per job
+    failed: set[tuple[str, str]] = set()
     for bucket in {doc["payload"]["bucket"] for doc in docs}:
         finished.update(await services.store.list_prefix(bucket, "detection/"))
+        failed.update((bucket, key) for key in await services.store.list_prefix(bucket, "failed/"))
     operations = []
     for doc in docs:
-        info = describe(doc, finished.get(detection_key(doc["_id"])))
-        operations.append(Operation(video_id=doc["_id"], status_code=info.pop("code"), **info))
+        event_id, bucket = doc["_id"], doc["payload"]["bucket"]
+        if detection_key(event_id) in finished:
+            outcome = Outcome(OutboxStatus.READY.value, finished[detection_key(event_id)])
+        elif (bucket, failure_key(event_id)) in failed:
+            outcome = await read_failure(services, bucket, event_id) or from_outbox(doc)
+        else:
+            outcome = from_outbox(doc)
+        operations.append(
+            Operation(
+                video_id=event_id,
+                status_code=outcome.status,
+                status_description=outcome.description(),
+                error=outcome.error,
+                **outcome.times(doc["created_at"]),
+            )
+        )
     return Operations(operations=operations, total=len(operations))
 
 
@@ -119,20 +161,24 @@ async def result_video(services: ServicesDep, event_id: str) -> ResultReady | Re
     doc = await services.outbox.find_one({"_id": event_id})
     if doc is None:
         raise bad_request(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
-    bucket, key = doc["payload"]["bucket"], detection_key(event_id)
-    ready_at = await services.store.modified_at(bucket, key)
-    info = describe(doc, ready_at)
-    code = info.pop("code")
-    if ready_at is not None:
-        raw = await services.store.get_bytes(bucket, key)
-        if raw is not None:
-            result = await run_in_threadpool(DetectionFile.from_bytes, raw)
-            info.pop("status_description"), info.pop("error")
-            return ResultReady(event_id=event_id, prediction=result.prediction, **info)
-    return ResultPending(status=code, event_id=event_id, **info)
+    bucket = doc["payload"]["bucket"]
+    raw = await services.store.get_bytes(bucket, detection_key(event_id))
+    if raw is not None:
+        result = await run_in_threadpool(DetectionFile.from_bytes, raw)
+        finished_at = await services.store.modified_at(bucket, detection_key(event_id))
+        outcome = Outcome(OutboxStatus.READY.value, finished_at)
+        return ResultReady(event_id=event_id, prediction=result.prediction, **outcome.times(doc["created_at"]))
+    outcome = await read_failure(services, bucket, event_id) or from_outbox(doc)
+    return ResultPending(
+        status=outcome.status,
+        event_id=event_id,
+        status_description=outcome.description(),
+        error=outcome.error,
+        **outcome.times(doc["created_at"]),
+    )
 
 
-@router.delete("/cleanup/all")
+@router.delete("/cleanup/all", dependencies=[ApiKeyDep])
 async def cleanup_all(services: ServicesDep) -> Cleaned:
     jobs = (await services.outbox.delete_many({})).deleted_count
     await services.predictions.delete_many({})

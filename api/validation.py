@@ -14,9 +14,11 @@ def bad_request(message: str, code: int = status.HTTP_400_BAD_REQUEST) -> HTTPEx
     return HTTPException(status_code=code, detail=message)
 
 
-def check_bucket(bucket: str) -> str:
+def check_bucket(bucket: str, allowed: set[str] | None = None) -> str:
     if not BUCKET_RE.match(bucket) or ".." in bucket:
         raise bad_request(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, dots and hyphens")
+    if allowed and bucket not in allowed:
+        raise bad_request(f"bucket {bucket!r} is not allowed; allowed: {', '.join(sorted(allowed))}", 403)
     return bucket
 
 

@@ -5,9 +5,18 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.app import create_app
-from events.contracts import DetectedObject, DetectionFile, FramePrediction, detection_key, utcnow
+from events.contracts import (
+    DetectedObject,
+    DetectionFile,
+    FailureFile,
+    FramePrediction,
+    detection_key,
+    failure_key,
+    utcnow,
+)
 from tests.servers import bikes_video
 
 
@@ -104,3 +113,56 @@ def test_cleanup_removes_jobs_and_objects(client: TestClient, settings) -> None:
     assert answer == {"status": "ok", "jobs_deleted": 2, "objects_deleted": 2}
     assert client.get("/api/status/all").json() == {"operations": [], "total": 0}
     assert not list(settings.storage_dir.rglob("*.mp4"))
+
+
+@pytest.fixture
+def strict_client(settings) -> Iterator[TestClient]:
+    """An API with every limit switched on: small uploads, one bucket, an API key."""
+    strict = settings.model_copy(
+        update={"max_upload_bytes": 300_000, "allowed_buckets": "videos", "api_key": SecretStr("s3cret")}
+    )
+    with TestClient(create_app(strict)) as test_client:
+        yield test_client
+
+
+KEY = {"X-API-Key": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("send", "code", "message"),
+    [
+        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"x")}), 401, "X-API-Key"),
+        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"x")}, headers={"X-API-Key": "no"}), 401, "X-API-Key"),
+        (lambda c: c.delete("/api/cleanup/all"), 401, "X-API-Key"),
+        (lambda c: c.post("/api/request", json={"object": "input/a.mp4"}), 401, "X-API-Key"),
+        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"\x00\x00\x00\x18ftyp")}, data={"bucket": "other"}, headers=KEY), 403, "not allowed"),
+        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", bikes_video().read_bytes())}, headers=KEY), 413, "larger than"),
+        (lambda c: c.post("/api/upload_video", content=b"x" * 500_000, headers={**KEY, "content-type": "multipart/form-data; boundary=b"}), 413, "larger than"),
+    ],
+    ids=["no-key", "wrong-key", "cleanup-no-key", "request-no-key", "bucket-not-allowed", "too-large", "too-large-declared"],
+)  # fmt: skip
+def test_limits_are_enforced(strict_client: TestClient, settings, send, code, message) -> None:
+    response = send(strict_client)
+    assert response.status_code == code
+    assert message in response.json()["detail"]
+    assert strict_client.get("/api/status/all").json()["total"] == 0
+    assert not list(settings.storage_dir.rglob("*.mp4"))
+
+
+def test_reads_need_no_key_and_a_valid_key_lets_an_upload_through(strict_client: TestClient) -> None:
+    assert strict_client.get("/api/status/all").status_code == 200
+    small = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000
+    response = strict_client.post("/api/upload_video", files={"file": ("v.mp4", small)}, headers=KEY)
+    assert response.status_code == 200
+
+
+def test_a_failed_job_shows_its_reason(client: TestClient, settings) -> None:
+    event_id = upload(client)["event_id"]
+    failure = FailureFile(event_id=event_id, error="the video has no decodable frames", failed_at=utcnow())
+    target = settings.storage_dir / "videos" / failure_key(event_id)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(failure.to_bytes())
+    answer = client.get(f"/api/result_video/{event_id}").json()
+    assert answer["status"] == "failed" and answer["error"] == "the video has no decodable frames"
+    (operation,) = client.get("/api/status/all").json()["operations"]
+    assert operation["status_code"] == "failed" and operation["error"] == "the video has no decodable frames"

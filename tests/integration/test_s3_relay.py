@@ -9,9 +9,12 @@ from events.contracts import (
     PREDICTIONS,
     DetectedObject,
     DetectionFile,
+    FailureFile,
     FramePrediction,
     RunnerPrediction,
     detection_key,
+    failure_key,
+    utcnow,
 )
 from events.statuses import RunnerStatus
 from relays.follow import Relay
@@ -72,3 +75,20 @@ async def test_a_replayed_job_does_not_rewrite_its_detection_file(settings, mong
         await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"status": "predictable"}})
         await eventually(lambda: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
     assert await store.modified_at("videos", detection_key(job.id)) == written
+
+
+async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
+    db, store = mongo[settings.runner_db], object_store(settings)
+    job = finished_job()
+    await db[PREDICTIONS].insert_one(job.to_mongo())
+    async with serving(s3_relay(db, store, settings)):
+        await asyncio.sleep(0.5)
+        await db[PREDICTIONS].update_one(
+            {"_id": job.id}, {"$set": {"status": "failed", "error": "no decodable frames", "failed_at": utcnow()}}
+        )
+        doc = await eventually(lambda: db[PREDICTIONS].find_one({"_id": job.id, "output_s3": {"$exists": True}}))
+    assert doc["status"] == "failed"
+    assert doc["output_s3"] == {"bucket": "videos", "object": f"failed/{job.id}.json"}
+    failure = FailureFile.from_bytes(await store.get_bytes("videos", failure_key(job.id)))
+    assert failure.error == "no decodable frames" and failure.event_id == job.id
+    assert await store.get_bytes("videos", detection_key(job.id)) is None
