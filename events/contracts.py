@@ -103,6 +103,7 @@ class RunnerPrediction(Contract):
 
     id: str = Field(alias="_id")
     bucket: str
+    object: str | None = Field(default=None, description="the video's key, to read it again for a resend")
     total_frames: int | None = None
     received_frames: int = 0
     frame_results: dict[str, list[DetectedObject]] = Field(default_factory=dict)

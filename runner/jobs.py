@@ -1,5 +1,7 @@
 """The runner's bookkeeping in `runner_db.runner_predictions`: every write is conditional or idempotent."""
 
+from datetime import timedelta
+
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -16,10 +18,11 @@ class Jobs:
         self.collection = collection
 
     @transient
-    async def create(self, event_id: str, bucket: str) -> bool:
+    async def create(self, event_id: str, bucket: str, key: str) -> bool:
         """Start tracking a job; False if it already exists (a redelivered outbox event)."""
         try:
-            await self.collection.insert_one(RunnerPrediction(id=event_id, bucket=bucket).to_mongo())
+            job = RunnerPrediction(id=event_id, bucket=bucket, object=key, updated_at=utcnow())
+            await self.collection.insert_one(job.to_mongo())
         except DuplicateKeyError:
             return False
         return True
@@ -28,7 +31,7 @@ class Jobs:
     async def set_total(self, event_id: str, total_frames: int) -> RunnerPrediction | None:
         doc = await self.collection.find_one_and_update(
             {"_id": event_id, **PROCESSING},
-            {"$set": {"total_frames": total_frames}},
+            {"$set": {"total_frames": total_frames, "updated_at": utcnow()}},
             return_document=ReturnDocument.AFTER,
         )
         return RunnerPrediction.model_validate(doc) if doc else None
@@ -40,7 +43,7 @@ class Jobs:
         objects = [obj.to_mongo() for obj in result.objects]
         doc = await self.collection.find_one_and_update(
             {"_id": result.event_id, **PROCESSING, field: {"$exists": False}},
-            {"$set": {field: objects}, "$inc": {"received_frames": 1}},
+            {"$set": {field: objects, "updated_at": utcnow()}, "$inc": {"received_frames": 1}},
             return_document=ReturnDocument.AFTER,
         )
         return RunnerPrediction.model_validate(doc) if doc else None
@@ -54,6 +57,22 @@ class Jobs:
             {"$set": {"status": RunnerStatus.PREDICTABLE.value, "prediction": prediction, "completed_at": utcnow()}},
         )
         return outcome.modified_count == 1
+
+    @transient
+    async def stalled(self, quiet_for: timedelta) -> list[RunnerPrediction]:
+        """Jobs still processing with no progress for `quiet_for`."""
+        docs = self.collection.find({**PROCESSING, "updated_at": {"$lt": utcnow() - quiet_for}})
+        return [RunnerPrediction.model_validate(doc) async for doc in docs]
+
+    @transient
+    async def claim_resend(self, job: RunnerPrediction) -> RunnerPrediction | None:
+        """Take a stalled job for a resend; None if another runner took it or it moved on meanwhile."""
+        doc = await self.collection.find_one_and_update(
+            {"_id": job.id, **PROCESSING, "updated_at": job.updated_at},
+            {"$set": {"updated_at": utcnow()}, "$inc": {"resends": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return RunnerPrediction.model_validate(doc) if doc else None
 
     @transient
     async def fail(self, event_id: str, reason: str) -> bool:

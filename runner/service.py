@@ -10,6 +10,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -22,7 +23,7 @@ from events.clients import ensure_topics, kafka_consumer, kafka_producer, mongo_
 from events.contracts import PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
 from events.deadletter import dead_letter
 from events.log import get_logger
-from events.runtime import http_server
+from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.storage import ObjectStore
 from runner.frames import VideoError, encode_frame, sample_frames
@@ -42,6 +43,7 @@ class Stats:
     frames_published: int = 0
     results_stored: int = 0
     duplicate_results: int = 0
+    resends: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -54,8 +56,10 @@ class Runner:
     settings: Settings
     stats: Stats = field(default_factory=Stats)
 
-    async def publish_frames(self, path: Path, event_id: str) -> int:
-        """Sample, preprocess and publish the frames of one video; returns how many were published."""
+    async def publish_frames(self, path: Path, event_id: str, skip: frozenset[int] = frozenset()) -> int:
+        """Sample, preprocess and publish the frames of one video, but those in `skip` (already detected).
+
+        Returns how many frames the video has at this stride (published or skipped)."""
         loop = asyncio.get_running_loop()
         topic, key = self.settings.topic(topics.INFERENCE_TASKS), event_id.encode()
         window = 2 * self.settings.preprocess_workers
@@ -75,10 +79,12 @@ class Runner:
         try:
             while (item := await asyncio.to_thread(next, frames, None)) is not None:
                 index, frame = item
+                count += 1
+                if index in skip:
+                    continue
                 pending.append(
                     (index, loop.run_in_executor(self.pool, encode_frame, frame, self.settings.jpeg_quality))
                 )
-                count += 1
                 if len(pending) >= window:
                     await publish_oldest()
             while pending:
@@ -86,33 +92,61 @@ class Runner:
             await asyncio.gather(*deliveries)
         finally:
             frames.close()
-        self.stats.frames_published += count
+        self.stats.frames_published += count - len(skip)
         return count
 
     async def start_job(self, event: OutboxEvent) -> None:
         bucket, key = event.payload.bucket, event.payload.object
-        if not await self.jobs.create(event.event_id, bucket):
+        if not await self.jobs.create(event.event_id, bucket, key):
             log.info("job already exists, outbox event ignored", duplicate_events=1)
             return
         self.stats.jobs_started += 1
+        await self.fan_out(event.event_id, bucket, key)
+
+    async def fan_out(self, event_id: str, bucket: str, key: str, skip: frozenset[int] = frozenset()) -> None:
+        """Publish the frames of a job (but `skip`), then record how many it has; a broken video fails it."""
         started = time.monotonic()
         try:
             async with self.store.local_copy(bucket, key) as path:
-                total = await self.publish_frames(path, event.event_id)
+                total = await self.publish_frames(path, event_id, skip)
             if total == 0:
                 raise VideoError("the video has no decodable frames")
         except (VideoError, FileNotFoundError) as error:
-            reason = (
-                f"video not found in storage: {bucket}/{key}" if isinstance(error, FileNotFoundError) else str(error)
-            )
-            await self.jobs.fail(event.event_id, reason)
-            self.stats.jobs_failed += 1
-            log.error("job failed", reason=reason)
+            missing = isinstance(error, FileNotFoundError)
+            await self.fail(event_id, f"video not found in storage: {bucket}/{key}" if missing else str(error))
             return
-        log.info("frames published", total_frames=total, seconds=round(time.monotonic() - started, 3))
-        job = await self.jobs.set_total(event.event_id, total)
+        log.info(
+            "frames published", total_frames=total, skipped=len(skip), seconds=round(time.monotonic() - started, 3)
+        )
+        job = await self.jobs.set_total(event_id, total)
         if job and job.is_complete():
             await self.complete(job)
+
+    async def fail(self, event_id: str, reason: str) -> None:
+        if await self.jobs.fail(event_id, reason):
+            self.stats.jobs_failed += 1
+            log.error("job failed", reason=reason)
+
+    async def resend_stalled(self) -> None:
+        """Jobs with no progress for STALL_TIMEOUT_S get their missing frames sent again (a broker may have
+        lost them, a runner may have died while reading the video); after MAX_RESENDS they fail."""
+        for stalled in await self.jobs.stalled(timedelta(seconds=self.settings.stall_timeout_s)):
+            job = await self.jobs.claim_resend(stalled)
+            if job is None:
+                continue
+            with structlog.contextvars.bound_contextvars(event_id=job.id):
+                if job.resends > self.settings.max_resends or job.object is None:
+                    await self.fail(job.id, f"no progress after {job.resends - 1} resends of the missing frames")
+                    continue
+                done = frozenset(int(frame) for frame in job.frame_results)
+                log.warning("job stalled, resending missing frames", resends=job.resends, received=len(done))
+                self.stats.resends += 1
+                await self.fan_out(job.id, job.bucket, job.object, done)
+
+    async def watch_stalls(self, stop: asyncio.Event) -> None:
+        interval = min(self.settings.stall_timeout_s / 4, 15)
+        while not await wait_or_stop(stop, interval):
+            await self.resend_stalled()
 
     async def store_result(self, result: InferenceResult) -> None:
         job = await self.jobs.record(result)
@@ -192,5 +226,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             async with http_server(health_app(runner.stats), settings.bind_host, settings.runner_port):
                 log.info("runner ready")
                 await asyncio.gather(
-                    runner.consume_jobs(jobs_consumer, stop), runner.consume_results(results_consumer, stop)
+                    runner.consume_jobs(jobs_consumer, stop),
+                    runner.consume_results(results_consumer, stop),
+                    runner.watch_stalls(stop),
                 )

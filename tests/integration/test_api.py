@@ -132,15 +132,48 @@ KEY = {"X-API-Key": "s3cret"}
     ("send", "code", "message"),
     [
         (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"x")}), 401, "X-API-Key"),
-        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"x")}, headers={"X-API-Key": "no"}), 401, "X-API-Key"),
+        (
+            lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"x")}, headers={"X-API-Key": "no"}),
+            401,
+            "X-API-Key",
+        ),
         (lambda c: c.delete("/api/cleanup/all"), 401, "X-API-Key"),
         (lambda c: c.post("/api/request", json={"object": "input/a.mp4"}), 401, "X-API-Key"),
-        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", b"\x00\x00\x00\x18ftyp")}, data={"bucket": "other"}, headers=KEY), 403, "not allowed"),
-        (lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", bikes_video().read_bytes())}, headers=KEY), 413, "larger than"),
-        (lambda c: c.post("/api/upload_video", content=b"x" * 500_000, headers={**KEY, "content-type": "multipart/form-data; boundary=b"}), 413, "larger than"),
+        (
+            lambda c: c.post(
+                "/api/upload_video",
+                files={"file": ("v.mp4", b"\x00\x00\x00\x18ftyp")},
+                data={"bucket": "other"},
+                headers=KEY,
+            ),
+            403,
+            "not allowed",
+        ),
+        (
+            lambda c: c.post("/api/upload_video", files={"file": ("v.mp4", bikes_video().read_bytes())}, headers=KEY),
+            413,
+            "larger than",
+        ),
+        (
+            lambda c: c.post(
+                "/api/upload_video",
+                content=b"x" * 500_000,
+                headers={**KEY, "content-type": "multipart/form-data; boundary=b"},
+            ),
+            413,
+            "larger than",
+        ),
     ],
-    ids=["no-key", "wrong-key", "cleanup-no-key", "request-no-key", "bucket-not-allowed", "too-large", "too-large-declared"],
-)  # fmt: skip
+    ids=[
+        "no-key",
+        "wrong-key",
+        "cleanup-no-key",
+        "request-no-key",
+        "bucket-not-allowed",
+        "too-large",
+        "too-large-declared",
+    ],
+)
 def test_limits_are_enforced(strict_client: TestClient, settings, send, code, message) -> None:
     response = send(strict_client)
     assert response.status_code == code

@@ -6,6 +6,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 
 import pytest
 
@@ -105,3 +106,40 @@ async def test_a_broken_or_missing_video_fails_the_job_with_a_reason(runner: Run
     doc = await job(runner, event.event_id)
     assert doc["status"] == "failed"
     assert reason in doc["error"]
+
+
+async def age(runner: Runner, event_id: str, seconds: float = 3600) -> None:
+    """Make a job look as if it had made no progress for `seconds`."""
+    await runner.jobs.collection.update_one(
+        {"_id": event_id}, {"$set": {"updated_at": utcnow() - timedelta(seconds=seconds)}}
+    )
+
+
+async def test_a_stalled_job_gets_only_its_missing_frames_again_then_fails(runner: Runner, settings):
+    event = upload(settings, bikes_video())
+    await runner.start_job(event)
+    for frame in range(0, 150, 5):  # 30 of 50 results arrive; the other 20 frames were lost
+        await runner.store_result(InferenceResult(event_id=event.event_id, frame=frame, objects=[]))
+    await runner.resend_stalled()
+    assert runner.stats.resends == 0  # not stalled yet
+    await age(runner, event.event_id)
+    await runner.resend_stalled()
+    assert runner.stats.resends == 1
+    tasks = [InferenceTask.from_bytes(m.value) for m in await read_topic(settings, topics.INFERENCE_TASKS, 70)]
+    assert len(tasks) == BIKES_SAMPLED + 20
+    assert sorted(t.frame for t in tasks[BIKES_SAMPLED:]) == list(range(150, 250, 5))
+    for resend in range(settings.max_resends):
+        await age(runner, event.event_id)
+        await runner.resend_stalled()
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "failed" and "no progress after 3 resends" in doc["error"]
+
+
+async def test_a_job_whose_runner_died_while_reading_the_video_is_fanned_out_again(runner: Runner, settings):
+    event = upload(settings, bikes_video())
+    assert await runner.jobs.create(event.event_id, "videos", event.payload.object)  # then the runner "died"
+    await age(runner, event.event_id)
+    await runner.resend_stalled()
+    doc = await job(runner, event.event_id)
+    assert doc["total_frames"] == BIKES_SAMPLED and doc["resends"] == 1
+    assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED

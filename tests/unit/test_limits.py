@@ -26,8 +26,18 @@ async def test_a_body_over_the_limit_is_refused_while_it_streams() -> None:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/upload", "headers": [], "query_string": b"",
-             "http_version": "1.1", "scheme": "http", "server": ("t", 80), "client": ("c", 1), "root_path": ""}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "headers": [],
+        "query_string": b"",
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("t", 80),
+        "client": ("c", 1),
+        "root_path": "",
+    }
     await BodySizeLimit(app, max_bytes=1_000_000)(scope, receive, send)
     assert sent[0]["status"] == 413
     assert pulled * CHUNK < 1_000_000 + 64 * 1024 + 2 * CHUNK  # stopped right after the limit
