@@ -1,5 +1,6 @@
 """The one place that builds clients: MongoDB, Kafka producer/consumer/admin, object storage."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -17,6 +18,7 @@ from events.settings import Settings
 from events.storage import DirectoryStore, ObjectStore, S3Store
 
 log = get_logger(__name__)
+COMMIT_TIMEOUT_S = 30
 
 
 @asynccontextmanager
@@ -68,6 +70,13 @@ async def kafka_consumer(
         yield consumer
     finally:
         await consumer.stop()
+
+
+async def commit(consumer: AIOKafkaConsumer) -> None:
+    """Commit what was consumed, or fail loudly: aiokafka retries some commit errors forever (a topic
+    that vanished with an in-memory broker), and a stuck consumer is worse than a restarted one."""
+    async with asyncio.timeout(COMMIT_TIMEOUT_S):
+        await consumer.commit()
 
 
 async def ensure_topics(settings: Settings) -> None:

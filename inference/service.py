@@ -17,7 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
 from events import topics
-from events.clients import ensure_topics, kafka_consumer, kafka_producer
+from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer
 from events.contracts import InferenceResult, InferenceTask
 from events.deadletter import dead_letter
 from events.log import get_logger
@@ -97,7 +97,7 @@ async def consume(
             continue
         with structlog.contextvars.bound_contextvars(batch=len(messages)):
             await handle_batch(messages, detector, producer, settings, stats)
-        await consumer.commit()
+        await commit(consumer)
 
 
 def health_app(detector: Detector, settings: Settings, stats: Stats) -> FastAPI:

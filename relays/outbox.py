@@ -1,6 +1,8 @@
-"""Outbox relay: `main_db.outbox` inserts -> Kafka `outbox_events` (keyed by event id), then `new -> sent`."""
+"""Outbox relay: `main_db.outbox` inserts -> Kafka `outbox_events` (keyed by event id), then `new -> sent`;
+unfinished `sent` jobs are published again after STALL_TIMEOUT_S."""
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -10,12 +12,22 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from events import topics
-from events.clients import ensure_topics, kafka_producer, mongo_client
-from events.contracts import CHECKPOINTS, OUTBOX, OutboxDocument, OutboxEvent, utcnow
+from events.clients import ensure_topics, kafka_producer, mongo_client, object_store
+from events.contracts import (
+    CHECKPOINTS,
+    OUTBOX,
+    OutboxDocument,
+    OutboxEvent,
+    detection_key,
+    failure_key,
+    utcnow,
+)
 from events.log import get_logger
 from events.retry import transient
+from events.runtime import wait_or_stop
 from events.settings import Settings
 from events.statuses import OutboxStatus
+from events.storage import ObjectStore
 from relays.checkpoints import MongoTokenStore
 from relays.follow import Relay
 
@@ -25,8 +37,6 @@ PIPELINE = [{"$match": {"operationType": "insert"}}]
 
 
 def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Settings):
-    topic = settings.topic(topics.OUTBOX_EVENTS)
-
     @transient
     async def mark(event_id: str, update: dict[str, Any]) -> None:
         await outbox.update_one({"_id": event_id, "status": OutboxStatus.NEW.value}, {"$set": update})
@@ -41,12 +51,48 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Set
                 log.error("malformed outbox document", error=str(error))
                 await mark(doc["_id"], {"status": OutboxStatus.FAILED.value, "error": "malformed outbox document"})
                 return
-            event = OutboxEvent(event_id=entry.id, payload=entry.payload, created_at=entry.created_at)
-            await transient(producer.send_and_wait)(topic, event.to_bytes(), key=entry.id.encode())
+            await send(producer, settings, entry)
             await mark(entry.id, {"status": OutboxStatus.SENT.value, "sent_at": utcnow()})
             log.info("outbox event published")
 
     return publish
+
+
+async def send(producer: AIOKafkaProducer, settings: Settings, entry: OutboxDocument) -> None:
+    event = OutboxEvent(event_id=entry.id, payload=entry.payload, created_at=entry.created_at)
+    await transient(producer.send_and_wait)(
+        settings.topic(topics.OUTBOX_EVENTS), event.to_bytes(), key=entry.id.encode()
+    )
+
+
+async def redeliver_unfinished(
+    outbox: AsyncCollection, producer: AIOKafkaProducer, store: ObjectStore, settings: Settings
+) -> int:
+    """Publish again the `sent` jobs that have no outcome in storage after STALL_TIMEOUT_S.
+
+    An in-memory broker (Tansu on the local stack) loses what it held when it restarts, so an event
+    may be gone before any runner read it. The runner ignores an event for a job it already has, so
+    a redelivery costs nothing when the job is merely slow. A job whose outcome is in storage is
+    settled instead: `sent -> ready` or `sent -> failed`. Returns how many events were sent again."""
+    cutoff = utcnow() - timedelta(seconds=settings.stall_timeout_s)
+    sent_again = 0
+    async for doc in outbox.find({"status": OutboxStatus.SENT.value, "sent_at": {"$lt": cutoff}}):
+        entry = OutboxDocument.model_validate(doc)
+        bucket, condition = entry.payload.bucket, {"_id": entry.id, "status": OutboxStatus.SENT.value}
+        with structlog.contextvars.bound_contextvars(event_id=entry.id):
+            if await store.modified_at(bucket, detection_key(entry.id)):
+                await outbox.update_one(condition, {"$set": {"status": OutboxStatus.READY.value}})
+            elif await store.modified_at(bucket, failure_key(entry.id)):
+                await outbox.update_one(condition, {"$set": {"status": OutboxStatus.FAILED.value}})
+            else:
+                await send(producer, settings, entry)
+                await outbox.update_one(
+                    {**condition, "sent_at": entry.sent_at},
+                    {"$set": {"sent_at": utcnow()}, "$inc": {"redeliveries": 1}},
+                )
+                log.warning("unfinished job sent again", redeliveries=1)
+                sent_again += 1
+    return sent_again
 
 
 def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> Relay:
@@ -63,5 +109,12 @@ def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
+    store = object_store(settings)
     async with mongo_client(settings.mongo_uri) as client, kafka_producer(settings) as producer:
-        await build(client[settings.main_db], producer, settings).run(stop)
+        db = client[settings.main_db]
+
+        async def redeliver() -> None:
+            while not await wait_or_stop(stop, min(settings.stall_timeout_s / 4, 15)):
+                await redeliver_unfinished(db[OUTBOX], producer, store, settings)
+
+        await asyncio.gather(build(db, producer, settings).run(stop), redeliver())

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from events import topics
-from events.clients import ensure_topics, kafka_consumer, kafka_producer, mongo_client, object_store
+from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer, mongo_client, object_store
 from events.contracts import PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
 from events.deadletter import dead_letter
 from events.log import get_logger
@@ -175,7 +175,7 @@ class Runner:
                 with structlog.contextvars.bound_contextvars(event_id=event.event_id):
                     await self.start_job(event)
             if batches:
-                await consumer.commit()
+                await commit(consumer)
 
     async def consume_results(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -189,7 +189,7 @@ class Runner:
                 with structlog.contextvars.bound_contextvars(event_id=result.event_id, frame=result.frame):
                     await self.store_result(result)
             if batches:
-                await consumer.commit()
+                await commit(consumer)
 
 
 def health_app(stats: Stats) -> FastAPI:

@@ -4,6 +4,7 @@ A service process that dies is started again after a back-off (as docker's resta
 SIGTERM or Ctrl-C stops the services first (each gets SIGTERM and time to finish), then the servers.
 """
 
+import asyncio
 import importlib.util
 import os
 import shutil
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from events.clients import ensure_topics
 from events.log import configure_logging, get_logger
+from events.settings import Settings
 
 log = get_logger("stack")
 STOP_GRACE_S = 20
+KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
 MAX_BACKOFF_S = 30
 HEALTHY_AFTER_S = 60
 
@@ -68,21 +72,25 @@ class Child:
             self.log_file.close()
             self.log_file = None
 
-    def check(self, now: float) -> None:
-        """Schedule a restart of a process that died, and carry it out when its back-off is over."""
+    def check(self, now: float) -> bool:
+        """Schedule a restart of a process that died, and carry it out when its back-off is over.
+
+        Returns True when it started the process again."""
         if self.restart_at is not None:
             if now >= self.restart_at:
                 self.restarts += 1
                 self.start()
-            return
+                return True
+            return False
         code = self.process.poll() if self.process else None
         if code is None:
-            return
+            return False
         if now - self.started_at > HEALTHY_AFTER_S:
             self.restarts = 0
         delay = min(2**self.restarts, MAX_BACKOFF_S)
         self.restart_at = now + delay
         log.error("process exited, restarting", process=self.name, exit_code=code, restart_in_s=delay)
+        return False
 
 
 def tansu_binary() -> Path:
@@ -155,6 +163,18 @@ def services(ports: Ports, env: dict[str, str], inference_workers: int) -> list[
     return children
 
 
+def broker_restarted(broker: Child, workers: list[Child], ports: Ports) -> None:
+    """Tansu keeps everything in memory: after a restart its topics, messages and consumer groups are
+    gone. Create the topics again and restart the services that use Kafka so they join afresh; the
+    jobs whose messages were lost are sent again by the relays' and the runner's stall checks."""
+    wait_for_port(ports.kafka, broker)
+    asyncio.run(ensure_topics(Settings(kafka_bootstrap_servers=f"127.0.0.1:{ports.kafka}")))
+    for child in workers:
+        if child.name.startswith(KAFKA_CLIENTS):
+            log.warning("restarting after a broker restart", process=child.name)
+            child.stop()
+
+
 def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
     mongo = f"mongodb://127.0.0.1:{ports.mongo}/?directConnection=true"
     return {
@@ -195,8 +215,12 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 1) -> int:
             log.info("stack ready", api=f"http://127.0.0.1:{ports.api}/api", data_dir=str(data_dir))
         while not stopping:
             now = time.monotonic()
-            for child in backing + workers:
+            for child in workers:
                 child.check(now)
+            if backing[0].check(now):
+                wait_for_port(ports.mongo, backing[0])
+            if backing[1].check(now):
+                broker_restarted(backing[1], workers, ports)
             time.sleep(0.2)
     finally:
         log.info("stack stopping")

@@ -2,16 +2,27 @@
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
 
 import relays.outbox
 from events import topics
-from events.clients import kafka_producer
-from events.contracts import CHECKPOINTS, OUTBOX, OutboxDocument, OutboxEvent, OutboxPayload
+from events.clients import kafka_producer, object_store
+from events.contracts import (
+    CHECKPOINTS,
+    OUTBOX,
+    OutboxDocument,
+    OutboxEvent,
+    OutboxPayload,
+    detection_key,
+    failure_key,
+    utcnow,
+)
 from events.settings import Settings
+from events.statuses import OutboxStatus
 from relays.follow import Relay
-from relays.outbox import NAME
+from relays.outbox import NAME, redeliver_unfinished
 from tests.conftest import eventually, read_topic, serving
 
 
@@ -78,3 +89,23 @@ async def test_a_quiet_relay_still_advances_its_stored_token(settings, mongo, ka
             lambda: db[CHECKPOINTS].find_one({"_id": NAME, "token": {"$ne": first["token"]}}), timeout=15
         )
     assert moved["updated_at"] > first["updated_at"]
+
+
+async def test_sent_jobs_with_no_outcome_are_sent_again_and_finished_ones_settled(settings, mongo, kafka_topics):
+    db, store = mongo[settings.main_db], object_store(settings)
+    lost, done, broken = new_event(), new_event(), new_event()
+    long_ago = utcnow() - timedelta(seconds=settings.stall_timeout_s + 60)
+    for event in (lost, done, broken):
+        event.status, event.sent_at = OutboxStatus.SENT, long_ago
+        await db[OUTBOX].insert_one(event.to_mongo())
+    await store.put_bytes("videos", detection_key(done.id), b"{}", "application/json")
+    await store.put_bytes("videos", failure_key(broken.id), b"{}", "application/json")
+    async with kafka_producer(settings) as producer:
+        assert await redeliver_unfinished(db[OUTBOX], producer, store, settings) == 1
+        assert await redeliver_unfinished(db[OUTBOX], producer, store, settings) == 0  # not stalled any more
+    (message,) = await read_topic(settings, topics.OUTBOX_EVENTS, 1)
+    assert message.key.decode() == lost.id
+    statuses = {doc["_id"]: doc for doc in await db[OUTBOX].find().to_list(None)}
+    assert statuses[lost.id]["status"] == "sent" and statuses[lost.id]["redeliveries"] == 1
+    assert statuses[done.id]["status"] == "ready"
+    assert statuses[broken.id]["status"] == "failed"

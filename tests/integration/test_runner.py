@@ -128,7 +128,7 @@ async def test_a_stalled_job_gets_only_its_missing_frames_again_then_fails(runne
     tasks = [InferenceTask.from_bytes(m.value) for m in await read_topic(settings, topics.INFERENCE_TASKS, 70)]
     assert len(tasks) == BIKES_SAMPLED + 20
     assert sorted(t.frame for t in tasks[BIKES_SAMPLED:]) == list(range(150, 250, 5))
-    for resend in range(settings.max_resends):
+    for _ in range(settings.max_resends):
         await age(runner, event.event_id)
         await runner.resend_stalled()
     doc = await job(runner, event.event_id)
