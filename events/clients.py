@@ -7,7 +7,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
+    UnknownMemberIdError,
+)
 from minio import Minio
 from pymongo import AsyncMongoClient
 
@@ -73,10 +79,17 @@ async def kafka_consumer(
 
 
 async def commit(consumer: AIOKafkaConsumer) -> None:
-    """Commit what was consumed, or fail loudly: aiokafka retries some commit errors forever (a topic
-    that vanished with an in-memory broker), and a stuck consumer is worse than a restarted one."""
-    async with asyncio.timeout(COMMIT_TIMEOUT_S):
-        await consumer.commit()
+    """Commit what was consumed.
+
+    If the group rebalanced meanwhile, the commit is refused and the messages go to the partition's
+    new owner: harmless, as every consumer is idempotent. A commit that does not finish in time
+    raises (aiokafka retries some errors forever, such as a topic gone with an in-memory broker): a
+    stuck consumer is worse than a restarted one."""
+    try:
+        async with asyncio.timeout(COMMIT_TIMEOUT_S):
+            await consumer.commit()
+    except (CommitFailedError, UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError) as error:
+        log.warning("commit refused after a rebalance; messages will be redelivered", error=type(error).__name__)
 
 
 async def ensure_topics(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 import uvicorn
@@ -30,7 +31,11 @@ def run_service(name: str, main: ServiceMain, settings: Settings | None = None) 
         await main(settings, stop)
         log.info("service stopped")
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except Exception:
+        log.exception("service crashed")
+        sys.exit(1)
 
 
 class _EmbeddedServer(uvicorn.Server):
