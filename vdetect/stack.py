@@ -183,7 +183,7 @@ def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
         "RUNNER_MONGO_URI": mongo,
         "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{ports.kafka}",
         "KAFKA_IDEMPOTENCE": "false",  # Tansu refuses idempotent producers
-        "STORAGE_BACKEND": "dir",
+        "STORAGE_BACKEND": os.environ.get("STORAGE_BACKEND", "dir"),
         "STORAGE_DIR": str(data_dir / "storage"),
         "API_PORT": str(ports.api),
         "RUNNER_PORT": str(ports.runner),

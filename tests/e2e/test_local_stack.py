@@ -1,87 +1,23 @@
 """End to end: `vdetect up` on free ports, a real video uploaded over HTTP, detections back."""
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from tests.servers import bikes_video, free_port
+from tests.e2e.stack import Stack, local_stack, wait_ready, wait_until
+from tests.servers import bikes_video
 
 pytestmark = pytest.mark.e2e
-READY_TIMEOUT_S = 180
-
-
-@dataclass
-class Stack:
-    process: subprocess.Popen
-    api: str
-    runner_port: int
-    inference_port: int
-    log: Path
-
-    def lines(self) -> list[dict]:
-        found = []
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{"):
-                try:
-                    found.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return found
-
-    def pid(self, name: str) -> int:
-        started = [line for line in self.lines() if line.get("event") == "process started" and line["process"] == name]
-        return started[-1]["pid"]
-
-
-def wait_until(check, timeout: float, what: str):
-    for attempt in Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.5),
-        retry=retry_if_exception_type((AssertionError, httpx.TransportError)),
-        reraise=True,
-    ):
-        with attempt:
-            result = check()
-            assert result, f"still waiting for {what}"
-    return result
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("stack")
-    ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference")}
-    log = data / "stack.log"
-    env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1"}
-    argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
-    argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
-    process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log)
-    try:
-        wait_until(lambda: any(line.get("event") == "stack ready" for line in stack.lines()), READY_TIMEOUT_S, "stack")
-        yield stack
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(90)
-
-
-def wait_ready(event_id: str, api: str) -> dict:
-    def ready() -> dict | None:
-        answer = httpx.get(f"{api}/result_video/{event_id}").json()
-        assert answer["status"] != "failed", answer
-        return answer if answer["status"] == "ready" else None
-
-    return wait_until(ready, 240, f"job {event_id}")
+    with local_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack) -> None:
