@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure
+from pymongo.errors import ConnectionFailure, OperationFailure
 
+from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
+from events.runtime import wait_or_stop
 from relays.checkpoints import TokenStore
 
 log = get_logger(__name__)
@@ -47,6 +49,7 @@ TOKEN_LOST_CODES = {
     286,  # ChangeStreamHistoryLost
 }
 AWAIT_MS = 500
+RECONNECT_WAIT_S = 1.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -74,6 +77,9 @@ class Relay:
         while not stop.is_set():
             try:
                 await self._follow(await self.tokens.load(self.name), stop)
+            except ConnectionFailure as error:  # the server went away: wait, then resume from the token
+                log.warning("database unreachable, retrying", relay=self.name, error=str(error)[:200])
+                await wait_or_stop(stop, RECONNECT_WAIT_S)
             except OperationFailure as error:
                 if error.code not in TOKEN_LOST_CODES:
                     raise
@@ -111,6 +117,7 @@ class Relay:
                         break
                     await self.handle_current(change["documentKey"]["_id"])
                     self.stats.changes += 1
+                    crash_point("before_checkpoint")
                 elif time.monotonic() - saved_at < self.checkpoint_interval:
                     continue
                 if stream.resume_token and stream.resume_token != saved:

@@ -22,6 +22,7 @@ from events.contracts import (
     failure_key,
     utcnow,
 )
+from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
 from events.runtime import wait_or_stop
@@ -52,6 +53,7 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Set
                 await mark(doc["_id"], {"status": OutboxStatus.FAILED.value, "error": "malformed outbox document"})
                 return
             await send(producer, settings, entry)
+            crash_point("after_side_effect")
             await mark(entry.id, {"status": OutboxStatus.SENT.value, "sent_at": utcnow()})
             log.info("outbox event published")
 

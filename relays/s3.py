@@ -24,6 +24,7 @@ from events.contracts import (
     failure_key,
     utcnow,
 )
+from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
 from events.settings import Settings
@@ -83,6 +84,7 @@ def exporter(predictions: AsyncCollection, store: ObjectStore):
             if await store.modified_at(location.bucket, location.object) is None:
                 await store.put_bytes(location.bucket, location.object, content, "application/json")
                 log.info("job outcome written", status=job.status.value, object=location.object)
+                crash_point("after_side_effect")
             else:
                 log.info("job outcome already present", object=location.object, duplicates=1)
             await mark_exported(job, location)

@@ -107,3 +107,20 @@ async def serving(service):
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a service process these settings."""
+    return {
+        "MONGO_URI": settings.mongo_uri,
+        "RUNNER_MONGO_URI": settings.runner_mongo,
+        "MAIN_DB": settings.main_db,
+        "RUNNER_DB": settings.runner_db,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "KAFKA_PARTITIONS": str(settings.kafka_partitions),
+        "KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+        "STORAGE_BACKEND": settings.storage_backend,
+        "STORAGE_DIR": str(settings.storage_dir),
+        "RELAY_CHECKPOINT_INTERVAL_S": str(settings.relay_checkpoint_interval_s),
+    }

@@ -67,7 +67,7 @@ def secantus(folder: Path) -> Server:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     argv = [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
-            "--storage-path", str(folder / "db"), "--cache-size", "256M"]  # fmt: skip
+            "--storage-path", str(folder / "db"), "--cache-size", "256M", "--noop-heartbeat-seconds", "1"]  # fmt: skip
     return Server(argv, port, folder / "secantusdb.log")
 
 

@@ -24,6 +24,7 @@ from events.settings import Settings
 
 log = get_logger("stack")
 STOP_GRACE_S = 20
+NOOP_HEARTBEAT_S = 10  # like MongoDB's periodic no-op writer: quiet change streams still advance their token
 KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
 MAX_BACKOFF_S = 30
 HEALTHY_AFTER_S = 60
@@ -138,7 +139,8 @@ def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
         Child(
             "secantusdb",
             [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(ports.mongo),
-             "--storage-path", str(data_dir / "mongo"), "--cache-size", "256M"],
+             "--storage-path", str(data_dir / "mongo"), "--cache-size", "256M",
+             "--noop-heartbeat-seconds", str(NOOP_HEARTBEAT_S)],
             env,
             logs / "secantusdb.log",
         ),

@@ -84,7 +84,7 @@ async def test_a_quiet_relay_still_advances_its_stored_token(settings, mongo, ka
     db = mongo[settings.main_db]
     async with kafka_producer(settings) as producer, serving(outbox_relay(db, producer, settings)):
         first = await eventually(lambda: db[CHECKPOINTS].find_one({"_id": NAME}), timeout=15)
-        await db["unrelated"].insert_one({"x": 1})  # the cluster moves on; the outbox stays quiet
+        # no write at all: the server's no-op heartbeat moves the stream's post-batch token on
         moved = await eventually(
             lambda: db[CHECKPOINTS].find_one({"_id": NAME, "token": {"$ne": first["token"]}}), timeout=15
         )
@@ -109,3 +109,24 @@ async def test_sent_jobs_with_no_outcome_are_sent_again_and_finished_ones_settle
     assert statuses[lost.id]["status"] == "sent" and statuses[lost.id]["redeliveries"] == 1
     assert statuses[done.id]["status"] == "ready"
     assert statuses[broken.id]["status"] == "failed"
+
+
+async def test_two_relays_at_once_change_each_status_once_and_lose_nothing(settings, mongo, kafka_topics):
+    db = mongo[settings.main_db]
+    events = [new_event() for _ in range(20)]
+    ids = [e.id for e in events]
+    pipeline = [{"$match": {"operationType": "update", "updateDescription.updatedFields.status": "sent"}}]
+    async with await db[OUTBOX].watch(pipeline, max_await_time_ms=200) as changes:
+        async with kafka_producer(settings) as producer:
+            async with serving(outbox_relay(db, producer, settings)), serving(outbox_relay(db, producer, settings)):
+                await asyncio.sleep(0.5)
+                await db[OUTBOX].insert_many([e.to_mongo() for e in events[:10]])
+                for event in events[10:]:
+                    await db[OUTBOX].insert_one(event.to_mongo())
+                await eventually(lambda: all_sent(db[OUTBOX], ids))
+        updates: list[str] = []
+        while (change := await changes.try_next()) is not None:
+            updates.append(change["documentKey"]["_id"])
+    assert sorted(updates) == sorted(ids)  # new -> sent exactly once per event, whichever relay won
+    published = {m.key.decode() for m in await read_topic(settings, topics.OUTBOX_EVENTS, len(ids))}
+    assert published == set(ids)
