@@ -117,13 +117,16 @@ async def test_two_relays_at_once_change_each_status_once_and_lose_nothing(setti
     ids = [e.id for e in events]
     pipeline = [{"$match": {"operationType": "update", "updateDescription.updatedFields.status": "sent"}}]
     async with await db[OUTBOX].watch(pipeline, max_await_time_ms=200) as changes:
-        async with kafka_producer(settings) as producer:
-            async with serving(outbox_relay(db, producer, settings)), serving(outbox_relay(db, producer, settings)):
-                await asyncio.sleep(0.5)
-                await db[OUTBOX].insert_many([e.to_mongo() for e in events[:10]])
-                for event in events[10:]:
-                    await db[OUTBOX].insert_one(event.to_mongo())
-                await eventually(lambda: all_sent(db[OUTBOX], ids))
+        async with (
+            kafka_producer(settings) as producer,
+            serving(outbox_relay(db, producer, settings)),
+            serving(outbox_relay(db, producer, settings)),
+        ):
+            await asyncio.sleep(0.5)
+            await db[OUTBOX].insert_many([e.to_mongo() for e in events[:10]])
+            for event in events[10:]:
+                await db[OUTBOX].insert_one(event.to_mongo())
+            await eventually(lambda: all_sent(db[OUTBOX], ids))
         updates: list[str] = []
         while (change := await changes.try_next()) is not None:
             updates.append(change["documentKey"]["_id"])
