@@ -37,15 +37,21 @@ async def mongo_client(uri: str) -> AsyncIterator[AsyncMongoClient]:
         await client.close()
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """Apache Kafka and Tansu differ in one setting: KAFKA_IDEMPOTENCE (Tansu refuses InitProducerId).
+    Either way every message waits for all in-sync replicas and is keyed by its job id."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": settings.kafka_idempotence,
+        "linger_ms": 1,
+        "max_request_size": 8 * 1024 * 1024,
+    }
+
+
 @asynccontextmanager
 async def kafka_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        enable_idempotence=settings.kafka_idempotence,
-        linger_ms=1,
-        max_request_size=8 * 1024 * 1024,
-    )
+    producer = AIOKafkaProducer(**producer_options(settings))
     await on_startup(producer.start)()
     try:
         yield producer

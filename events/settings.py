@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     api_port: int = 8080
     runner_port: int = 8002
     inference_port: int = 8003
+    outbox_relay_port: int = 8004
+    s3_relay_port: int = 8005
 
     log_level: str = "INFO"
 

@@ -26,9 +26,10 @@ the other's side effect is a duplicate that downstream consumers ignore. One ins
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fastapi import FastAPI
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
@@ -60,6 +61,17 @@ class RelayStats:
     swept: int = 0
     tokens_lost: int = 0
     checkpoints: int = 0
+    redeliveries: int = 0
+
+
+def health_app(relay: "Relay") -> FastAPI:
+    app = FastAPI(title=f"vdetect {relay.name}")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "service": relay.name, **asdict(relay.stats)}
+
+    return app
 
 
 @dataclass

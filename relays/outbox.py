@@ -25,12 +25,12 @@ from events.contracts import (
 from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
-from events.runtime import wait_or_stop
+from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.statuses import OutboxStatus
 from events.storage import ObjectStore
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay
+from relays.follow import Relay, health_app
 
 log = get_logger(__name__)
 NAME = "outbox-relay"
@@ -115,8 +115,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with mongo_client(settings.mongo_uri) as client, kafka_producer(settings) as producer:
         db = client[settings.main_db]
 
+        relay = build(db, producer, settings)
+
         async def redeliver() -> None:
             while not await wait_or_stop(stop, min(settings.stall_timeout_s / 4, 15)):
-                await redeliver_unfinished(db[OUTBOX], producer, store, settings)
+                relay.stats.redeliveries += await redeliver_unfinished(db[OUTBOX], producer, store, settings)
 
-        await asyncio.gather(build(db, producer, settings).run(stop), redeliver())
+        async with http_server(health_app(relay), settings.bind_host, settings.outbox_relay_port):
+            await asyncio.gather(relay.run(stop), redeliver())

@@ -27,11 +27,12 @@ from events.contracts import (
 from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
+from events.runtime import http_server
 from events.settings import Settings
 from events.statuses import RunnerStatus
 from events.storage import ObjectStore
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay
+from relays.follow import Relay, health_app
 
 log = get_logger(__name__)
 NAME = "s3-relay"
@@ -106,4 +107,6 @@ def build(db: AsyncDatabase, store: ObjectStore, settings: Settings) -> Relay:
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with mongo_client(settings.runner_mongo) as client:
-        await build(client[settings.runner_db], object_store(settings), settings).run(stop)
+        relay = build(client[settings.runner_db], object_store(settings), settings)
+        async with http_server(health_app(relay), settings.bind_host, settings.s3_relay_port):
+            await relay.run(stop)

@@ -66,6 +66,35 @@ def inference() -> None:
 
 
 @app.command()
+def topics() -> None:
+    """Create the Kafka topics if they are missing (KAFKA_PARTITIONS partitions each), then exit."""
+    import asyncio
+
+    from events.clients import ensure_topics
+    from events.log import configure_logging
+    from events.settings import Settings
+
+    settings = Settings()
+    configure_logging("topics", settings.log_level)
+    asyncio.run(ensure_topics(settings))
+
+
+@app.command()
+def health(
+    port: Annotated[int, typer.Option(help="the service's HTTP port")] = 8080,
+    path: Annotated[str, typer.Option(help="the health path")] = "/health",
+) -> None:
+    """Exit 0 if the service on this machine answers its health check (for container healthchecks)."""
+    import httpx
+
+    try:
+        ok = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=4).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="where databases, objects and logs live")] = Path("data"),
     mongo_port: Annotated[int, typer.Option(help="SecantusDB (MongoDB wire protocol)")] = 27017,
@@ -73,10 +102,12 @@ def up(
     api_port: int = 8080,
     runner_port: int = 8002,
     inference_port: int = 8003,
+    outbox_relay_port: int = 8004,
+    s3_relay_port: int = 8005,
     inference_workers: Annotated[int, typer.Option(help="inference worker processes")] = 1,
 ) -> None:
     """Start SecantusDB, Tansu and every service on this machine; Ctrl-C stops them all."""
     from vdetect.stack import Ports, run_stack
 
-    ports = Ports(mongo_port, kafka_port, api_port, runner_port, inference_port)
+    ports = Ports(mongo_port, kafka_port, api_port, runner_port, inference_port, outbox_relay_port, s3_relay_port)
     raise typer.Exit(run_stack(data_dir.resolve(), ports, inference_workers))

@@ -37,6 +37,8 @@ class Ports:
     api: int = 8080
     runner: int = 8002
     inference: int = 8003
+    outbox_relay: int = 8004
+    s3_relay: int = 8005
 
 
 @dataclass
@@ -156,9 +158,10 @@ def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
 
 def services(ports: Ports, env: dict[str, str], inference_workers: int) -> list[Child]:
     command = [sys.executable, "-m", "vdetect"]
+    # the first inference worker serves on INFERENCE_PORT, the others on a port the system picks
     children = [
-        Child(f"inference-{i}" if inference_workers > 1 else "inference", [*command, "inference"],
-              {**env, "INFERENCE_PORT": str(ports.inference + i)})
+        Child(f"inference-{i}" if i else "inference", [*command, "inference"],
+              {**env, "INFERENCE_PORT": str(ports.inference if i == 0 else 0)})
         for i in range(inference_workers)
     ]  # fmt: skip
     children += [Child(name, [*command, name], env) for name in ("runner", "outbox-relay", "s3-relay", "api")]
@@ -190,6 +193,8 @@ def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
         "API_PORT": str(ports.api),
         "RUNNER_PORT": str(ports.runner),
         "INFERENCE_PORT": str(ports.inference),
+        "OUTBOX_RELAY_PORT": str(ports.outbox_relay),
+        "S3_RELAY_PORT": str(ports.s3_relay),
         "PYTHONUNBUFFERED": "1",
     }
 

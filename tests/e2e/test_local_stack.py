@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.stack import Stack, local_stack, wait_ready, wait_until
 from tests.servers import bikes_video
+from vdetect.harness import Stack, local_stack, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 

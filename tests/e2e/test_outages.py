@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.stack import Stack, local_stack, upload_bikes, wait_ready
-from tests.servers import Server, running, s3rver
+from tests.servers import Server, bikes_video, running, s3rver
+from vdetect.harness import Stack, local_stack, upload, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: Server) -> Iterator[Stac
 
 @pytest.mark.parametrize("victim", ["tansu", "secantusdb", "storage"])
 def test_every_job_ends_ready_after_an_outage(stack: Stack, s3: Server, victim: str) -> None:
-    jobs = [upload_bikes(stack.api) for _ in range(2)]
+    jobs = [upload(stack.api, bikes_video()) for _ in range(2)]
     time.sleep(1.5)  # mid-run: frames are being detected
     if victim == "storage":
         s3.stop()

