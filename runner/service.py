@@ -65,11 +65,15 @@ class Runner:
         window = 2 * self.settings.preprocess_workers
         pending: deque[tuple[int, asyncio.Future[str]]] = deque()
         deliveries: list[asyncio.Future] = []
+        # Keyed by the job, but spread round-robin over the partitions: one video keeps every
+        # inference worker busy, not only the one that owns the key's partition.
+        partitions = sorted(await self.producer.partitions_for(topic))
 
         async def publish_oldest() -> None:
             index, encoded = pending.popleft()
             task = InferenceTask(event_id=event_id, frame=index, image=await encoded)
-            deliveries.append(await self.producer.send(topic, task.to_bytes(), key=key))
+            partition = partitions[(index // self.settings.frame_stride) % len(partitions)]
+            deliveries.append(await self.producer.send(topic, task.to_bytes(), key=key, partition=partition))
             if len(deliveries) >= DELIVERY_BATCH:
                 await asyncio.gather(*deliveries)
                 deliveries.clear()
