@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
     inference_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
     inference_batch_size: int = Field(default=4, ge=1)
+    inference_batch_wait_ms: int = Field(default=10, ge=0, description="how long to wait to fill a batch")
 
     # Relays: how often a quiet change stream still persists its post-batch resume token.
     relay_checkpoint_interval_s: float = Field(default=10.0, gt=0)

@@ -1,6 +1,7 @@
 """The detector port and its ONNX Runtime adapter (the default backend)."""
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 from typing import Protocol
 
@@ -46,22 +47,25 @@ class OnnxDetector:
         height = model_input.shape[2]
         self.size = height if isinstance(height, int) else ast.literal_eval(metadata.get("imgsz", "[640]"))[0]
         self.batch_fixed = isinstance(model_input.shape[0], int)
+        # a model with dynamic height and width takes frames padded only to its stride ("rect")
+        self.stride = int(metadata.get("stride", 32)) if not isinstance(model_input.shape[2], int) else None
         count = self.session.get_outputs()[0].shape[1]
         self.names = class_names(metadata, (count if isinstance(count, int) else 84) - 4)
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
-        if not images:
-            return []
-        if self.batch_fixed and len(images) > 1:
-            return [self.detect([image])[0] for image in images]
-        boxed, fits = zip(*(letterbox(image, self.size) for image in images), strict=True)
-        (outputs,) = self.session.run(None, {self.input_name: to_tensor(list(boxed))})
-        return [
-            [
-                DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
-                for d in decode(output, fit, self.conf_threshold, self.iou_threshold)
-            ]
-            for output, fit in zip(outputs, fits, strict=True)
-        ]
+        """One model call per input shape in the batch (frames of one video share theirs)."""
+        fitted = [letterbox(image, self.size, self.stride) for image in images]
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, (boxed, _) in enumerate(fitted):
+            groups[boxed.shape if not self.batch_fixed else (i,)].append(i)
+        results: list[list[DetectedObject]] = [[] for _ in images]
+        for members in groups.values():
+            (outputs,) = self.session.run(None, {self.input_name: to_tensor([fitted[i][0] for i in members])})
+            for i, output in zip(members, outputs, strict=True):
+                results[i] = [
+                    DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
+                    for d in decode(output, fitted[i][1], self.conf_threshold, self.iou_threshold)
+                ]
+        return results

@@ -25,13 +25,18 @@ class Letterbox:
     height: int
 
 
-def letterbox(image: np.ndarray, size: int = 640) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping the aspect ratio and pad to `size` x `size`, centred (as Ultralytics does)."""
+def letterbox(image: np.ndarray, size: int = 640, stride: int | None = None) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so the longer side is `size`, then pad, centred (as Ultralytics).
+
+    Without `stride` the result is `size` x `size` (a model with a fixed input). With `stride`, each
+    side is padded only up to a multiple of it (Ultralytics' "rect" inference for a model with dynamic
+    axes): a 640x272 frame becomes 640x288 instead of 640x640, less than half the work."""
     height, width = image.shape[:2]
     scale = min(size / height, size / width)
     new_w, new_h = round(width * scale), round(height * scale)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if scale != 1 else image
-    pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    out_w, out_h = (size, size) if stride is None else (-(-new_w // stride) * stride, -(-new_h // stride) * stride)
+    pad_x, pad_y = (out_w - new_w) / 2, (out_h - new_h) / 2
     top, bottom = round(pad_y - 0.1), round(pad_y + 0.1)
     left, right = round(pad_x - 0.1), round(pad_x + 0.1)
     boxed = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)

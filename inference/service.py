@@ -38,6 +38,20 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
 
 
+Decoded = tuple[InferenceTask, np.ndarray] | ValueError
+
+
+def decode_all(messages: list[ConsumerRecord]) -> list[Decoded]:
+    """Decode a batch (in a worker thread: JSON, base64 and JPEG decoding stay off the event loop)."""
+    decoded: list[Decoded] = []
+    for message in messages:
+        try:
+            decoded.append(decode_task(message))
+        except ValueError as error:  # pydantic's ValidationError and binascii.Error are ValueErrors
+            decoded.append(error)
+    return decoded
+
+
 def decode_task(message: ConsumerRecord) -> tuple[InferenceTask, np.ndarray]:
     """Parse a task and decode its JPEG; raises ValueError for anything malformed."""
     task = InferenceTask.from_bytes(message.value)
@@ -56,15 +70,13 @@ async def handle_batch(
     stats: Stats,
 ) -> None:
     tasks, images = [], []
-    for message in messages:
-        try:
-            task, image = decode_task(message)
-        except ValueError as error:  # pydantic's ValidationError and binascii.Error are ValueErrors
-            await dead_letter(producer, settings, SERVICE, message, error)
+    for message, outcome in zip(messages, await asyncio.to_thread(decode_all, messages), strict=True):
+        if isinstance(outcome, ValueError):
+            await dead_letter(producer, settings, SERVICE, message, outcome)
             stats.dead_letters += 1
             continue
-        tasks.append(task)
-        images.append(image)
+        tasks.append(outcome[0])
+        images.append(outcome[1])
     if not tasks:
         return
     started = time.monotonic()
@@ -82,6 +94,17 @@ async def handle_batch(
     stats.batches += 1
 
 
+async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[ConsumerRecord]:
+    """Up to INFERENCE_BATCH_SIZE frames: what is there now, topped up for at most INFERENCE_BATCH_WAIT_MS."""
+    size = settings.inference_batch_size
+    batches = await consumer.getmany(timeout_ms=500, max_records=size)
+    messages = [message for partition in batches.values() for message in partition]
+    if messages and len(messages) < size and settings.inference_batch_wait_ms > 0:
+        more = await consumer.getmany(timeout_ms=settings.inference_batch_wait_ms, max_records=size - len(messages))
+        messages += [message for partition in more.values() for message in partition]
+    return messages
+
+
 async def consume(
     consumer: AIOKafkaConsumer,
     producer: AIOKafkaProducer,
@@ -91,8 +114,7 @@ async def consume(
     stop: asyncio.Event,
 ) -> None:
     while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=500, max_records=settings.inference_batch_size)
-        messages = [message for partition in batches.values() for message in partition]
+        messages = await next_batch(consumer, settings)
         if not messages:
             continue
         with structlog.contextvars.bound_contextvars(batch=len(messages)):

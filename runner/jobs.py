@@ -38,12 +38,15 @@ class Jobs:
 
     @transient
     async def record(self, result: InferenceResult) -> RunnerPrediction | None:
-        """Store one frame's objects once; None if the frame was already stored (or the job is over)."""
+        """Store one frame's objects once; None if the frame was already stored (or the job is over).
+
+        Progress resets the resend count: a job fails only after MAX_RESENDS resends in a row that
+        brought nothing back."""
         field = f"frame_results.{result.frame}"
         objects = [obj.to_mongo() for obj in result.objects]
         doc = await self.collection.find_one_and_update(
             {"_id": result.event_id, **PROCESSING, field: {"$exists": False}},
-            {"$set": {field: objects, "updated_at": utcnow()}, "$inc": {"received_frames": 1}},
+            {"$set": {field: objects, "updated_at": utcnow(), "resends": 0}, "$inc": {"received_frames": 1}},
             return_document=ReturnDocument.AFTER,
         )
         return RunnerPrediction.model_validate(doc) if doc else None

@@ -140,7 +140,9 @@ class Runner:
                 continue
             with structlog.contextvars.bound_contextvars(event_id=job.id):
                 if job.resends > self.settings.max_resends or job.object is None:
-                    await self.fail(job.id, f"no progress after {job.resends - 1} resends of the missing frames")
+                    await self.fail(
+                        job.id, f"no progress after {job.resends - 1} resends of the missing frames in a row"
+                    )
                     continue
                 done = frozenset(int(frame) for frame in job.frame_results)
                 log.warning("job stalled, resending missing frames", resends=job.resends, received=len(done))

@@ -94,6 +94,7 @@ def main(
         "duplicated": sum(written[event_id] > 1 for event_id in accepted) + len(known - set(accepted)),
         "stuck": sum(answer is None for answer in answers.values()),
         "failed": sum(bool(answer) and answer["status"] == "failed" for answer in answers.values()),
+        "failures": [answer.get("error") for answer in answers.values() if answer and answer["status"] == "failed"],
         "wrong": sum(
             bool(answer)
             and answer["status"] == "ready"

@@ -67,3 +67,11 @@ def test_decode_clips_boxes_to_the_frame() -> None:
 def test_decode_of_nothing_is_empty() -> None:
     fit = Letterbox(scale=1, pad_x=0, pad_y=0, width=10, height=10)
     assert decode(raw_output([(5, 5, 2, 2, 0, 0.1)]), fit, 0.25, 0.45) == []
+
+
+def test_rect_letterbox_pads_only_up_to_the_stride() -> None:
+    boxed, fit = letterbox(np.full((272, 640, 3), 7, dtype=np.uint8), 640, stride=32)
+    assert boxed.shape == (288, 640, 3)  # not 640 x 640: less than half the pixels to run
+    assert (fit.pad_x, fit.pad_y, fit.scale) == (0, 8, 1)
+    boxed, fit = letterbox(np.zeros((1080, 810, 3), dtype=np.uint8), 640, stride=32)
+    assert boxed.shape == (640, 480, 3) and fit.pad_x == 0
