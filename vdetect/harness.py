@@ -33,6 +33,7 @@ class Stack:
     runner_port: int
     inference_port: int
     log: Path
+    ports: dict[str, int]
 
     def lines(self) -> list[dict]:
         found = []
@@ -71,7 +72,7 @@ def local_stack(data: Path, **env: str) -> Iterator[Stack]:
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
     argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
     process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log)
+    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log, ports)
     try:
         wait_until(lambda: any(line.get("event") == "stack ready" for line in stack.lines()), READY_TIMEOUT_S, "stack")
         yield stack

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.servers import bikes_video
-from vdetect.harness import Stack, local_stack, wait_ready, wait_until
+from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +70,17 @@ def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stac
     assert cleaned["status"] == "ok" and cleaned["jobs_deleted"] >= 2
     assert httpx.get(f"{stack.api}/status/all").json() == {"operations": [], "total": 0}
     assert httpx.get(f"{stack.api}/result_video/{source['event_id']}").status_code == 404
+
+
+def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> None:
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 5000)  # looks like MP4, is not
+    answer = wait_finished(upload(stack.api, corrupt), stack.api)
+    assert answer["status"] == "failed" and "video" in answer["error"]
+    (operation,) = [
+        o for o in httpx.get(f"{stack.api}/status/all").json()["operations"] if o["video_id"] == answer["event_id"]
+    ]
+    assert operation["status_code"] == "failed" and operation["error"] == answer["error"]
 
 
 def test_a_service_that_dies_is_restarted(stack: Stack) -> None:
