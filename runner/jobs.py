@@ -52,6 +52,24 @@ class Jobs:
         return RunnerPrediction.model_validate(doc) if doc else None
 
     @transient
+    async def record_many(self, event_id: str, results: list[InferenceResult]) -> tuple[RunnerPrediction | None, int]:
+        """Store several frames of one job in one write if none of them is stored yet (the usual case);
+        otherwise one by one, first write wins. Returns the job after the writes and how many were new."""
+        fields = {f"frame_results.{r.frame}": [obj.to_mongo() for obj in r.objects] for r in reversed(results)}
+        doc = await self.collection.find_one_and_update(
+            {"_id": event_id, **PROCESSING, **{field: {"$exists": False} for field in fields}},
+            {"$set": {**fields, "updated_at": utcnow(), "resends": 0}, "$inc": {"received_frames": len(fields)}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is not None:
+            return RunnerPrediction.model_validate(doc), len(fields)
+        job, stored = None, 0
+        for result in results:
+            if (recorded := await self.record(result)) is not None:
+                job, stored = recorded, stored + 1
+        return job, stored
+
+    @transient
     async def complete(self, job: RunnerPrediction) -> bool:
         """processing -> predictable with the prediction sorted by frame; True for the one caller that won."""
         prediction = [frame.to_mongo() for frame in job.sorted_prediction()]

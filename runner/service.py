@@ -7,11 +7,13 @@ encoding in a process pool, with a bounded window in flight, so memory does not 
 import asyncio
 import multiprocessing
 import time
-from collections import deque
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -30,6 +32,7 @@ from runner.frames import VideoError, encode_frame, sample_frames
 from runner.jobs import Jobs
 
 log = get_logger(__name__)
+Message = TypeVar("Message", OutboxEvent, InferenceResult)
 SERVICE = "runner"
 DELIVERY_BATCH = 256
 JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # one job may take long to fan out; its offset is committed after
@@ -44,6 +47,7 @@ class Stats:
     results_stored: int = 0
     duplicate_results: int = 0
     resends: int = 0
+    dead_letters: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -155,14 +159,22 @@ class Runner:
             await self.resend_stalled()
 
     async def store_result(self, result: InferenceResult) -> None:
-        job = await self.jobs.record(result)
-        if job is None:
-            self.stats.duplicate_results += 1
-            log.debug("result ignored: duplicate or job over", frame=result.frame)
-            return
-        self.stats.results_stored += 1
-        if job.is_complete():
-            await self.complete(job)
+        await self.store_results([result])
+
+    async def store_results(self, results: list[InferenceResult]) -> None:
+        """Store a batch of results, one write per job in the usual case; redelivered frames change nothing."""
+        by_job: dict[str, list[InferenceResult]] = defaultdict(list)
+        for result in results:
+            by_job[result.event_id].append(result)
+        for event_id, batch in by_job.items():
+            with structlog.contextvars.bound_contextvars(event_id=event_id):
+                job, stored = await self.jobs.record_many(event_id, batch)
+                self.stats.results_stored += stored
+                self.stats.duplicate_results += len(batch) - stored
+                if stored < len(batch):
+                    log.debug("results ignored: duplicates or job over", ignored=len(batch) - stored)
+                if job is not None and job.is_complete():
+                    await self.complete(job)
 
     async def complete(self, job: RunnerPrediction) -> None:
         if await self.jobs.complete(job):
@@ -170,30 +182,36 @@ class Runner:
             log.info("job predictable", total_frames=job.total_frames)
 
     async def consume_jobs(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=1)
-            for message in (m for partition in batches.values() for m in partition):
-                try:
-                    event = OutboxEvent.from_bytes(message.value)
-                except ValidationError as error:
-                    await dead_letter(self.producer, self.settings, SERVICE, message, error)
-                    continue
+        async def start(events: list[OutboxEvent]) -> None:
+            for event in events:
                 with structlog.contextvars.bound_contextvars(event_id=event.event_id):
                     await self.start_job(event)
-            if batches:
-                await commit(consumer)
+
+        await self.consume(consumer, stop, OutboxEvent, start, max_records=1)
 
     async def consume_results(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        await self.consume(consumer, stop, InferenceResult, self.store_results, max_records=500)
+
+    async def consume(
+        self,
+        consumer: AIOKafkaConsumer,
+        stop: asyncio.Event,
+        contract: type[Message],
+        handle: Callable[[list[Message]], Awaitable[None]],
+        max_records: int,
+    ) -> None:
+        """Parse and handle each batch, then commit it; a message that does not parse is dead-lettered."""
         while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+            parsed = []
             for message in (m for partition in batches.values() for m in partition):
                 try:
-                    result = InferenceResult.from_bytes(message.value)
+                    parsed.append(contract.from_bytes(message.value))
                 except ValidationError as error:
                     await dead_letter(self.producer, self.settings, SERVICE, message, error)
-                    continue
-                with structlog.contextvars.bound_contextvars(event_id=result.event_id, frame=result.frame):
-                    await self.store_result(result)
+                    self.stats.dead_letters += 1
+            if parsed:
+                await handle(parsed)
             if batches:
                 await commit(consumer)
 

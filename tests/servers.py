@@ -1,30 +1,16 @@
 """Real servers for the tests: SecantusDB, Tansu and s3rver, each on a free loopback port."""
 
 import contextlib
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vdetect.harness import free_port
-from vdetect.stack import executable, tansu_binary
+from vdetect.stack import executable, tansu_binary, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 S3RVER = ROOT / "node_modules" / ".bin" / "s3rver"
-
-
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"no server on port {port} after {timeout}s")
 
 
 @dataclass
@@ -38,7 +24,7 @@ class Server:
         self.process = subprocess.Popen(
             self.argv, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_for_port(self.port, self.process, self.log)
+        wait_for_port(self.port, self.process, f"{self.argv[0]} (log: {self.log})")
         return self
 
     def stop(self, kill: bool = False) -> None:

@@ -130,7 +130,9 @@ def up(
     inference_port: int = 8003,
     outbox_relay_port: int = 8004,
     s3_relay_port: int = 8005,
-    inference_workers: Annotated[int, typer.Option(help="inference worker processes")] = 1,
+    inference_workers: Annotated[
+        int, typer.Option(help="inference worker processes; 0: one per core, each with one ONNX Runtime thread")
+    ] = 0,
 ) -> None:
     """Start SecantusDB, Tansu and every service on this machine; Ctrl-C stops them all."""
     from vdetect.stack import Ports, run_stack

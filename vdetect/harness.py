@@ -64,13 +64,14 @@ def wait_until(check, timeout: float, what: str):
 
 
 @contextmanager
-def local_stack(data: Path, **env: str) -> Iterator[Stack]:
+def local_stack(data: Path, inference_workers: int = 0, **env: str) -> Iterator[Stack]:
     """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end."""
     ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay")}
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
     argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
+    argv += ["--inference-workers", str(inference_workers)]
     process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log, ports)
     try:
