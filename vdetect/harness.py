@@ -50,10 +50,10 @@ class Stack:
         return started[-1]["pid"]
 
 
-def wait_until(check, timeout: float, what: str):
+def wait_until(check, timeout: float, what: str, poll: float = 0.5):
     for attempt in Retrying(
         stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.5),
+        wait=wait_fixed(poll),
         retry=retry_if_exception_type((AssertionError, httpx.TransportError)),
         reraise=True,
     ):
@@ -67,6 +67,7 @@ def wait_until(check, timeout: float, what: str):
 def local_stack(data: Path, inference_workers: int = 0, **env: str) -> Iterator[Stack]:
     """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end."""
     ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay")}
+    data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
@@ -91,14 +92,14 @@ def upload(api: str, video: Path) -> str:
     return response.json()["event_id"]
 
 
-def wait_finished(event_id: str, api: str, timeout: float = JOB_TIMEOUT_S) -> dict:
+def wait_finished(event_id: str, api: str, timeout: float = JOB_TIMEOUT_S, poll: float = 0.5) -> dict:
     """The job's answer once it is `ready` or `failed`; AssertionError if it is neither in time."""
 
     def finished() -> dict | None:
         answer = httpx.get(f"{api}/result_video/{event_id}", timeout=30).json()
         return answer if answer["status"] in ("ready", "failed") else None
 
-    return wait_until(finished, timeout, f"job {event_id}")
+    return wait_until(finished, timeout, f"job {event_id}", poll)
 
 
 def wait_ready(event_id: str, api: str) -> dict:
