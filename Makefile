@@ -15,6 +15,10 @@ test: $(VENV)/.test-deps node_modules/.installed
 test-fast: $(VENV)/.test-deps node_modules/.installed
 	$(PY) -m pytest -m "not e2e"
 
+# The figures of the README's Performance section (Ultralytics: see there).
+bench: $(VENV)/.test-deps
+	$(VENV)/bin/vdetect bench
+
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
