@@ -5,10 +5,11 @@ Kafka messages are JSON (`to_bytes` / `Model.model_validate_json`); documents go
 """
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from events import topics
 from events.statuses import OutboxStatus, RunnerStatus
 
 # MongoDB collections: main_db holds the outbox, runner_db the runner's predictions; each relay keeps
@@ -59,6 +60,8 @@ class OutboxDocument(Contract):
 class OutboxEvent(Contract):
     """Topic `outbox_events`, keyed by `event_id`: a video to process."""
 
+    TOPIC: ClassVar[str] = topics.OUTBOX_EVENTS
+
     event_id: str
     payload: OutboxPayload
     created_at: datetime
@@ -83,6 +86,8 @@ class DetectedObject(Contract):
 
 class InferenceResult(Contract):
     """Topic `inference_results`, keyed by `event_id`: the detections of one frame."""
+
+    TOPIC: ClassVar[str] = topics.INFERENCE_RESULTS
 
     event_id: str
     frame: int = Field(ge=0)

@@ -35,6 +35,7 @@ class Stats:
     batches: int = 0
     dead_letters: int = 0
     busy_seconds: float = 0.0
+    consuming: bool = False  # partitions assigned: frames can reach this worker
     started: float = field(default_factory=time.monotonic)
 
 
@@ -115,6 +116,7 @@ async def consume(
 ) -> None:
     while not stop.is_set():
         messages = await next_batch(consumer, settings)
+        stats.consuming = bool(consumer.assignment())
         if not messages:
             continue
         with structlog.contextvars.bound_contextvars(batch=len(messages)):
@@ -127,7 +129,7 @@ def health_app(detector: Detector, settings: Settings, stats: Stats) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "service": SERVICE}
+        return {"status": "ok", "service": SERVICE, "ready": stats.consuming}
 
     @app.get("/data")
     @app.get("/api/data")

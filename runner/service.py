@@ -48,6 +48,7 @@ class Stats:
     duplicate_results: int = 0
     resends: int = 0
     dead_letters: int = 0
+    consuming: set[str] = field(default_factory=set)  # topics with partitions assigned to this runner
     started: float = field(default_factory=time.monotonic)
 
 
@@ -201,8 +202,11 @@ class Runner:
         max_records: int,
     ) -> None:
         """Parse and handle each batch, then commit it; a message that does not parse is dead-lettered."""
+        topic = self.settings.topic(contract.TOPIC)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
+            if consumer.assignment():
+                self.stats.consuming.add(topic)
             parsed = []
             for message in (m for partition in batches.values() for m in partition):
                 try:
@@ -221,10 +225,11 @@ def health_app(stats: Stats) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        counters = {name: value for name, value in asdict(stats).items() if name != "started"}
+        counters = {name: value for name, value in asdict(stats).items() if name not in ("started", "consuming")}
         return {
             "status": "ok",
             "service": SERVICE,
+            "ready": len(stats.consuming) == 2,  # jobs and results both reach this runner
             **counters,
             "uptime_seconds": round(time.monotonic() - stats.started, 3),
         }

@@ -6,6 +6,7 @@ SIGTERM or Ctrl-C stops the services first (each gets SIGTERM and time to finish
 
 import asyncio
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -123,16 +124,20 @@ def wait_for_port(port: int, process: subprocess.Popen | None, name: str, timeou
     raise RuntimeError(f"{name} did not open port {port} within {timeout}s")
 
 
-def wait_for_http(url: str, timeout: float, stopping: list[bool]) -> bool:
+def wait_for_health(urls: list[str], timeout: float, stopping: list[bool]) -> bool:
+    """Wait until every URL answers 200 and, where its JSON says whether it is ready, ready."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopping:
+    waiting = list(urls)
+    while waiting and time.monotonic() < deadline and not stopping:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.2)
-    return False
+            with urllib.request.urlopen(waiting[0], timeout=1) as response:
+                if response.status == 200 and json.load(response).get("ready", True):
+                    waiting.pop(0)
+                    continue
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return not waiting
 
 
 def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
@@ -228,8 +233,12 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
                 return 1
         for child in workers:
             child.start()
-        if wait_for_http(f"http://127.0.0.1:{ports.api}/api/health", 180, stopping):
+        health = [f"http://127.0.0.1:{ports.api}/api/health", f"http://127.0.0.1:{ports.runner}/health",
+                  f"http://127.0.0.1:{ports.inference}/health"]  # fmt: skip
+        if wait_for_health(health, 180, stopping):  # consumers joined their groups: a job starts at once
             log.info("stack ready", api=f"http://127.0.0.1:{ports.api}/api", data_dir=str(data_dir))
+        elif not stopping:
+            log.warning("stack started, but not every service reported ready in time")
         while not stopping:
             now = time.monotonic()
             for child in workers:
