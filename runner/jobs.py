@@ -36,38 +36,35 @@ class Jobs:
         )
         return RunnerPrediction.model_validate(doc) if doc else None
 
-    @transient
-    async def record(self, result: InferenceResult) -> RunnerPrediction | None:
-        """Store one frame's objects once; None if the frame was already stored (or the job is over).
+    async def record(self, event_id: str, results: list[InferenceResult]) -> tuple[RunnerPrediction | None, int]:
+        """Store frames of one job, each at most once (first write wins). Returns the job as it stands
+        after the writes and how many frames were new.
 
-        Progress resets the resend count: a job fails only after MAX_RESENDS resends in a row that
-        brought nothing back."""
-        field = f"frame_results.{result.frame}"
-        objects = [obj.to_mongo() for obj in result.objects]
-        doc = await self.collection.find_one_and_update(
-            {"_id": result.event_id, **PROCESSING, field: {"$exists": False}},
-            {"$set": {field: objects, "updated_at": utcnow(), "resends": 0}, "$inc": {"received_frames": 1}},
-            return_document=ReturnDocument.AFTER,
-        )
-        return RunnerPrediction.model_validate(doc) if doc else None
+        Usually no frame of the batch is stored yet and one write stores them all; after a redelivery
+        the frames are written one by one. Progress resets the resend count: a job fails only after
+        MAX_RESENDS resends in a row that brought nothing back."""
+        job = await self._store_if_absent(event_id, results)
+        if job is not None:
+            return job, len({r.frame for r in results})
+        stored = 0
+        for result in results:
+            if (written := await self._store_if_absent(event_id, [result])) is not None:
+                job, stored = written, stored + 1
+        if job is None:  # nothing new: still hand back the job, so that its completion is checked
+            doc = await transient(self.collection.find_one)({"_id": event_id, **PROCESSING})
+            job = RunnerPrediction.model_validate(doc) if doc else None
+        return job, stored
 
     @transient
-    async def record_many(self, event_id: str, results: list[InferenceResult]) -> tuple[RunnerPrediction | None, int]:
-        """Store several frames of one job in one write if none of them is stored yet (the usual case);
-        otherwise one by one, first write wins. Returns the job after the writes and how many were new."""
+    async def _store_if_absent(self, event_id: str, results: list[InferenceResult]) -> RunnerPrediction | None:
+        """One conditional write: all these frames, or none if one of them is stored or the job is over."""
         fields = {f"frame_results.{r.frame}": [obj.to_mongo() for obj in r.objects] for r in reversed(results)}
         doc = await self.collection.find_one_and_update(
             {"_id": event_id, **PROCESSING, **{field: {"$exists": False} for field in fields}},
             {"$set": {**fields, "updated_at": utcnow(), "resends": 0}, "$inc": {"received_frames": len(fields)}},
             return_document=ReturnDocument.AFTER,
         )
-        if doc is not None:
-            return RunnerPrediction.model_validate(doc), len(fields)
-        job, stored = None, 0
-        for result in results:
-            if (recorded := await self.record(result)) is not None:
-                job, stored = recorded, stored + 1
-        return job, stored
+        return RunnerPrediction.model_validate(doc) if doc else None
 
     @transient
     async def complete(self, job: RunnerPrediction) -> bool:

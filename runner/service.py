@@ -159,9 +159,6 @@ class Runner:
         while not await wait_or_stop(stop, interval):
             await self.resend_stalled()
 
-    async def store_result(self, result: InferenceResult) -> None:
-        await self.store_results([result])
-
     async def store_results(self, results: list[InferenceResult]) -> None:
         """Store a batch of results, one write per job in the usual case; redelivered frames change nothing."""
         by_job: dict[str, list[InferenceResult]] = defaultdict(list)
@@ -169,7 +166,7 @@ class Runner:
             by_job[result.event_id].append(result)
         for event_id, batch in by_job.items():
             with structlog.contextvars.bound_contextvars(event_id=event_id):
-                job, stored = await self.jobs.record_many(event_id, batch)
+                job, stored = await self.jobs.record(event_id, batch)
                 self.stats.results_stored += stored
                 self.stats.duplicate_results += len(batch) - stored
                 if stored < len(batch):

@@ -82,18 +82,18 @@ async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runn
     car = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.5)
     frames = list(range(0, 250, 5))
     results = [InferenceResult(event_id=event.event_id, frame=f, objects=[car] if f % 10 else []) for f in frames]
-    await asyncio.gather(*(runner.store_result(r) for r in reversed(results[1:])))
-    await runner.store_result(results[2])  # a redelivered result changes nothing
+    await asyncio.gather(*(runner.store_results([r]) for r in reversed(results[1:])))
+    await runner.store_results([results[2]])  # a redelivered result changes nothing
     doc = await job(runner, event.event_id)
     assert doc["status"] == "processing" and doc["received_frames"] == BIKES_SAMPLED - 1
-    await runner.store_result(results[0])
+    await runner.store_results([results[0]])
     doc = await job(runner, event.event_id)
     assert doc["status"] == "predictable"
     assert doc["received_frames"] == BIKES_SAMPLED
     assert [p["frame"] for p in doc["prediction"]] == frames
     assert doc["prediction"][1]["objects"] == [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.5}]
     assert runner.stats.duplicate_results == 1
-    await runner.store_result(results[3])  # late duplicate after completion
+    await runner.store_results([results[3]])  # late duplicate after completion
     assert (await job(runner, event.event_id))["status"] == "predictable"
 
 
@@ -121,7 +121,7 @@ async def test_a_stalled_job_gets_only_its_missing_frames_again_then_fails(runne
     event = upload(settings, bikes_video())
     await runner.start_job(event)
     for frame in range(0, 150, 5):  # 30 of 50 results arrive; the other 20 frames were lost
-        await runner.store_result(InferenceResult(event_id=event.event_id, frame=frame, objects=[]))
+        await runner.store_results([InferenceResult(event_id=event.event_id, frame=frame, objects=[])])
     await runner.resend_stalled()
     assert runner.stats.resends == 0  # not stalled yet
     await age(runner, event.event_id)
@@ -131,7 +131,7 @@ async def test_a_stalled_job_gets_only_its_missing_frames_again_then_fails(runne
     sent = Counter(t.frame for t in tasks)
     assert len(tasks) == BIKES_SAMPLED + 20
     assert sorted(frame for frame, times in sent.items() if times == 2) == list(range(150, 250, 5))
-    await runner.store_result(InferenceResult(event_id=event.event_id, frame=150, objects=[]))
+    await runner.store_results([InferenceResult(event_id=event.event_id, frame=150, objects=[])])
     assert (await job(runner, event.event_id))["resends"] == 0  # progress: the count starts again
     for _ in range(settings.max_resends + 1):  # frame 155 and later never come back
         await age(runner, event.event_id)
