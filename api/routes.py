@@ -22,10 +22,10 @@ from api.schemas import (
 from api.timing import elapsed_seconds, format_duration
 from api.validation import (
     PROBE_BYTES,
-    bad_request,
     check_bucket,
     check_event_id,
     check_object_key,
+    client_error,
     looks_like_video,
 )
 from events.contracts import (
@@ -67,9 +67,9 @@ async def upload_video(
     bucket = check_bucket(bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     head = await file.read(PROBE_BYTES)
     if not head:
-        raise bad_request("the uploaded file is empty")
+        raise client_error("the uploaded file is empty")
     if not looks_like_video(head):
-        raise bad_request("the uploaded file is not a video container", status.HTTP_415_UNSUPPORTED_MEDIA_TYPE)
+        raise client_error("the uploaded file is not a video container", status.HTTP_415_UNSUPPORTED_MEDIA_TYPE)
     await file.seek(0)
     event_id = str(uuid.uuid4())
     key = input_key(event_id)
@@ -89,7 +89,7 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
     if await services.store.modified_at(bucket, key) is None:
-        raise bad_request(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
+        raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     event_id = str(uuid.uuid4())
     await enqueue(services, event_id, bucket, key)
     return Accepted(event_id=event_id)
@@ -102,7 +102,6 @@ class Outcome:
     status: str
     finished_at: datetime | None = None
     error: str | None = None
-    result: DetectionFile | None = None
 
     def times(self, created_at: datetime) -> dict[str, Any]:
         seconds = elapsed_seconds(created_at, self.finished_at)
@@ -129,17 +128,16 @@ def from_outbox(doc: dict[str, Any]) -> Outcome:
 @router.get("/status/all")
 async def status_all(services: ServicesDep) -> Operations:
     docs = await services.outbox.find().sort("created_at", 1).to_list(None)
-    finished: dict[str, datetime] = {}  # one listing per bucket and outcome, not one lookup per job
-    failed: set[tuple[str, str]] = set()
+    stored: dict[tuple[str, str], datetime] = {}  # one listing per bucket and outcome, not a lookup per job
     for bucket in {doc["payload"]["bucket"] for doc in docs}:
-        finished.update(await services.store.list_prefix(bucket, "detection/"))
-        failed.update((bucket, key) for key in await services.store.list_prefix(bucket, "failed/"))
+        for prefix in ("detection/", "failed/"):
+            stored.update(((bucket, key), at) for key, at in (await services.store.list_prefix(bucket, prefix)).items())
     operations = []
     for doc in docs:
         event_id, bucket = doc["_id"], doc["payload"]["bucket"]
-        if detection_key(event_id) in finished:
-            outcome = Outcome(OutboxStatus.READY.value, finished[detection_key(event_id)])
-        elif (bucket, failure_key(event_id)) in failed:
+        if (ready_at := stored.get((bucket, detection_key(event_id)))) is not None:
+            outcome = Outcome(OutboxStatus.READY.value, ready_at)
+        elif (bucket, failure_key(event_id)) in stored:
             outcome = await read_failure(services, bucket, event_id) or from_outbox(doc)
         else:
             outcome = from_outbox(doc)
@@ -160,7 +158,7 @@ async def result_video(services: ServicesDep, event_id: str) -> ResultReady | Re
     event_id = check_event_id(event_id)
     doc = await services.outbox.find_one({"_id": event_id})
     if doc is None:
-        raise bad_request(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
+        raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
     bucket = doc["payload"]["bucket"]
     raw = await services.store.get_bytes(bucket, detection_key(event_id))
     if raw is not None:

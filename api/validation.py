@@ -10,22 +10,23 @@ MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
 PROBE_BYTES = 512
 
 
-def bad_request(message: str, code: int = status.HTTP_400_BAD_REQUEST) -> HTTPException:
+def client_error(message: str, code: int = status.HTTP_400_BAD_REQUEST) -> HTTPException:
+    """A 4xx answer whose detail says what was wrong."""
     return HTTPException(status_code=code, detail=message)
 
 
 def check_bucket(bucket: str, allowed: set[str] | None = None) -> str:
     if not BUCKET_RE.match(bucket) or ".." in bucket:
-        raise bad_request(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, dots and hyphens")
+        raise client_error(f"invalid bucket name {bucket!r}: 3-63 lowercase letters, digits, dots and hyphens")
     if allowed and bucket not in allowed:
-        raise bad_request(f"bucket {bucket!r} is not allowed; allowed: {', '.join(sorted(allowed))}", 403)
+        raise client_error(f"bucket {bucket!r} is not allowed; allowed: {', '.join(sorted(allowed))}", 403)
     return bucket
 
 
 def check_object_key(key: str) -> str:
     parts = key.split("/")
     if key.startswith("/") or any(part in {"", ".", ".."} for part in parts) or not key.isprintable():
-        raise bad_request(f"invalid object key {key!r}: a relative path without empty, '.' or '..' parts")
+        raise client_error(f"invalid object key {key!r}: a relative path without empty, '.' or '..' parts")
     return key
 
 
@@ -33,7 +34,7 @@ def check_event_id(event_id: str) -> str:
     try:
         parsed = uuid.UUID(event_id)
     except ValueError:
-        raise bad_request(f"event_id must be a UUID, got {event_id!r}", 422) from None
+        raise client_error(f"event_id must be a UUID, got {event_id!r}", 422) from None
     return str(parsed)
 
 
