@@ -14,6 +14,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnknownMemberIdError,
 )
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from minio import Minio
 from pymongo import AsyncMongoClient
 
@@ -82,6 +83,11 @@ async def kafka_consumer(
         yield consumer
     finally:
         await consumer.stop()
+
+
+def records(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[ConsumerRecord]:
+    """The messages of a `getmany` answer, partition after partition."""
+    return [message for partition in batches.values() for message in partition]
 
 
 async def commit(consumer: AIOKafkaConsumer) -> None:

@@ -76,5 +76,10 @@ class Settings(BaseSettings):
     def bucket_allowlist(self) -> set[str]:
         return {name.strip() for name in self.allowed_buckets.split(",") if name.strip()}
 
+    @property
+    def stall_check_interval_s(self) -> float:
+        """How often the runner and the outbox relay look for stalled jobs."""
+        return min(self.stall_timeout_s / 4, 15)
+
     def topic(self, name: str) -> str:
         return f"{self.kafka_topic_prefix}{name}"

@@ -17,7 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
 from events import topics
-from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer
+from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer, records
 from events.contracts import InferenceResult, InferenceTask
 from events.deadletter import dead_letter
 from events.log import get_logger
@@ -98,11 +98,10 @@ async def handle_batch(
 async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[ConsumerRecord]:
     """Up to INFERENCE_BATCH_SIZE frames: what is there now, topped up for at most INFERENCE_BATCH_WAIT_MS."""
     size = settings.inference_batch_size
-    batches = await consumer.getmany(timeout_ms=500, max_records=size)
-    messages = [message for partition in batches.values() for message in partition]
+    messages = records(await consumer.getmany(timeout_ms=500, max_records=size))
     if messages and len(messages) < size and settings.inference_batch_wait_ms > 0:
         more = await consumer.getmany(timeout_ms=settings.inference_batch_wait_ms, max_records=size - len(messages))
-        messages += [message for partition in more.values() for message in partition]
+        messages += records(more)
     return messages
 
 

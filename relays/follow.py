@@ -52,6 +52,7 @@ TOKEN_LOST_CODES = {
 AWAIT_MS = 500
 RECONNECT_WAIT_S = 1.0
 
+# Called only with documents that match the relay's source filter at the time they were read.
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 
 

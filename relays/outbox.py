@@ -43,8 +43,6 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Set
         await outbox.update_one({"_id": event_id, "status": OutboxStatus.NEW.value}, {"$set": update})
 
     async def publish(doc: dict[str, Any]) -> None:
-        if doc.get("status") != OutboxStatus.NEW:
-            return
         with structlog.contextvars.bound_contextvars(event_id=str(doc["_id"])):
             try:
                 entry = OutboxDocument.model_validate(doc)
@@ -118,7 +116,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         relay = build(db, producer, settings)
 
         async def redeliver() -> None:
-            while not await wait_or_stop(stop, min(settings.stall_timeout_s / 4, 15)):
+            while not await wait_or_stop(stop, settings.stall_check_interval_s):
                 relay.stats.redeliveries += await redeliver_unfinished(db[OUTBOX], producer, store, settings)
 
         async with http_server(health_app(relay), settings.bind_host, settings.outbox_relay_port):

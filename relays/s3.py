@@ -78,8 +78,6 @@ def exporter(predictions: AsyncCollection, store: ObjectStore):
 
     async def export(doc: dict[str, Any]) -> None:
         job = RunnerPrediction.model_validate(doc)
-        if job.status not in OUTCOMES:
-            return
         location, content = outcome(job)
         with structlog.contextvars.bound_contextvars(event_id=job.id):
             if await store.modified_at(location.bucket, location.object) is None:

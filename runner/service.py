@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from events import topics
-from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer, mongo_client, object_store
+from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer, mongo_client, object_store, records
 from events.contracts import PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
 from events.deadletter import dead_letter
 from events.log import get_logger
@@ -155,8 +155,7 @@ class Runner:
                 await self.fan_out(job.id, job.bucket, job.object, done)
 
     async def watch_stalls(self, stop: asyncio.Event) -> None:
-        interval = min(self.settings.stall_timeout_s / 4, 15)
-        while not await wait_or_stop(stop, interval):
+        while not await wait_or_stop(stop, self.settings.stall_check_interval_s):
             await self.resend_stalled()
 
     async def store_results(self, results: list[InferenceResult]) -> None:
@@ -205,7 +204,7 @@ class Runner:
             if consumer.assignment():
                 self.stats.consuming.add(topic)
             parsed = []
-            for message in (m for partition in batches.values() for m in partition):
+            for message in records(batches):
                 try:
                     parsed.append(contract.from_bytes(message.value))
                 except ValidationError as error:

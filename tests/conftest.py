@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pymongo import AsyncMongoClient
 
-from events.clients import ensure_topics, mongo_client
+from events.clients import ensure_topics, mongo_client, records
 from events.settings import Settings
 from tests.servers import Server, running, secantus, tansu
 
@@ -80,10 +80,10 @@ async def read_topic(settings: Settings, topic: str, count: int, timeout: float 
         async with asyncio.timeout(timeout):
             while len(messages) < count:
                 batches = await consumer.getmany(timeout_ms=500)
-                messages += [m for partition in batches.values() for m in partition]
+                messages += records(batches)
         # anything beyond `count` that is already there counts too: duplicates must be visible
         batches = await consumer.getmany(timeout_ms=1000)
-        messages += [m for partition in batches.values() for m in partition]
+        messages += records(batches)
     finally:
         await consumer.stop()
     return messages
