@@ -61,14 +61,19 @@ def sampled_frames(video: Path, settings: Settings) -> list[np.ndarray]:
     return frames
 
 
+def timed_detection(frames: list[np.ndarray], settings: Settings) -> float:
+    """Seconds the detector takes on these frames in batches of INFERENCE_BATCH_SIZE, after a warm-up."""
+    detector, batch = build_detector(settings), settings.inference_batch_size
+    detector.detect(frames[:batch])
+    started = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        detector.detect(frames[i : i + batch])
+    return time.perf_counter() - started
+
+
 def detector_alone(video: Path, settings: Settings) -> dict:
     frames = sampled_frames(video, settings)
-    detector = build_detector(settings)
-    detector.detect(frames[: settings.inference_batch_size])  # warm-up
-    started = time.perf_counter()
-    for i in range(0, len(frames), settings.inference_batch_size):
-        detector.detect(frames[i : i + settings.inference_batch_size])
-    seconds = time.perf_counter() - started
+    seconds = timed_detection(frames, settings)
     return {"frames": len(frames), "seconds": round(seconds, 3), "fps": round(len(frames) / seconds, 2)}
 
 
@@ -76,13 +81,8 @@ def _detect_share(video: Path, worker: int, workers: int, barrier, results) -> N
     """One single-threaded detector on every `workers`-th sampled frame (in its own process)."""
     settings = Settings(inference_threads=1)
     frames = sampled_frames(video, settings)[worker::workers]
-    detector = build_detector(settings)
-    detector.detect(frames[:1])  # warm-up
-    barrier.wait()
-    started = time.perf_counter()
-    for i in range(0, len(frames), settings.inference_batch_size):
-        detector.detect(frames[i : i + settings.inference_batch_size])
-    results.put((len(frames), time.perf_counter() - started))
+    barrier.wait()  # frames extracted everywhere: the detectors start together
+    results.put((len(frames), timed_detection(frames, settings)))
 
 
 def detector_per_core(video: Path, workers: int) -> dict:
