@@ -3,14 +3,32 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api.deps import Services
 from api.limits import BodySizeLimit
 from api.routes import router
 from events.clients import mongo_client, object_store
 from events.contracts import OUTBOX, PREDICTIONS
+from events.log import get_logger
 from events.settings import Settings
+
+log = get_logger(__name__)
+RETRY_AFTER_S = 5
+DATABASE_TIMEOUT_S = 3  # an unreachable database is answered 503 within a few seconds, not after 30
+
+
+async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    if not isinstance(error, ConnectionFailure) and not getattr(error, "timeout", False):
+        raise error
+    log.warning("database unreachable, request refused with 503", path=request.url.path, error=type(error).__name__)
+    return JSONResponse(
+        {"detail": "the database is unreachable; try again shortly"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -18,7 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with mongo_client(settings.mongo_uri) as main, mongo_client(settings.runner_mongo) as runner:
+        timeout = {"timeoutMS": DATABASE_TIMEOUT_S * 1000}
+        async with (
+            mongo_client(settings.mongo_uri, **timeout) as main,
+            mongo_client(settings.runner_mongo, **timeout) as runner,
+        ):
             store = object_store(settings)
             await store.ensure_bucket(settings.default_bucket)
             app.state.services = Services(
@@ -31,5 +53,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router, prefix="/api")
     return app

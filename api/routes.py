@@ -1,12 +1,15 @@
 """The API's endpoints under /api."""
 
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pymongo import WriteConcern
+from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import ApiKeyDep, Services, ServicesDep
 from api.schemas import (
@@ -28,8 +31,9 @@ from api.validation import (
     client_error,
     looks_like_video,
 )
+from events import detection_file
 from events.contracts import (
-    DetectionFile,
+    FRAMES,
     FailureFile,
     OutboxDocument,
     OutboxPayload,
@@ -39,6 +43,7 @@ from events.contracts import (
 )
 from events.log import get_logger
 from events.statuses import DESCRIPTIONS, OutboxStatus
+from events.storage import ObjectStore, PermanentStorageError
 
 log = get_logger(__name__)
 router = APIRouter()
@@ -52,9 +57,14 @@ async def health() -> Health:
     return Health()
 
 
+# The write that acknowledges a job to a client is durable before the answer: on a majority of the
+# replica set and in its journal (the local stack's SecantusDB syncs each commit).
+DURABLE = WriteConcern(w="majority", j=True)
+
+
 async def enqueue(services: Services, event_id: str, bucket: str, key: str) -> None:
     entry = OutboxDocument(id=event_id, payload=OutboxPayload(bucket=bucket, object=key))
-    await services.outbox.insert_one(entry.to_mongo())
+    await services.outbox.with_options(write_concern=DURABLE).insert_one(entry.to_mongo())
     log.info("job enqueued", event_id=event_id, bucket=bucket, object=key)
 
 
@@ -71,6 +81,7 @@ async def upload_video(
     if not looks_like_video(head):
         raise client_error("the uploaded file is not a video container", status.HTTP_415_UNSUPPORTED_MEDIA_TYPE)
     await file.seek(0)
+    await services.outbox.database.command("ping")  # the database is down: 503 now, before storing the video
     event_id = str(uuid.uuid4())
     key = input_key(event_id)
     await services.store.ensure_bucket(bucket)
@@ -112,7 +123,10 @@ class Outcome:
 
 
 async def read_failure(services: Services, bucket: str, event_id: str) -> Outcome | None:
-    raw = await services.store.get_bytes(bucket, failure_key(event_id))
+    try:
+        raw = await services.store.get_bytes(bucket, failure_key(event_id))
+    except PermanentStorageError:  # the bucket is gone: the outbox says what became of the job
+        return None
     if raw is None:
         return None
     failure = FailureFile.from_bytes(raw)
@@ -153,19 +167,36 @@ async def status_all(services: ServicesDep) -> Operations:
     return Operations(operations=operations, total=len(operations))
 
 
-@router.get("/result_video/{event_id}", responses={404: {"description": "unknown event id"}})
-async def result_video(services: ServicesDep, event_id: str) -> ResultReady | ResultPending:
+async def stream_ready(store: ObjectStore, bucket: str, key: str, head: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The `ready` answer, its prediction streamed frame by frame from the detection file."""
+    async with store.local_copy(bucket, key) as path:
+        yield detection_file.open_object(head)
+        async for chunk in iterate_in_threadpool(detection_file.prediction_chunks(path)):
+            yield chunk
+        yield b"]}"
+
+
+@router.get(
+    "/result_video/{event_id}",
+    response_model=ResultReady | ResultPending,
+    responses={404: {"description": "unknown event id"}},
+)
+async def result_video(services: ServicesDep, event_id: str) -> StreamingResponse | ResultPending:
+    """The result (its prediction streamed: it may be hundreds of MB) or where the job stands."""
     event_id = check_event_id(event_id)
     doc = await services.outbox.find_one({"_id": event_id})
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
     bucket = doc["payload"]["bucket"]
-    raw = await services.store.get_bytes(bucket, detection_key(event_id))
-    if raw is not None:
-        result = await run_in_threadpool(DetectionFile.from_bytes, raw)
+    try:
         finished_at = await services.store.modified_at(bucket, detection_key(event_id))
+    except PermanentStorageError:
+        finished_at = None
+    if finished_at is not None:
         outcome = Outcome(OutboxStatus.READY.value, finished_at)
-        return ResultReady(event_id=event_id, prediction=result.prediction, **outcome.times(doc["created_at"]))
+        head = {"status": outcome.status, "event_id": event_id, **outcome.times(doc["created_at"])}
+        body = stream_ready(services.store, bucket, detection_key(event_id), head)
+        return StreamingResponse(body, media_type="application/json")
     outcome = await read_failure(services, bucket, event_id) or from_outbox(doc)
     return ResultPending(
         status=outcome.status,
@@ -180,6 +211,7 @@ async def result_video(services: ServicesDep, event_id: str) -> ResultReady | Re
 async def cleanup_all(services: ServicesDep) -> Cleaned:
     jobs = (await services.outbox.delete_many({})).deleted_count
     await services.predictions.delete_many({})
+    await services.predictions.database[FRAMES].delete_many({})
     objects = 0
     for bucket in await services.store.buckets():
         for prefix in CLEANED_PREFIXES:

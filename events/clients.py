@@ -20,7 +20,7 @@ from pymongo import AsyncMongoClient
 
 from events import topics
 from events.log import get_logger
-from events.retry import on_startup
+from events.retry import on_startup, transient
 from events.settings import Settings
 from events.storage import DirectoryStore, ObjectStore, S3Store
 
@@ -29,8 +29,8 @@ COMMIT_TIMEOUT_S = 30
 
 
 @asynccontextmanager
-async def mongo_client(uri: str) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000)
+async def mongo_client(uri: str, **options: Any) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000, **options)
     try:
         await on_startup(client.admin.command)("ping")
         yield client
@@ -81,6 +81,52 @@ async def kafka_consumer(
     await on_startup(consumer.start)()
     try:
         yield consumer
+    finally:
+        await consumer.stop()
+
+
+class GroupOffsets:
+    """Where a consumer group stands on a topic, read from outside the group (it joins nothing).
+
+    With the group's committed offsets and the topic's end offsets, a producer can tell whether a
+    message it sent is still waiting (committed <= offset < end), was consumed (committed > offset),
+    or is gone (offset >= end: an in-memory broker restarted and the topic was created again)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
+        self.consumer, self.topic = consumer, topic
+
+    async def partitions(self) -> list[TopicPartition]:
+        found = self.consumer.partitions_for_topic(self.topic) or await self._refresh()
+        return [TopicPartition(self.topic, p) for p in sorted(found)]
+
+    async def _refresh(self) -> set[int]:
+        await self.consumer._client.force_metadata_update()  # noqa: SLF001 - public API lacks a refresh
+        return self.consumer.partitions_for_topic(self.topic) or set()
+
+    @transient
+    async def positions(self) -> tuple[dict[int, int], dict[int, int]]:
+        """(committed offset, end offset) per partition; a group that never committed counts as 0."""
+        partitions = await self.partitions()
+        ends = await self.consumer.end_offsets(partitions)
+        committed = {tp.partition: await self.consumer.committed(tp) or 0 for tp in partitions}
+        return committed, {tp.partition: ends[tp] for tp in partitions}
+
+    @staticmethod
+    def waiting(offsets: dict[str, int] | dict[int, int], committed: dict[int, int], ends: dict[int, int]) -> bool:
+        """True if any of these messages (partition -> offset) is still waiting for the group."""
+        return any(committed.get(int(p), 0) <= offset < ends.get(int(p), 0) for p, offset in offsets.items())
+
+
+@asynccontextmanager
+async def group_offsets(settings: Settings, topic: str, group_id: str) -> AsyncIterator[GroupOffsets]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{settings.kafka_topic_prefix}{group_id}",
+        enable_auto_commit=False,
+    )
+    await on_startup(consumer.start)()
+    try:
+        yield GroupOffsets(consumer, settings.topic(topic))
     finally:
         await consumer.stop()
 

@@ -12,10 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from events import topics
 from events.statuses import OutboxStatus, RunnerStatus
 
-# MongoDB collections: main_db holds the outbox, runner_db the runner's predictions; each relay keeps
-# its resume token beside the collection it watches.
+# MongoDB collections: main_db holds the outbox, runner_db the runner's jobs (one small document each)
+# and their frame results (one document per frame); each relay keeps its resume token beside the
+# collection it watches.
 OUTBOX = "outbox"
 PREDICTIONS = "runner_predictions"
+FRAMES = "runner_frames"
 CHECKPOINTS = "relay_checkpoints"
 
 
@@ -72,7 +74,9 @@ class InferenceTask(Contract):
 
     event_id: str
     frame: int = Field(ge=0)
-    image: str = Field(description="base64 of the JPEG-encoded frame")
+    image: str = Field(description="base64 of the JPEG-encoded frame, scaled down to the model's input size")
+    width: int | None = Field(default=None, gt=0, description="the original frame's width: boxes come back in it")
+    height: int | None = Field(default=None, gt=0, description="the original frame's height")
 
 
 Box = Annotated[list[float], Field(min_length=4, max_length=4)]
@@ -92,28 +96,63 @@ class InferenceResult(Contract):
     event_id: str
     frame: int = Field(ge=0)
     objects: list[DetectedObject]
+    error: str | None = Field(default=None, description="why the detector could not handle this frame")
 
 
 class FramePrediction(Contract):
     frame: int
     objects: list[DetectedObject]
+    error: str | None = None
+
+
+class FrameDocument(Contract):
+    """`runner_db.runner_frames`: the result of one frame of one job, written once (first write wins).
+
+    The `_id` is `{job}:{frame, 10 digits}`, so one job's frames are one `_id` range, in frame order:
+    no document grows with the video, and the result is assembled by a sorted range scan."""
+
+    id: str = Field(alias="_id")
+    job: str
+    frame: int
+    objects: list[DetectedObject]
+    error: str | None = None
+
+    @staticmethod
+    def key(job: str, frame: int) -> str:
+        return f"{job}:{frame:010d}"
+
+    @staticmethod
+    def range_of(job: str) -> dict:
+        """The `_id` filter of every frame of `job` (':' sorts just before ';')."""
+        return {"_id": {"$gte": f"{job}:", "$lt": f"{job};"}}
+
+    @classmethod
+    def of(cls, result: InferenceResult) -> Self:
+        return cls(
+            id=cls.key(result.event_id, result.frame),
+            job=result.event_id,
+            frame=result.frame,
+            objects=result.objects,
+            error=result.error,
+        )
 
 
 class RunnerPrediction(Contract):
-    """`runner_db.runner_predictions`: the runner's bookkeeping of one job.
+    """`runner_db.runner_predictions`: the runner's bookkeeping of one job, small and of fixed size.
 
     `total_frames` is None while frames are still being extracted (frames are published as the video
-    is read); `frame_results` maps the frame number (as a string: a MongoDB field name) to its objects.
-    """
+    is read). The frames' results are documents of their own (`FrameDocument`); `received_frames`
+    counts them. `tasks` holds, per partition of `inference_tasks`, the offset of the last frame
+    message sent for the job: while the inference workers have not consumed past it, the job's
+    frames are still queued, and the job is waiting, not stalled."""
 
     id: str = Field(alias="_id")
     bucket: str
     object: str | None = Field(default=None, description="the video's key, to read it again for a resend")
     total_frames: int | None = None
     received_frames: int = 0
-    frame_results: dict[str, list[DetectedObject]] = Field(default_factory=dict)
     status: RunnerStatus = RunnerStatus.PROCESSING
-    prediction: list[FramePrediction] | None = None
+    tasks: dict[str, int] = Field(default_factory=dict, description="partition -> offset of the job's last task")
     created_at: datetime = Field(default_factory=utcnow)
     ready_at: datetime | None = None
     output_s3: StorageLocation | None = None
@@ -125,21 +164,18 @@ class RunnerPrediction(Contract):
     def is_complete(self) -> bool:
         return self.total_frames is not None and self.received_frames >= self.total_frames
 
-    def sorted_prediction(self) -> list[FramePrediction]:
-        return [
-            FramePrediction(frame=int(frame), objects=objects)
-            for frame, objects in sorted(self.frame_results.items(), key=lambda item: int(item[0]))
-        ]
-
 
 class DetectionFile(Contract):
-    """`detection/{event_id}.json` in object storage: the finished result, written by the S3 relay."""
+    """`detection/{event_id}.json` in object storage: the finished result, written by the S3 relay.
+
+    It is written by streaming the job's frame documents (`events.detection_file`), `prediction`
+    last, so neither writer nor reader ever holds a whole result; this model describes its shape."""
 
     event_id: str
     total_frames: int
-    prediction: list[FramePrediction]
     created_at: datetime
     completed_at: datetime
+    prediction: list[FramePrediction]
 
 
 class FailureFile(Contract):

@@ -1,7 +1,9 @@
 """Retry policies, one per kind of failure (tenacity: bounded, jittered)."""
 
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from minio.error import S3Error, ServerError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
+from urllib3.exceptions import HTTPError as Urllib3Error
 from tenacity import (
     retry,
     retry_if_exception,
@@ -11,8 +13,30 @@ from tenacity import (
 )
 
 
+# S3 answers that say "not now" rather than "never".
+S3_RETRIABLE = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "OperationAborted"}
+
+
 def _retriable_kafka(error: BaseException) -> bool:
     return isinstance(error, KafkaConnectionError) or (isinstance(error, KafkaError) and error.retriable)
+
+
+def _retriable_storage(error: BaseException) -> bool:
+    """Storage unreachable or overloaded: a network error, a 5xx, or "slow down"."""
+    return (
+        isinstance(error, ServerError | Urllib3Error | ConnectionError)
+        or (isinstance(error, S3Error) and error.code in S3_RETRIABLE)
+    )
+
+
+def is_infrastructure(error: BaseException) -> bool:
+    """An outage of MongoDB, Kafka or storage: retried, and if it lasts, the process stops (and is
+    restarted) rather than failing the job or dead-lettering the message at hand."""
+    return (
+        isinstance(error, AutoReconnect | NetworkTimeout | ConnectionFailure)
+        or _retriable_kafka(error)
+        or _retriable_storage(error)
+    )
 
 
 # Waiting for a server at start-up: a service may start before its dependencies.
@@ -23,11 +47,9 @@ on_startup = retry(
     reraise=True,
 )
 
-# A passing outage of MongoDB or Kafka in the middle of work.
+# A passing outage of MongoDB, Kafka or storage in the middle of work.
 transient = retry(
-    retry=retry_if_exception(
-        lambda e: isinstance(e, AutoReconnect | NetworkTimeout | ConnectionFailure) or _retriable_kafka(e)
-    ),
+    retry=retry_if_exception(is_infrastructure),
     wait=wait_random_exponential(multiplier=0.2, max=5),
     stop=stop_after_delay(60),
     reraise=True,

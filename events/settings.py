@@ -39,9 +39,14 @@ class Settings(BaseSettings):
     # Runner.
     frame_stride: int = Field(default=5, ge=1)
     jpeg_quality: int = Field(default=90, ge=10, le=100)
+    model_input_size: int = Field(
+        default=640, ge=32, description="frames are scaled down to this long side (the model's input) before sending"
+    )
     preprocess_workers: int = Field(default=2, ge=1)
-    stall_timeout_s: float = Field(default=120.0, gt=0, description="no progress for this long: resend frames")
-    max_resends: int = Field(default=3, ge=0, description="resends of a stalled job before it fails")
+    stall_timeout_s: float = Field(
+        default=120.0, gt=0, description="no progress for this long while none of the job's frames is in flight: resend"
+    )
+    max_resends: int = Field(default=3, ge=0, description="resends in a row that bring nothing back before a job fails")
 
     # Inference.
     model_path: Path = DEFAULT_MODEL

@@ -2,6 +2,11 @@
 
 Keys are always built by the services from validated ids (`input/{id}.mp4`, `detection/{id}.json`).
 Both adapters write atomically: a reader sees a whole object or none.
+
+Errors come in two kinds. A missing object is `None` (or FileNotFoundError for `local_copy`). A
+missing bucket, a refused access or an invalid key is a `PermanentStorageError`: it concerns the jobs
+of that bucket or key, and trying again will not help. Anything else (network, 5xx) is transient:
+the caller retries it (`events.retry.transient`) and never fails a job for it.
 """
 
 import asyncio
@@ -20,7 +25,31 @@ from minio.error import S3Error
 
 COPY_CHUNK = 1024 * 1024
 S3_PART_SIZE = 16 * 1024 * 1024
-MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"}
+MISSING_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+# Answers about one bucket or key that no retry can change. Wrong credentials are not among them:
+# they concern every job, so they stop the service (after retries) instead of failing jobs one by one.
+PERMANENT_CODES = {
+    "NoSuchBucket": "the bucket does not exist",
+    "AccessDenied": "access denied",
+    "AllAccessDisabled": "access denied",
+    "InvalidBucketName": "invalid bucket name",
+    "InvalidObjectName": "invalid object key",
+    "KeyTooLongError": "invalid object key",
+}
+
+
+class PermanentStorageError(Exception):
+    """An operation on one bucket or key that will never succeed: fail the job it belongs to."""
+
+    def __init__(self, bucket: str, key: str | None, reason: str) -> None:
+        self.bucket, self.key, self.reason = bucket, key, reason
+        where = f"{bucket}/{key}" if key else bucket
+        super().__init__(f"storage refused {where}: {reason}")
+
+
+def _from_s3(error: S3Error, bucket: str, key: str | None) -> Exception:
+    reason = PERMANENT_CODES.get(error.code or "")
+    return PermanentStorageError(bucket, key, reason) if reason else error
 
 
 class ObjectStore(Protocol):
@@ -45,16 +74,19 @@ class DirectoryStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, bucket: str, key: str) -> Path:
+        """The object's file; PermanentStorageError if the key escapes the root or the bucket is gone."""
         path = (self.root / bucket / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise ValueError(f"object key escapes the storage root: {bucket}/{key}")
+        if not path.is_relative_to((self.root / bucket).resolve()) or "/" in bucket or bucket in ("", ".", ".."):
+            raise PermanentStorageError(bucket, key, "invalid object key: it escapes the bucket")
+        if not (self.root / bucket).is_dir():
+            raise PermanentStorageError(bucket, key, PERMANENT_CODES["NoSuchBucket"])
         return path
 
     async def ensure_bucket(self, bucket: str) -> None:
         await asyncio.to_thread((self.root / bucket).mkdir, parents=True, exist_ok=True)
 
     def _write_atomically(self, path: Path, fileobj: BinaryIO) -> int:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # folders inside the bucket only: it exists
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -89,6 +121,8 @@ class DirectoryStore:
     async def list_prefix(self, bucket: str, prefix: str) -> dict[str, datetime]:
         def scan() -> dict[str, datetime]:
             base = self.root / bucket
+            if not base.is_dir():
+                return {}
             folder = base / prefix.rsplit("/", 1)[0] if "/" in prefix else base
             if not folder.is_dir():
                 return {}
@@ -124,6 +158,15 @@ class S3Store:
     def __init__(self, client: Minio) -> None:
         self.client = client
 
+    async def _call(self, bucket: str, key: str | None, function, *args, **kwargs):
+        """Run a blocking SDK call in a thread; a missing object is None, a permanent refusal raises."""
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except S3Error as error:
+            if error.code in MISSING_CODES:
+                return None
+            raise _from_s3(error, bucket, key) from error
+
     async def ensure_bucket(self, bucket: str) -> None:
         if not await asyncio.to_thread(self.client.bucket_exists, bucket):
             try:
@@ -133,61 +176,49 @@ class S3Store:
                     raise
 
     async def put_file(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> int:
-        result = await asyncio.to_thread(
-            self.client.put_object, bucket, key, fileobj, -1, content_type=content_type, part_size=S3_PART_SIZE
-        )
-        stat = await asyncio.to_thread(self.client.stat_object, bucket, result.object_name)
-        return stat.size or 0
+        await self._call(
+            bucket, key, self.client.put_object, bucket, key, fileobj, -1, content_type=content_type,
+            part_size=S3_PART_SIZE,
+        )  # fmt: skip
+        stat = await self._call(bucket, key, self.client.stat_object, bucket, key)
+        return (stat.size or 0) if stat else 0
 
     async def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(
-            self.client.put_object, bucket, key, BytesIO(data), len(data), content_type=content_type
-        )
+        await self._call(bucket, key, self.client.put_object, bucket, key, BytesIO(data), len(data),
+                         content_type=content_type)  # fmt: skip
 
     async def get_bytes(self, bucket: str, key: str) -> bytes | None:
-        def read() -> bytes | None:
-            try:
-                response = self.client.get_object(bucket, key)
-            except S3Error as error:
-                if error.code in MISSING_CODES:
-                    return None
-                raise
+        def read() -> bytes:
+            response = self.client.get_object(bucket, key)
             try:
                 return response.read()
             finally:
                 response.close()
                 response.release_conn()
 
-        return await asyncio.to_thread(read)
+        return await self._call(bucket, key, read)
 
     async def modified_at(self, bucket: str, key: str) -> datetime | None:
-        try:
-            stat = await asyncio.to_thread(self.client.stat_object, bucket, key)
-        except S3Error as error:
-            if error.code in MISSING_CODES:
-                return None
-            raise
-        return stat.last_modified
+        stat = await self._call(bucket, key, self.client.stat_object, bucket, key)
+        return stat.last_modified if stat else None
 
     async def list_prefix(self, bucket: str, prefix: str) -> dict[str, datetime]:
         def scan() -> dict[str, datetime]:
-            try:
-                return {
-                    obj.object_name: obj.last_modified
-                    for obj in self.client.list_objects(bucket, prefix=prefix, recursive=True)
-                    if obj.object_name and obj.last_modified
-                }
-            except S3Error as error:
-                if error.code in MISSING_CODES:
-                    return {}
-                raise
+            return {
+                obj.object_name: obj.last_modified
+                for obj in self.client.list_objects(bucket, prefix=prefix, recursive=True)
+                if obj.object_name and obj.last_modified
+            }
 
-        return await asyncio.to_thread(scan)
+        try:
+            return await self._call(bucket, None, scan) or {}
+        except PermanentStorageError:
+            return {}
 
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         keys = await self.list_prefix(bucket, prefix)
         for key in keys:
-            await asyncio.to_thread(self.client.remove_object, bucket, key)
+            await self._call(bucket, key, self.client.remove_object, bucket, key)
         return len(keys)
 
     async def buckets(self) -> list[str]:
@@ -197,10 +228,6 @@ class S3Store:
     async def local_copy(self, bucket: str, key: str) -> AsyncIterator[Path]:
         with tempfile.TemporaryDirectory(prefix="vdetect-") as folder:
             path = Path(folder) / Path(key).name
-            try:
-                await asyncio.to_thread(self.client.fget_object, bucket, key, str(path))
-            except S3Error as error:
-                if error.code in MISSING_CODES:
-                    raise FileNotFoundError(f"{bucket}/{key}") from error
-                raise
+            if await self._call(bucket, key, self.client.fget_object, bucket, key, str(path)) is None:
+                raise FileNotFoundError(f"{bucket}/{key}")
             yield path

@@ -33,7 +33,7 @@ def letterbox(image: np.ndarray, size: int = 640, stride: int | None = None) -> 
     axes): a 640x272 frame becomes 640x288 instead of 640x640, less than half the work."""
     height, width = image.shape[:2]
     scale = min(size / height, size / width)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))  # a 3000x2 frame keeps a row
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if scale != 1 else image
     out_w, out_h = (size, size) if stride is None else (-(-new_w // stride) * stride, -(-new_h // stride) * stride)
     pad_x, pad_y = (out_w - new_w) / 2, (out_h - new_h) / 2

@@ -1,7 +1,9 @@
 """Inference worker loop: a batch of frames from `inference_tasks` -> detector -> `inference_results`.
 
 At least once: offsets are committed only after every result of the batch is acknowledged by Kafka.
-A message that cannot be decoded goes to the dead-letter topic and the loop moves on.
+A message that cannot be decoded, or a frame the detector cannot handle, goes to the dead-letter
+topic with the error; a frame that was decoded also gets a result with the error and no objects, so
+its job still completes. The loop moves on either way.
 """
 
 import asyncio
@@ -17,8 +19,9 @@ from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
 from events import topics
-from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer, records
-from events.contracts import InferenceResult, InferenceTask
+from events.clients import ensure_topics, kafka_consumer, kafka_producer, records
+from events.consume import Item, Loop
+from events.contracts import DetectedObject, InferenceResult, InferenceTask
 from events.deadletter import dead_letter
 from events.log import get_logger
 from events.runtime import http_server
@@ -27,6 +30,7 @@ from inference.detector import Detector, OnnxDetector
 
 log = get_logger(__name__)
 SERVICE = "inference"
+Decoded = tuple[InferenceTask, np.ndarray]
 
 
 @dataclass
@@ -34,26 +38,23 @@ class Stats:
     frames: int = 0
     batches: int = 0
     dead_letters: int = 0
+    frame_errors: int = 0
     busy_seconds: float = 0.0
-    consuming: bool = False  # partitions assigned: frames can reach this worker
     started: float = field(default_factory=time.monotonic)
 
 
-Decoded = tuple[InferenceTask, np.ndarray] | ValueError
-
-
-def decode_all(messages: list[ConsumerRecord]) -> list[Decoded]:
+def decode_all(messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
     """Decode a batch (in a worker thread: JSON, base64 and JPEG decoding stay off the event loop)."""
-    decoded: list[Decoded] = []
+    decoded: list[Decoded | Exception] = []
     for message in messages:
         try:
             decoded.append(decode_task(message))
-        except ValueError as error:  # pydantic's ValidationError and binascii.Error are ValueErrors
+        except Exception as error:  # noqa: BLE001 - whatever is wrong with one message concerns it alone
             decoded.append(error)
     return decoded
 
 
-def decode_task(message: ConsumerRecord) -> tuple[InferenceTask, np.ndarray]:
+def decode_task(message: ConsumerRecord) -> Decoded:
     """Parse a task and decode its JPEG; raises ValueError for anything malformed."""
     task = InferenceTask.from_bytes(message.value)
     buffer = np.frombuffer(base64.b64decode(task.image, validate=True), dtype=np.uint8)
@@ -63,36 +64,62 @@ def decode_task(message: ConsumerRecord) -> tuple[InferenceTask, np.ndarray]:
     return task, image
 
 
-async def handle_batch(
-    messages: list[ConsumerRecord],
-    detector: Detector,
-    producer: AIOKafkaProducer,
-    settings: Settings,
-    stats: Stats,
-) -> None:
-    tasks, images = [], []
-    for message, outcome in zip(messages, await asyncio.to_thread(decode_all, messages), strict=True):
-        if isinstance(outcome, ValueError):
-            await dead_letter(producer, settings, SERVICE, message, outcome)
-            stats.dead_letters += 1
-            continue
-        tasks.append(outcome[0])
-        images.append(outcome[1])
-    if not tasks:
-        return
-    started = time.monotonic()
-    detections = await asyncio.to_thread(detector.detect, images)
-    stats.busy_seconds += time.monotonic() - started
-    deliveries = []
-    for task, objects in zip(tasks, detections, strict=True):
-        result = InferenceResult(event_id=task.event_id, frame=task.frame, objects=objects)
-        deliveries.append(
-            await producer.send(settings.topic(topics.INFERENCE_RESULTS), result.to_bytes(), key=task.event_id.encode())
+def in_original_pixels(objects: list[DetectedObject], task: InferenceTask, image: np.ndarray) -> list[DetectedObject]:
+    """Boxes found on the scaled-down frame, mapped back to the original frame's pixels."""
+    height, width = image.shape[:2]
+    if task.width is None or task.height is None or (task.width, task.height) == (width, height):
+        return objects
+    sx, sy = task.width / width, task.height / height
+    return [
+        obj.model_copy(update={"box": [round(min(v * s, limit), 1) for v, s, limit in
+                                       zip(obj.box, (sx, sy, sx, sy), (task.width, task.height) * 2, strict=True)]})
+        for obj in objects
+    ]  # fmt: skip
+
+
+@dataclass
+class Worker:
+    detector: Detector
+    producer: AIOKafkaProducer
+    settings: Settings
+    stats: Stats = field(default_factory=Stats)
+
+    async def parse(self, messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
+        return await asyncio.to_thread(decode_all, messages)
+
+    async def detect(self, items: list[Item[Decoded]]) -> None:
+        """One detector call for the batch, then one result per frame."""
+        tasks = [task for _, (task, _) in items]
+        images = [image for _, (_, image) in items]
+        started = time.monotonic()
+        detections = await asyncio.to_thread(self.detector.detect, images)
+        self.stats.busy_seconds += time.monotonic() - started
+        await self.publish(
+            [
+                InferenceResult(event_id=task.event_id, frame=task.frame, objects=in_original_pixels(objects, task, image))
+                for task, image, objects in zip(tasks, images, detections, strict=True)
+            ]
         )
-        log.debug("frame detected", event_id=task.event_id, frame=task.frame, objects=len(objects))
-    await asyncio.gather(*deliveries)
-    stats.frames += len(tasks)
-    stats.batches += 1
+        self.stats.frames += len(tasks)
+        self.stats.batches += 1
+
+    async def publish(self, results: list[InferenceResult]) -> None:
+        topic = self.settings.topic(topics.INFERENCE_RESULTS)
+        deliveries = [
+            await self.producer.send(topic, result.to_bytes(), key=result.event_id.encode()) for result in results
+        ]
+        await asyncio.gather(*deliveries)
+
+    async def reject(self, message: ConsumerRecord, decoded: Decoded | None, error: Exception) -> None:
+        """Dead-letter the message; a frame that was decoded still gets a result, with the error."""
+        await dead_letter(self.producer, self.settings, SERVICE, message, error)
+        self.stats.dead_letters += 1
+        if decoded is not None:
+            task = decoded[0]
+            reason = f"{type(error).__name__}: {error}"[:500]
+            await self.publish([InferenceResult(event_id=task.event_id, frame=task.frame, objects=[], error=reason)])
+            self.stats.frame_errors += 1
+            log.error("frame failed in the detector", event_id=task.event_id, frame=task.frame, error=reason)
 
 
 async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[ConsumerRecord]:
@@ -102,33 +129,17 @@ async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[Con
     if messages and len(messages) < size and settings.inference_batch_wait_ms > 0:
         more = await consumer.getmany(timeout_ms=settings.inference_batch_wait_ms, max_records=size - len(messages))
         messages += records(more)
+    if messages:
+        structlog.contextvars.bind_contextvars(batch=len(messages))
     return messages
 
 
-async def consume(
-    consumer: AIOKafkaConsumer,
-    producer: AIOKafkaProducer,
-    detector: Detector,
-    settings: Settings,
-    stats: Stats,
-    stop: asyncio.Event,
-) -> None:
-    while not stop.is_set():
-        messages = await next_batch(consumer, settings)
-        stats.consuming = bool(consumer.assignment())
-        if not messages:
-            continue
-        with structlog.contextvars.bound_contextvars(batch=len(messages)):
-            await handle_batch(messages, detector, producer, settings, stats)
-        await commit(consumer)
-
-
-def health_app(detector: Detector, settings: Settings, stats: Stats) -> FastAPI:
+def health_app(detector: Detector, settings: Settings, stats: Stats, loop: Loop) -> FastAPI:
     app = FastAPI(title="vdetect inference")
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "service": SERVICE, "ready": stats.consuming}
+        return {"status": "ok", "service": SERVICE, "ready": loop.assigned}
 
     @app.get("/data")
     @app.get("/api/data")
@@ -143,6 +154,7 @@ def health_app(detector: Detector, settings: Settings, stats: Stats) -> FastAPI:
             "frames_processed": stats.frames,
             "batches": stats.batches,
             "dead_letters": stats.dead_letters,
+            "frame_errors": stats.frame_errors,
             "busy_seconds": round(stats.busy_seconds, 3),
             "uptime_seconds": round(time.monotonic() - stats.started, 3),
         }
@@ -158,14 +170,17 @@ def build_detector(settings: Settings) -> Detector:
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     detector = build_detector(settings)
-    stats = Stats()
     await ensure_topics(settings)
     async with (
-        http_server(health_app(detector, settings, stats), settings.bind_host, settings.inference_port),
         kafka_producer(settings) as producer,
         kafka_consumer(
             settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP, settings.inference_batch_size
         ) as consumer,
     ):
-        log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))
-        await consume(consumer, producer, detector, settings, stats, stop)
+        worker = Worker(detector, producer, settings)
+        loop = Loop(consumer, worker.parse, worker.detect, worker.reject, settings.inference_batch_size,
+                    fetch=lambda: next_batch(consumer, settings))  # fmt: skip
+        async with http_server(health_app(detector, settings, worker.stats, loop), settings.bind_host,
+                               settings.inference_port):  # fmt: skip
+            log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))
+            await loop.run(stop)

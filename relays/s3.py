@@ -1,23 +1,31 @@
 """S3 relay: the outcome of each job in `runner_db.runner_predictions` -> object storage.
 
-`predictable` -> `detection/{id}.json`, then `predictable -> ready`;
-`failed` -> `failed/{id}.json` (why it failed), then `output_s3` is set on the failed job.
-Each object is written only if absent, so a replayed change writes nothing twice.
+`predictable` -> `detection/{id}.json`, streamed from the job's frame documents, then
+`predictable -> ready` and the frame documents are deleted; `failed` -> `failed/{id}.json` (why it
+failed), then `output_s3` is set on the failed job. Each object is written only if absent, so a
+replayed change writes nothing twice.
+
+A storage error that no retry can fix (bucket deleted, access denied, invalid key) fails that one job
+with the reason, recorded as `export_error`, and the relay moves on; transient errors are retried
+and, if they last, stop the relay before its token moves on.
 """
 
 import asyncio
+import tempfile
 from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from events import detection_file
 from events.clients import mongo_client, object_store
 from events.contracts import (
     CHECKPOINTS,
+    FRAMES,
     PREDICTIONS,
-    DetectionFile,
     FailureFile,
+    FrameDocument,
     RunnerPrediction,
     StorageLocation,
     detection_key,
@@ -30,7 +38,7 @@ from events.retry import transient
 from events.runtime import http_server
 from events.settings import Settings
 from events.statuses import RunnerStatus
-from events.storage import ObjectStore
+from events.storage import ObjectStore, PermanentStorageError
 from relays.checkpoints import MongoTokenStore
 from relays.follow import Relay, health_app
 
@@ -48,11 +56,17 @@ PIPELINE = [
         }
     }
 ]
-# Jobs whose outcome is not in storage yet.
-SOURCE_FILTER = {"$or": [{"status": PREDICTABLE}, {"status": FAILED, "output_s3": {"$exists": False}}]}
+# Jobs whose outcome is not in storage yet, and could still be written there.
+SOURCE_FILTER = {
+    "$or": [
+        {"status": PREDICTABLE},
+        {"status": FAILED, "output_s3": {"$exists": False}, "export_error": {"$exists": False}},
+    ]
+}
+SPOOL_BYTES = 8 * 1024 * 1024  # a detection file up to this size is assembled in memory, larger on disk
 
 
-def exporter(predictions: AsyncCollection, store: ObjectStore):
+def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: ObjectStore):
     @transient
     async def mark_exported(job: RunnerPrediction, location: StorageLocation) -> None:
         if job.status == RunnerStatus.PREDICTABLE:
@@ -63,30 +77,59 @@ def exporter(predictions: AsyncCollection, store: ObjectStore):
             update = {"output_s3": location.to_mongo()}
         await predictions.update_one({"_id": job.id, **condition}, {"$set": update})
 
-    def outcome(job: RunnerPrediction) -> tuple[StorageLocation, bytes]:
-        if job.status == RunnerStatus.PREDICTABLE:
-            result = DetectionFile(
-                event_id=job.id,
-                total_frames=job.total_frames or 0,
-                prediction=job.prediction if job.prediction is not None else job.sorted_prediction(),
-                created_at=job.created_at,
-                completed_at=utcnow(),
-            )
-            return StorageLocation(bucket=job.bucket, object=detection_key(job.id)), result.to_bytes()
+    @transient
+    async def mark_unexportable(job: RunnerPrediction, error: PermanentStorageError) -> None:
+        """The outcome cannot be written: the job fails with the reason, and is not tried again."""
+        reason = f"the job's outcome could not be written to storage: {error}"
+        await predictions.update_one(
+            {"_id": job.id, "status": {"$in": OUTCOMES}, "output_s3": {"$exists": False}},
+            {"$set": {"status": FAILED, "export_error": reason, "error": job.error or reason,
+                      "failed_at": job.failed_at or utcnow()}},
+        )  # fmt: skip
+
+    async def sorted_frames(job_id: str):
+        cursor = frames.find(FrameDocument.range_of(job_id), {"_id": 0, "frame": 1, "objects": 1, "error": 1})
+        async for doc in cursor.sort("_id", 1).batch_size(500):
+            yield doc
+
+    @transient
+    async def write_detection(job: RunnerPrediction, location: StorageLocation) -> int:
+        """Stream the frame documents into a spooled file, then upload it: memory stays flat."""
+        header = detection_file.DetectionHeader(
+            event_id=job.id, total_frames=job.total_frames or 0, created_at=job.created_at, completed_at=utcnow()
+        )
+        with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out:
+            frames_written = await detection_file.write(out, header, sorted_frames(job.id))
+            size = out.tell()
+            out.seek(0)
+            await store.put_file(location.bucket, location.object, out, "application/json")  # type: ignore[arg-type]
+        log.info("detection file assembled", frames=frames_written, bytes=size)
+        return size
+
+    @transient
+    async def write_failure(job: RunnerPrediction, location: StorageLocation) -> None:
         failure = FailureFile(event_id=job.id, error=job.error or "unknown error", failed_at=job.failed_at or utcnow())
-        return StorageLocation(bucket=job.bucket, object=failure_key(job.id)), failure.to_bytes()
+        await store.put_bytes(location.bucket, location.object, failure.to_bytes(), "application/json")
 
     async def export(doc: dict[str, Any]) -> None:
         job = RunnerPrediction.model_validate(doc)
-        location, content = outcome(job)
+        predictable = job.status == RunnerStatus.PREDICTABLE
+        location = StorageLocation(bucket=job.bucket, object=(detection_key if predictable else failure_key)(job.id))
         with structlog.contextvars.bound_contextvars(event_id=job.id):
-            if await store.modified_at(location.bucket, location.object) is None:
-                await store.put_bytes(location.bucket, location.object, content, "application/json")
-                log.info("job outcome written", status=job.status.value, object=location.object)
-                crash_point("after_side_effect")
-            else:
-                log.info("job outcome already present", object=location.object, duplicates=1)
+            try:
+                if await transient(store.modified_at)(location.bucket, location.object) is None:
+                    await (write_detection if predictable else write_failure)(job, location)
+                    log.info("job outcome written", status=job.status.value, object=location.object)
+                    crash_point("after_side_effect")
+                else:
+                    log.info("job outcome already present", object=location.object, duplicates=1)
+            except PermanentStorageError as error:
+                log.error("job outcome cannot be written, job failed", error=str(error), export_errors=1)
+                await mark_unexportable(job, error)
+                return
             await mark_exported(job, location)
+            if predictable:
+                await transient(frames.delete_many)(FrameDocument.range_of(job.id))
 
     return export
 
@@ -97,7 +140,7 @@ def build(db: AsyncDatabase, store: ObjectStore, settings: Settings) -> Relay:
         collection=db[PREDICTIONS],
         pipeline=PIPELINE,
         source_filter=SOURCE_FILTER,
-        handle=exporter(db[PREDICTIONS], store),
+        handle=exporter(db[PREDICTIONS], db[FRAMES], store),
         tokens=MongoTokenStore(db[CHECKPOINTS]),
         checkpoint_interval=settings.relay_checkpoint_interval_s,
     )

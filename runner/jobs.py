@@ -1,21 +1,31 @@
-"""The runner's bookkeeping in `runner_db.runner_predictions`: every write is conditional or idempotent."""
+"""The runner's bookkeeping in `runner_db`: every write is conditional or idempotent.
+
+A job is one small document in `runner_predictions`; each frame's result is a document of its own in
+`runner_frames` (first write wins, by `_id`), so no document grows with the length of the video.
+"""
 
 from datetime import timedelta
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from events.contracts import InferenceResult, RunnerPrediction, utcnow
+from events.contracts import FrameDocument, InferenceResult, RunnerPrediction, utcnow
 from events.retry import transient
 from events.statuses import RunnerStatus
 
 PROCESSING = {"status": RunnerStatus.PROCESSING.value}
+DUPLICATE_KEY = 11000
+
+
+def _job(doc: dict | None) -> RunnerPrediction | None:
+    return RunnerPrediction.model_validate(doc) if doc else None
 
 
 class Jobs:
-    def __init__(self, collection: AsyncCollection) -> None:
+    def __init__(self, collection: AsyncCollection, frames: AsyncCollection) -> None:
         self.collection = collection
+        self.frames = frames
 
     @transient
     async def create(self, event_id: str, bucket: str, key: str) -> bool:
@@ -28,57 +38,94 @@ class Jobs:
         return True
 
     @transient
+    async def get(self, event_id: str) -> RunnerPrediction | None:
+        return _job(await self.collection.find_one({"_id": event_id}))
+
+    @transient
     async def set_total(self, event_id: str, total_frames: int) -> RunnerPrediction | None:
         doc = await self.collection.find_one_and_update(
             {"_id": event_id, **PROCESSING},
             {"$set": {"total_frames": total_frames, "updated_at": utcnow()}},
             return_document=ReturnDocument.AFTER,
         )
-        return RunnerPrediction.model_validate(doc) if doc else None
+        return _job(doc)
+
+    @transient
+    async def touch(self, event_id: str, tasks: dict[int, int]) -> None:
+        """The job is being fanned out: its clock starts again, and the offsets of its last frame
+        messages so far are kept (the stall check waits until the inference workers are past them)."""
+        await self.collection.update_one(
+            {"_id": event_id, **PROCESSING},
+            {
+                "$set": {"updated_at": utcnow()},
+                "$max": {f"tasks.{partition}": offset for partition, offset in tasks.items()},
+            },
+        )
 
     async def record(self, event_id: str, results: list[InferenceResult]) -> tuple[RunnerPrediction | None, int]:
-        """Store frames of one job, each at most once (first write wins). Returns the job as it stands
-        after the writes and how many frames were new.
+        """Store the frames of one job, each at most once (first write wins). Returns the job as it
+        stands after the writes and how many frames were new; (None, 0) if the job is over or unknown.
 
-        Usually no frame of the batch is stored yet and one write stores them all; after a redelivery
-        the frames are written one by one. Progress resets the resend count: a job fails only after
-        MAX_RESENDS resends in a row that brought nothing back."""
-        job = await self._store_if_absent(event_id, results)
-        if job is not None:
-            return job, len({r.frame for r in results})
-        stored = 0
-        for result in results:
-            if (written := await self._store_if_absent(event_id, [result])) is not None:
-                job, stored = written, stored + 1
-        if job is None:  # nothing new: still hand back the job, so that its completion is checked
-            doc = await transient(self.collection.find_one)({"_id": event_id, **PROCESSING})
-            job = RunnerPrediction.model_validate(doc) if doc else None
+        The frame documents are inserted first, then the job's counter moves on by what was new, so a
+        crash in between leaves the counter short, never long; a batch with duplicates (a redelivery)
+        counts the job's frames again to repair it. Progress resets the resend count: a job fails
+        only after MAX_RESENDS resends in a row that brought nothing back."""
+        if await transient(self.collection.find_one)({"_id": event_id, **PROCESSING}, {"_id": 1}) is None:
+            return None, 0
+        documents = {r.frame: FrameDocument.of(r).to_mongo() for r in results}
+        stored = await self._insert_new(list(documents.values()))
+        job = None
+        if stored:
+            job = _job(
+                await transient(self.collection.find_one_and_update)(
+                    {"_id": event_id, **PROCESSING},
+                    {"$inc": {"received_frames": stored}, "$set": {"updated_at": utcnow(), "resends": 0}},
+                    return_document=ReturnDocument.AFTER,
+                )
+            )
+        if stored < len(documents):
+            job = await self.recount(event_id)
         return job, stored
 
     @transient
-    async def _store_if_absent(self, event_id: str, results: list[InferenceResult]) -> RunnerPrediction | None:
-        """One conditional write: all these frames, or none if one of them is stored or the job is over."""
-        fields = {f"frame_results.{r.frame}": [obj.to_mongo() for obj in r.objects] for r in reversed(results)}
+    async def _insert_new(self, documents: list[dict]) -> int:
+        """Insert what is not there yet; returns how many were new. Only duplicates are tolerated."""
+        try:
+            return len((await self.frames.insert_many(documents, ordered=False)).inserted_ids)
+        except BulkWriteError as error:
+            if any(e.get("code") != DUPLICATE_KEY for e in error.details.get("writeErrors", [])):
+                raise
+            return error.details.get("nInserted", 0)
+
+    @transient
+    async def recount(self, event_id: str) -> RunnerPrediction | None:
+        """Set `received_frames` from the frame documents (never lower: counts only grow)."""
+        count = await self.frames.count_documents(FrameDocument.range_of(event_id))
         doc = await self.collection.find_one_and_update(
-            {"_id": event_id, **PROCESSING, **{field: {"$exists": False} for field in fields}},
-            {"$set": {**fields, "updated_at": utcnow(), "resends": 0}, "$inc": {"received_frames": len(fields)}},
+            {"_id": event_id, **PROCESSING},
+            {"$max": {"received_frames": count}},
             return_document=ReturnDocument.AFTER,
         )
-        return RunnerPrediction.model_validate(doc) if doc else None
+        return _job(doc)
+
+    async def stored_frames(self, event_id: str) -> frozenset[int]:
+        """The frame numbers of a job whose results are stored (for a resend of the missing ones)."""
+        cursor = self.frames.find(FrameDocument.range_of(event_id), {"frame": 1, "_id": 0})
+        return frozenset([doc["frame"] async for doc in cursor])
 
     @transient
     async def complete(self, job: RunnerPrediction) -> bool:
-        """processing -> predictable with the prediction sorted by frame; True for the one caller that won."""
-        prediction = [frame.to_mongo() for frame in job.sorted_prediction()]
+        """processing -> predictable; True for the one caller that won. The frames stay where they are:
+        the S3 relay streams them into the detection file."""
         outcome = await self.collection.update_one(
             {"_id": job.id, **PROCESSING},
-            {"$set": {"status": RunnerStatus.PREDICTABLE.value, "prediction": prediction, "completed_at": utcnow()}},
+            {"$set": {"status": RunnerStatus.PREDICTABLE.value, "completed_at": utcnow()}},
         )
         return outcome.modified_count == 1
 
     @transient
-    async def stalled(self, quiet_for: timedelta) -> list[RunnerPrediction]:
-        """Jobs still processing with no progress for `quiet_for`."""
+    async def quiet(self, quiet_for: timedelta) -> list[RunnerPrediction]:
+        """Jobs still processing with no progress for `quiet_for`: waiting in a queue, or stalled."""
         docs = self.collection.find({**PROCESSING, "updated_at": {"$lt": utcnow() - quiet_for}})
         return [RunnerPrediction.model_validate(doc) async for doc in docs]
 
@@ -90,7 +137,7 @@ class Jobs:
             {"$set": {"updated_at": utcnow()}, "$inc": {"resends": 1}},
             return_document=ReturnDocument.AFTER,
         )
-        return RunnerPrediction.model_validate(doc) if doc else None
+        return _job(doc)
 
     @transient
     async def fail(self, event_id: str, reason: str) -> bool:
@@ -99,3 +146,4 @@ class Jobs:
             {"$set": {"status": RunnerStatus.FAILED.value, "error": reason, "failed_at": utcnow()}},
         )
         return outcome.modified_count == 1
+

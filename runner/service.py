@@ -5,34 +5,42 @@ encoding in a process pool, with a bounded window in flight, so memory does not 
 """
 
 import asyncio
+import contextlib
 import multiprocessing
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 from fastapi import FastAPI
-from pydantic import ValidationError
 
 from events import topics
-from events.clients import commit, ensure_topics, kafka_consumer, kafka_producer, mongo_client, object_store, records
-from events.contracts import PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
+from events.clients import (
+    GroupOffsets,
+    ensure_topics,
+    group_offsets,
+    kafka_consumer,
+    kafka_producer,
+    mongo_client,
+    object_store,
+)
+from events.consume import Item, Loop, parse_with
+from events.contracts import FRAMES, PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
 from events.deadletter import dead_letter
 from events.log import get_logger
 from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
-from events.storage import ObjectStore
-from runner.frames import VideoError, encode_frame, sample_frames
+from events.storage import ObjectStore, PermanentStorageError
+from runner.frames import Frame, VideoError, encode_frame, sample_frames
 from runner.jobs import Jobs
 
 log = get_logger(__name__)
-Message = TypeVar("Message", OutboxEvent, InferenceResult)
 SERVICE = "runner"
 DELIVERY_BATCH = 256
 JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # one job may take long to fan out; its offset is committed after
@@ -47,58 +55,76 @@ class Stats:
     results_stored: int = 0
     duplicate_results: int = 0
     resends: int = 0
+    waiting: int = 0  # quiet jobs whose frames were still queued or in process at the last check
     dead_letters: int = 0
-    consuming: set[str] = field(default_factory=set)  # topics with partitions assigned to this runner
     started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class Runner:
+    """Fans jobs out into frames, stores the frames' results, and re-drives a job whose frames were lost.
+
+    A job with no progress for STALL_TIMEOUT_S is re-driven only when none of its frames is anywhere
+    in the system: every frame message it sent is past the inference group's committed offset (or
+    gone with a restarted broker), and every result produced until then is past the runner's own
+    committed offset on `inference_results`. A job waiting in a backlog, or behind an inference
+    outage, only waits."""
+
     jobs: Jobs
     store: ObjectStore
     producer: AIOKafkaProducer
     pool: Executor
     settings: Settings
+    tasks: GroupOffsets  # the inference workers' group on inference_tasks
+    results: GroupOffsets  # this runner's group on inference_results
     stats: Stats = field(default_factory=Stats)
+    results_marks: dict[str, dict[int, int]] = field(default_factory=dict)  # job -> end offsets of results
 
-    async def publish_frames(self, path: Path, event_id: str, skip: frozenset[int] = frozenset()) -> int:
-        """Sample, preprocess and publish the frames of one video, but those in `skip` (already detected).
+    async def publish_frames(
+        self, path: Path, event_id: str, sent: dict[int, int], skip: frozenset[int] = frozenset()
+    ) -> int:
+        """Sample, scale, preprocess and publish the frames of one video, but those in `skip` (already
+        detected); `sent` is kept up to date with the offset of the job's last message per partition.
 
         Returns how many frames the video has at this stride (published or skipped)."""
         loop = asyncio.get_running_loop()
         topic, key = self.settings.topic(topics.INFERENCE_TASKS), event_id.encode()
         window = 2 * self.settings.preprocess_workers
-        pending: deque[tuple[int, asyncio.Future[str]]] = deque()
-        deliveries: list[asyncio.Future] = []
+        pending: deque[tuple[Frame, asyncio.Future[str]]] = deque()
+        deliveries: list[asyncio.Future[RecordMetadata]] = []
         # Keyed by the job, but spread round-robin over the partitions: one video keeps every
         # inference worker busy, not only the one that owns the key's partition.
         partitions = sorted(await self.producer.partitions_for(topic))
 
+        async def delivered() -> None:
+            for metadata in await asyncio.gather(*deliveries):
+                sent[metadata.partition] = max(sent.get(metadata.partition, -1), metadata.offset)
+            deliveries.clear()
+
         async def publish_oldest() -> None:
-            index, encoded = pending.popleft()
-            task = InferenceTask(event_id=event_id, frame=index, image=await encoded)
-            partition = partitions[(index // self.settings.frame_stride) % len(partitions)]
+            frame, encoded = pending.popleft()
+            task = InferenceTask(
+                event_id=event_id, frame=frame.index, image=await encoded, width=frame.width, height=frame.height
+            )
+            partition = partitions[(frame.index // self.settings.frame_stride) % len(partitions)]
             deliveries.append(await self.producer.send(topic, task.to_bytes(), key=key, partition=partition))
             if len(deliveries) >= DELIVERY_BATCH:
-                await asyncio.gather(*deliveries)
-                deliveries.clear()
+                await delivered()
 
-        frames = sample_frames(path, self.settings.frame_stride)
+        frames = sample_frames(path, self.settings.frame_stride, self.settings.model_input_size)
         count = 0
         try:
-            while (item := await asyncio.to_thread(next, frames, None)) is not None:
-                index, frame = item
+            while (frame := await asyncio.to_thread(next, frames, None)) is not None:
                 count += 1
-                if index in skip:
+                if frame.index in skip:
                     continue
-                pending.append(
-                    (index, loop.run_in_executor(self.pool, encode_frame, frame, self.settings.jpeg_quality))
-                )
+                encoding = loop.run_in_executor(self.pool, encode_frame, frame.image, self.settings.jpeg_quality)
+                pending.append((frame, encoding))
                 if len(pending) >= window:
                     await publish_oldest()
             while pending:
                 await publish_oldest()
-            await asyncio.gather(*deliveries)
+            await delivered()
         finally:
             frames.close()
         self.stats.frames_published += count - len(skip)
@@ -112,17 +138,38 @@ class Runner:
         self.stats.jobs_started += 1
         await self.fan_out(event.event_id, bucket, key)
 
+    @contextlib.asynccontextmanager
+    async def heartbeat(self, event_id: str, sent: dict[int, int]) -> AsyncIterator[None]:
+        """While a job is fanned out (its video downloaded, then read), its clock is kept fresh and the
+        offsets sent so far are saved; a runner that dies mid-way stops the heartbeat."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.stall_check_interval_s)
+                await self.jobs.touch(event_id, dict(sent))
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.jobs.touch(event_id, sent)
+
     async def fan_out(self, event_id: str, bucket: str, key: str, skip: frozenset[int] = frozenset()) -> None:
         """Publish the frames of a job (but `skip`), then record how many it has; a broken video fails it."""
         started = time.monotonic()
+        sent: dict[int, int] = {}
         try:
-            async with self.store.local_copy(bucket, key) as path:
-                total = await self.publish_frames(path, event_id, skip)
+            async with self.heartbeat(event_id, sent), self.store.local_copy(bucket, key) as path:
+                total = await self.publish_frames(path, event_id, sent, skip)
             if total == 0:
                 raise VideoError("the video has no decodable frames")
-        except (VideoError, FileNotFoundError) as error:
-            missing = isinstance(error, FileNotFoundError)
-            await self.fail(event_id, f"video not found in storage: {bucket}/{key}" if missing else str(error))
+        except (VideoError, FileNotFoundError, PermanentStorageError) as error:
+            if isinstance(error, FileNotFoundError):
+                error = f"video not found in storage: {bucket}/{key}"
+            await self.fail(event_id, str(error))
             return
         log.info(
             "frames published", total_frames=total, skipped=len(skip), seconds=round(time.monotonic() - started, 3)
@@ -136,21 +183,48 @@ class Runner:
             self.stats.jobs_failed += 1
             log.error("job failed", reason=reason)
 
+    async def in_flight(self, quiet: list[RunnerPrediction]) -> set[str]:
+        """The quiet jobs that still have frames somewhere: queued for inference, being detected, or
+        their results queued for this runner. A job seen with nothing queued for inference gets a mark
+        (the end of `inference_results` now); it is settled once the runner's group is past the mark."""
+        committed, ends = await self.tasks.positions()
+        results_committed, results_ends = await self.results.positions()
+        busy = set()
+        for job in quiet:
+            mark = self.results_marks.get(job.id)
+            if GroupOffsets.waiting(job.tasks, committed, ends):
+                busy.add(job.id)
+                self.results_marks.pop(job.id, None)
+            elif mark is None:
+                self.results_marks[job.id] = results_ends
+                busy.add(job.id)
+            elif GroupOffsets.waiting({p: end - 1 for p, end in mark.items() if end}, results_committed, results_ends):
+                busy.add(job.id)
+        return busy
+
     async def resend_stalled(self) -> None:
-        """Jobs with no progress for STALL_TIMEOUT_S get their missing frames sent again (a broker may have
-        lost them, a runner may have died while reading the video); after MAX_RESENDS they fail."""
-        for stalled in await self.jobs.stalled(timedelta(seconds=self.settings.stall_timeout_s)):
-            job = await self.jobs.claim_resend(stalled)
-            if job is None:
+        """Jobs with no progress for STALL_TIMEOUT_S and no frame in flight get their missing frames sent
+        again (a broker may have lost them, a runner may have died while reading the video); after
+        MAX_RESENDS in a row that brought nothing back, they fail."""
+        quiet = await self.jobs.quiet(timedelta(seconds=self.settings.stall_timeout_s))
+        self.results_marks = {job.id: mark for job in quiet if (mark := self.results_marks.get(job.id))}
+        if not quiet:
+            return
+        busy = await self.in_flight(quiet)
+        self.stats.waiting = len(busy)
+        for stalled in quiet:
+            if stalled.id in busy or (job := await self.jobs.claim_resend(stalled)) is None:
                 continue
+            self.results_marks.pop(job.id, None)
             with structlog.contextvars.bound_contextvars(event_id=job.id):
                 if job.resends > self.settings.max_resends or job.object is None:
                     await self.fail(
                         job.id, f"no progress after {job.resends - 1} resends of the missing frames in a row"
                     )
                     continue
-                done = frozenset(int(frame) for frame in job.frame_results)
-                log.warning("job stalled, resending missing frames", resends=job.resends, received=len(done))
+                done = await self.jobs.stored_frames(job.id)
+                log.warning("job stalled: frames lost, resending the missing ones", resends=job.resends,
+                            received=len(done))  # fmt: skip
                 self.stats.resends += 1
                 await self.fan_out(job.id, job.bucket, job.object, done)
 
@@ -178,54 +252,35 @@ class Runner:
             self.stats.jobs_completed += 1
             log.info("job predictable", total_frames=job.total_frames)
 
-    async def consume_jobs(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        async def start(events: list[OutboxEvent]) -> None:
-            for event in events:
-                with structlog.contextvars.bound_contextvars(event_id=event.event_id):
-                    await self.start_job(event)
+    async def start_jobs(self, items: list[Item[OutboxEvent]]) -> None:
+        for _, event in items:
+            with structlog.contextvars.bound_contextvars(event_id=event.event_id):
+                await self.start_job(event)
 
-        await self.consume(consumer, stop, OutboxEvent, start, max_records=1)
+    async def reject_job(self, message: ConsumerRecord, event: OutboxEvent | None, error: Exception) -> None:
+        """An outbox event that could not be handled: dead-lettered, and its job fails with the reason."""
+        await self.dead_letter(message, event, error)
+        if event is not None:
+            await self.fail(event.event_id, f"the job could not be started: {type(error).__name__}: {error}")
 
-    async def consume_results(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        await self.consume(consumer, stop, InferenceResult, self.store_results, max_records=500)
+    async def store_items(self, items: list[Item[InferenceResult]]) -> None:
+        await self.store_results([result for _, result in items])
 
-    async def consume(
-        self,
-        consumer: AIOKafkaConsumer,
-        stop: asyncio.Event,
-        contract: type[Message],
-        handle: Callable[[list[Message]], Awaitable[None]],
-        max_records: int,
-    ) -> None:
-        """Parse and handle each batch, then commit it; a message that does not parse is dead-lettered."""
-        topic = self.settings.topic(contract.TOPIC)
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-            if consumer.assignment():
-                self.stats.consuming.add(topic)
-            parsed = []
-            for message in records(batches):
-                try:
-                    parsed.append(contract.from_bytes(message.value))
-                except ValidationError as error:
-                    await dead_letter(self.producer, self.settings, SERVICE, message, error)
-                    self.stats.dead_letters += 1
-            if parsed:
-                await handle(parsed)
-            if batches:
-                await commit(consumer)
+    async def dead_letter(self, message: ConsumerRecord, _parsed: object, error: Exception) -> None:
+        await dead_letter(self.producer, self.settings, SERVICE, message, error)
+        self.stats.dead_letters += 1
 
 
-def health_app(stats: Stats) -> FastAPI:
+def health_app(stats: Stats, loops: list[Loop]) -> FastAPI:
     app = FastAPI(title="vdetect runner")
 
     @app.get("/health")
     async def health() -> dict:
-        counters = {name: value for name, value in asdict(stats).items() if name not in ("started", "consuming")}
+        counters = {name: value for name, value in asdict(stats).items() if name != "started"}
         return {
             "status": "ok",
             "service": SERVICE,
-            "ready": len(stats.consuming) == 2,  # jobs and results both reach this runner
+            "ready": all(loop.assigned for loop in loops),  # jobs and results both reach this runner
             **counters,
             "uptime_seconds": round(time.monotonic() - stats.started, 3),
         }
@@ -244,14 +299,21 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP, 1, max_poll_interval_ms=JOB_POLL_INTERVAL_MS
             ) as jobs_consumer,
             kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
+            group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
+            group_offsets(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP) as results,
         ):
+            db = client[settings.runner_db]
             runner = Runner(
-                Jobs(client[settings.runner_db][PREDICTIONS]), object_store(settings), producer, pool, settings
+                Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks, results
             )
-            async with http_server(health_app(runner.stats), settings.bind_host, settings.runner_port):
+            loops = [
+                Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),
+                Loop(results_consumer, parse_with(InferenceResult.from_bytes), runner.store_items,
+                     runner.dead_letter, 500),
+            ]  # fmt: skip
+            async with http_server(health_app(runner.stats, loops), settings.bind_host, settings.runner_port):
                 log.info("runner ready")
-                await asyncio.gather(
-                    runner.consume_jobs(jobs_consumer, stop),
-                    runner.consume_results(results_consumer, stop),
-                    runner.watch_stalls(stop),
-                )
+                async with asyncio.TaskGroup() as group:
+                    for loop in loops:
+                        group.create_task(loop.run(stop))
+                    group.create_task(runner.watch_stalls(stop))

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
             "secantusdb",
             [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(ports.mongo),
              "--storage-path", str(data_dir / "mongo"), "--cache-size", "256M",
-             "--noop-heartbeat-seconds", str(NOOP_HEARTBEAT_S)],
+             "--noop-heartbeat-seconds", str(NOOP_HEARTBEAT_S), "--sync-on-commit"],
             env,
             logs / "secantusdb.log",
         ),
@@ -235,10 +236,15 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
             child.start()
         health = [f"http://127.0.0.1:{ports.api}/api/health", f"http://127.0.0.1:{ports.runner}/health",
                   f"http://127.0.0.1:{ports.inference}/health"]  # fmt: skip
-        if wait_for_health(health, 180, stopping):  # consumers joined their groups: a job starts at once
-            log.info("stack ready", api=f"http://127.0.0.1:{ports.api}/api", data_dir=str(data_dir))
-        elif not stopping:
-            log.warning("stack started, but not every service reported ready in time")
+
+        def announce_ready() -> None:  # consumers joined their groups: a job starts at once
+            if wait_for_health(health, 180, stopping):
+                log.info("stack ready", api=f"http://127.0.0.1:{ports.api}/api", data_dir=str(data_dir))
+            elif not stopping:
+                log.warning("stack started, but not every service reported ready in time")
+
+        # readiness is watched beside the supervision, which runs from the first second
+        threading.Thread(target=announce_ready, name="ready", daemon=True).start()
         while not stopping:
             now = time.monotonic()
             for child in workers:

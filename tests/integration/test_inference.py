@@ -4,43 +4,69 @@ import asyncio
 import base64
 
 import cv2
+import numpy as np
 
 from events import topics
 from events.clients import kafka_consumer, kafka_producer
+from events.consume import Loop
 from events.contracts import DeadLetter, InferenceResult, InferenceTask
-from inference.service import Stats, build_detector, consume
+from inference.service import Worker, build_detector, next_batch
 from tests.conftest import read_topic
 from tests.servers import ultralytics_asset
 
 
-def task(event_id: str, frame: int, photo: str) -> bytes:
-    ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(ultralytics_asset(photo))))
+def task(event_id: str, frame: int, image: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", image)
     assert ok
-    image = base64.b64encode(jpeg.tobytes()).decode()
-    return InferenceTask(event_id=event_id, frame=frame, image=image).to_bytes()
+    width, height = size or (None, None)
+    encoded = base64.b64encode(jpeg.tobytes()).decode()
+    return InferenceTask(event_id=event_id, frame=frame, image=encoded, width=width, height=height).to_bytes()
+
+
+def photo(name: str) -> np.ndarray:
+    return cv2.imread(str(ultralytics_asset(name)))
+
+
+class RaisesOnTinyFrames:
+    """The real detector, except that a frame under 16 pixels makes it raise (as a model can)."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.names, self.calls = detector, detector.names, 0
+
+    def detect(self, images):
+        self.calls += 1
+        if any(image.shape[0] < 16 for image in images):
+            raise RuntimeError("the model cannot take this frame")
+        return self.detector.detect(images)
+
+
+async def run_worker(settings, worker: Worker, expected: int) -> tuple[dict, bool]:
+    async with kafka_consumer(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as consumer:
+        loop = Loop(consumer, worker.parse, worker.detect, worker.reject, 8, fetch=lambda: next_batch(consumer, settings))
+        stop = asyncio.Event()
+        running = asyncio.create_task(loop.run(stop))
+        async with asyncio.timeout(60):
+            while worker.stats.frames + worker.stats.dead_letters < expected:
+                await asyncio.sleep(0.1)
+        alive = not running.done()
+        stop.set()
+        await running
+        committed = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+    return committed, alive
 
 
 async def test_worker_detects_frames_and_dead_letters_poison_messages(settings, kafka_topics):
-    detector = build_detector(settings)
-    stats = Stats()
     async with kafka_producer(settings) as producer:
         sends = [
-            (task("job-1", 0, "bus.jpg"), b"job-1"),
-            (task("job-1", 5, "zidane.jpg"), b"job-1"),
+            (task("job-1", 0, photo("bus.jpg")), b"job-1"),
+            (task("job-1", 5, photo("zidane.jpg")), b"job-1"),
             (b"{not json", b"job-2"),
             (InferenceTask(event_id="job-3", frame=0, image="bm90IGEganBlZw==").to_bytes(), b"job-3"),
         ]
         for value, key in sends:
             await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), value, key=key)
-        stop = asyncio.Event()
-        async with kafka_consumer(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as consumer:
-            worker = asyncio.create_task(consume(consumer, producer, detector, settings, stats, stop))
-            async with asyncio.timeout(60):
-                while stats.frames + stats.dead_letters < 4:
-                    await asyncio.sleep(0.1)
-            stop.set()
-            await worker
-            committed = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+        worker = Worker(build_detector(settings), producer, settings)
+        committed, _ = await run_worker(settings, worker, 4)
     assert sum(v or 0 for v in committed.values()) == 4  # every message finished and committed
     results = {r.frame: r for r in (InferenceResult.from_bytes(m.value) for m in
                                     await read_topic(settings, topics.INFERENCE_RESULTS, 2))}  # fmt: skip
@@ -50,3 +76,49 @@ async def test_worker_detects_frames_and_dead_letters_poison_messages(settings, 
     assert sorted(letter.key for letter in letters) == ["job-2", "job-3"]
     assert all(letter.service == "inference" and letter.topic.endswith("inference_tasks") for letter in letters)
     assert any("decodable" in letter.error for letter in letters)
+
+
+async def test_a_frame_the_detector_cannot_handle_gets_an_error_result_and_the_worker_goes_on(settings, kafka_topics):
+    bus, zidane = photo("bus.jpg"), photo("zidane.jpg")
+    async with kafka_producer(settings) as producer:
+        sends = [
+            task("job-a", 0, bus),
+            task("job-a", 5, np.zeros((4, 3000, 3), np.uint8)),  # the detector raises on this one
+            task("job-a", 10, zidane),
+            task("job-b", 0, zidane),
+            task("job-b", 5, bus),
+        ]
+        for value in sends:  # one partition: the bad frame sits in a batch with good ones
+            await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), value, key=b"k", partition=0)
+        worker = Worker(RaisesOnTinyFrames(build_detector(settings)), producer, settings)
+        committed, alive = await run_worker(settings, worker, 5)
+    assert alive and sum(v or 0 for v in committed.values()) == 5
+    results = [InferenceResult.from_bytes(m.value) for m in await read_topic(settings, topics.INFERENCE_RESULTS, 5)]
+    by_frame = {(r.event_id, r.frame): r for r in results}
+    assert len(by_frame) == 5
+    bad = by_frame["job-a", 5]
+    assert bad.objects == [] and "cannot take this frame" in bad.error
+    assert all(r.error is None and r.objects for key, r in by_frame.items() if key != ("job-a", 5))
+    (letter,) = [DeadLetter.from_bytes(m.value) for m in await read_topic(settings, topics.DEAD_LETTERS, 1)]
+    assert "RuntimeError" in letter.error and worker.stats.frame_errors == 1
+
+
+async def test_boxes_found_on_a_scaled_down_frame_are_mapped_to_the_original_pixels(settings, kafka_topics):
+    """The runner sends frames at the model's size; boxes come back in the original frame's pixels,
+    where they match the boxes found on the full-resolution photo."""
+    bus = photo("bus.jpg")  # 810x1080
+    height, width = bus.shape[:2]
+    small = cv2.resize(bus, (480, 640), interpolation=cv2.INTER_AREA)
+    detector = build_detector(settings)
+    (full,) = detector.detect([bus])
+    async with kafka_producer(settings) as producer:
+        await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), task("job", 0, small, (width, height)))
+        await run_worker(settings, Worker(detector, producer, settings), 1)
+    (message,) = await read_topic(settings, topics.INFERENCE_RESULTS, 1)
+    mapped = InferenceResult.from_bytes(message.value).objects
+    assert sorted(o.class_name for o in mapped) == sorted(o.class_name for o in full)
+    for obj in full:
+        nearest = min((m for m in mapped if m.class_name == obj.class_name),
+                      key=lambda m: sum(abs(a - b) for a, b in zip(m.box, obj.box, strict=True)))  # fmt: skip
+        assert max(abs(a - b) for a, b in zip(nearest.box, obj.box, strict=True)) < 12  # pixels of 1080
+        assert all(0 <= v <= limit for v, limit in zip(nearest.box, (width, height) * 2, strict=True))

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaProducer
 
 import relays.outbox
 from events import topics
-from events.clients import kafka_producer, object_store
+from events.clients import group_offsets, kafka_producer, object_store
 from events.contracts import (
     CHECKPOINTS,
     OUTBOX,
@@ -22,7 +22,7 @@ from events.contracts import (
 from events.settings import Settings
 from events.statuses import OutboxStatus
 from relays.follow import Relay
-from relays.outbox import NAME, redeliver_unfinished
+from relays.outbox import NAME, send, settle_unfinished
 from tests.conftest import eventually, read_topic, serving
 
 
@@ -91,24 +91,33 @@ async def test_a_quiet_relay_still_advances_its_stored_token(settings, mongo, ka
     assert moved["updated_at"] > first["updated_at"]
 
 
-async def test_sent_jobs_with_no_outcome_are_sent_again_and_finished_ones_settled(settings, mongo, kafka_topics):
+async def test_sent_jobs_are_settled_and_only_events_the_broker_lost_are_sent_again(settings, mongo, kafka_topics):
     db, store = mongo[settings.main_db], object_store(settings)
-    lost, done, broken = new_event(), new_event(), new_event()
+    await store.ensure_bucket("videos")
+    lost, queued, done, broken, orphan = (new_event() for _ in range(5))
+    orphan.payload.bucket = "deleted-bucket"
     long_ago = utcnow() - timedelta(seconds=settings.stall_timeout_s + 60)
-    for event in (lost, done, broken):
-        event.status, event.sent_at = OutboxStatus.SENT, long_ago
-        await db[OUTBOX].insert_one(event.to_mongo())
-    await store.put_bytes("videos", detection_key(done.id), b"{}", "application/json")
-    await store.put_bytes("videos", failure_key(broken.id), b"{}", "application/json")
     async with kafka_producer(settings) as producer:
-        assert await redeliver_unfinished(db[OUTBOX], producer, store, settings) == 1
-        assert await redeliver_unfinished(db[OUTBOX], producer, store, settings) == 0  # not stalled any more
-    (message,) = await read_topic(settings, topics.OUTBOX_EVENTS, 1)
-    assert message.key.decode() == lost.id
+        where = await send(producer, settings, queued)  # still waiting for the runner in the topic
+        for event in (lost, queued, done, broken, orphan):
+            event.status, event.sent_at = OutboxStatus.SENT, long_ago
+            doc = event.to_mongo() | {"sent_to": where}
+            if event is lost:  # an offset the topic no longer has: the broker restarted empty
+                doc["sent_to"] = {partition: offset + 1000 for partition, offset in where.items()}
+            await db[OUTBOX].insert_one(doc)
+        await store.put_bytes("videos", detection_key(done.id), b"{}", "application/json")
+        await store.put_bytes("videos", failure_key(broken.id), b"{}", "application/json")
+        async with group_offsets(settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP) as runner:
+            assert await settle_unfinished(db[OUTBOX], producer, store, runner, settings) == 1
+            assert await settle_unfinished(db[OUTBOX], producer, store, runner, settings) == 0  # not stalled any more
+    messages = await read_topic(settings, topics.OUTBOX_EVENTS, 2)
+    assert sorted(m.key.decode() for m in messages) == sorted([queued.id, lost.id])  # queued: sent once only
     statuses = {doc["_id"]: doc for doc in await db[OUTBOX].find().to_list(None)}
     assert statuses[lost.id]["status"] == "sent" and statuses[lost.id]["redeliveries"] == 1
+    assert statuses[queued.id]["status"] == "sent" and "redeliveries" not in statuses[queued.id]
     assert statuses[done.id]["status"] == "ready"
     assert statuses[broken.id]["status"] == "failed"
+    assert statuses[orphan.id]["status"] == "failed" and "deleted-bucket" in statuses[orphan.id]["error"]
 
 
 async def test_two_relays_at_once_change_each_status_once_and_lose_nothing(settings, mongo, kafka_topics):

@@ -12,8 +12,9 @@ from datetime import timedelta
 import pytest
 
 from events import topics
-from events.clients import kafka_producer, object_store
+from events.clients import commit, group_offsets, kafka_consumer, kafka_producer, object_store, records
 from events.contracts import (
+    FRAMES,
     PREDICTIONS,
     DetectedObject,
     InferenceResult,
@@ -39,8 +40,24 @@ def pool():
 
 @pytest.fixture
 async def runner(settings, mongo, kafka_topics, pool) -> AsyncIterator[Runner]:
-    async with kafka_producer(settings) as producer:
-        yield Runner(Jobs(mongo[settings.runner_db][PREDICTIONS]), object_store(settings), producer, pool, settings)
+    db = mongo[settings.runner_db]
+    await object_store(settings).ensure_bucket("videos")
+    async with (
+        kafka_producer(settings) as producer,
+        group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
+        group_offsets(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP) as results,
+    ):
+        yield Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks, results)
+
+
+async def consume_all_tasks(settings, expected: int) -> None:
+    """Play the inference workers: take every frame message and commit, without any result coming back."""
+    async with kafka_consumer(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as consumer:
+        taken = 0
+        async with asyncio.timeout(30):
+            while taken < expected:
+                taken += len(records(await consumer.getmany(timeout_ms=500)))
+        await commit(consumer)
 
 
 def upload(settings, path=None, content: bytes | None = None) -> OutboxEvent:
@@ -66,10 +83,12 @@ async def test_a_video_fans_out_one_task_per_sampled_frame_once(runner: Runner, 
     await runner.start_job(event)  # a redelivered outbox event does not start the job twice
     doc = await job(runner, event.event_id)
     assert doc["status"] == "processing" and doc["total_frames"] == BIKES_SAMPLED
-    assert doc["received_frames"] == 0 and doc["frame_results"] == {} and doc["bucket"] == "videos"
+    assert doc["received_frames"] == 0 and doc["bucket"] == "videos"
+    assert sum(doc["tasks"].values()) + len(doc["tasks"]) == BIKES_SAMPLED  # offsets of the last frames sent
     messages = await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)
     assert len(messages) == BIKES_SAMPLED
     tasks = [InferenceTask.from_bytes(m.value) for m in messages]
+    assert {(t.width, t.height) for t in tasks} == {(640, 272)}  # the original size, for the boxes
     assert sorted(t.frame for t in tasks) == list(range(0, 250, 5))
     assert {m.key for m in messages} == {event.event_id.encode()}
     assert len({m.partition for m in messages}) == settings.kafka_partitions  # one video, every partition
@@ -90,8 +109,9 @@ async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runn
     doc = await job(runner, event.event_id)
     assert doc["status"] == "predictable"
     assert doc["received_frames"] == BIKES_SAMPLED
-    assert [p["frame"] for p in doc["prediction"]] == frames
-    assert doc["prediction"][1]["objects"] == [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.5}]
+    stored = await runner.jobs.frames.find({"job": event.event_id}).sort("_id", 1).to_list(None)
+    assert [f["frame"] for f in stored] == frames  # one small document per frame, in frame order by _id
+    assert stored[1]["objects"] == [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.5}]
     assert runner.stats.duplicate_results == 1
     await runner.store_results([results[3]])  # late duplicate after completion
     assert (await job(runner, event.event_id))["status"] == "predictable"
@@ -117,15 +137,21 @@ async def age(runner: Runner, event_id: str, seconds: float = 3600) -> None:
     )
 
 
-async def test_a_stalled_job_gets_only_its_missing_frames_again_then_fails(runner: Runner, settings):
+async def test_a_quiet_job_whose_frames_are_queued_waits_and_one_whose_frames_were_lost_is_resent(runner, settings):
     event = upload(settings, bikes_video())
     await runner.start_job(event)
-    for frame in range(0, 150, 5):  # 30 of 50 results arrive; the other 20 frames were lost
+    for frame in range(0, 150, 5):  # 30 of 50 results arrive; the other 20 frames are queued
         await runner.store_results([InferenceResult(event_id=event.event_id, frame=frame, objects=[])])
-    await runner.resend_stalled()
-    assert runner.stats.resends == 0  # not stalled yet
+    for _ in range(3):  # quiet for an hour, but its frames wait for the inference workers: no resend
+        await age(runner, event.event_id)
+        await runner.resend_stalled()
+    assert runner.stats.resends == 0 and runner.stats.waiting == 1
+    await consume_all_tasks(settings, BIKES_SAMPLED)  # taken by inference, and their results lost
     await age(runner, event.event_id)
-    await runner.resend_stalled()
+    await runner.resend_stalled()  # first look with nothing queued: marks where the results stand
+    assert runner.stats.resends == 0
+    await age(runner, event.event_id)
+    await runner.resend_stalled()  # every result produced until the mark was stored: frames lost
     assert runner.stats.resends == 1
     tasks = [InferenceTask.from_bytes(m.value) for m in await read_topic(settings, topics.INFERENCE_TASKS, 70)]
     sent = Counter(t.frame for t in tasks)
@@ -133,18 +159,29 @@ async def test_a_stalled_job_gets_only_its_missing_frames_again_then_fails(runne
     assert sorted(frame for frame, times in sent.items() if times == 2) == list(range(150, 250, 5))
     await runner.store_results([InferenceResult(event_id=event.event_id, frame=150, objects=[])])
     assert (await job(runner, event.event_id))["resends"] == 0  # progress: the count starts again
-    for _ in range(settings.max_resends + 1):  # frame 155 and later never come back
-        await age(runner, event.event_id)
-        await runner.resend_stalled()
+
+
+async def test_a_job_whose_resends_bring_nothing_back_fails(runner, settings):
+    event = upload(settings, bikes_video())
+    await runner.start_job(event)
+    expected = BIKES_SAMPLED
+    for _ in range(settings.max_resends + 1):
+        await consume_all_tasks(settings, expected)  # every frame taken, no result ever comes back
+        expected = BIKES_SAMPLED
+        for _ in range(2):
+            await age(runner, event.event_id)
+            await runner.resend_stalled()
     doc = await job(runner, event.event_id)
+    assert runner.stats.resends == settings.max_resends
     assert doc["status"] == "failed" and "no progress after 3 resends" in doc["error"]
 
 
 async def test_a_job_whose_runner_died_while_reading_the_video_is_fanned_out_again(runner: Runner, settings):
     event = upload(settings, bikes_video())
     assert await runner.jobs.create(event.event_id, "videos", event.payload.object)  # then the runner "died"
-    await age(runner, event.event_id)
-    await runner.resend_stalled()
+    for _ in range(2):  # nothing of it in flight: marked at the first look, fanned out again at the next
+        await age(runner, event.event_id)
+        await runner.resend_stalled()
     doc = await job(runner, event.event_id)
     assert doc["total_frames"] == BIKES_SAMPLED and doc["resends"] == 1
     assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED

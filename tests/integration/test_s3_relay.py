@@ -1,15 +1,18 @@
 """The S3 relay against real SecantusDB: predictable jobs become detection files, written once."""
 
 import asyncio
+import shutil
 import uuid
 
 import relays.s3
 from events.clients import object_store
 from events.contracts import (
+    FRAMES,
     PREDICTIONS,
     DetectedObject,
     DetectionFile,
     FailureFile,
+    FrameDocument,
     FramePrediction,
     RunnerPrediction,
     detection_key,
@@ -27,28 +30,27 @@ def s3_relay(db, store, settings) -> Relay:
     return relays.s3.build(db, store, settings)
 
 
-def finished_job() -> RunnerPrediction:
-    return RunnerPrediction(
-        id=str(uuid.uuid4()),
-        bucket="videos",
-        total_frames=2,
-        received_frames=2,
-        frame_results={"5": [CAR], "0": []},
-    )
+def finished_job(bucket: str = "videos") -> RunnerPrediction:
+    return RunnerPrediction(id=str(uuid.uuid4()), bucket=bucket, total_frames=2, received_frames=2)
+
+
+async def with_frames(db, *jobs: RunnerPrediction) -> None:
+    """Store the jobs and their two frames (frame 5 before frame 0: the file must sort them)."""
+    await db[PREDICTIONS].insert_many([job.to_mongo() for job in jobs])
+    frames = [FrameDocument(id=FrameDocument.key(job.id, frame), job=job.id, frame=frame, objects=objects)
+              for job in jobs for frame, objects in ((5, [CAR]), (0, []))]  # fmt: skip
+    await db[FRAMES].insert_many([frame.to_mongo() for frame in frames])
 
 
 async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mongo):
     db, store = mongo[settings.runner_db], object_store(settings)
+    await store.ensure_bucket("videos")
     swept, streamed, other = finished_job(), finished_job(), finished_job()
     swept.status = RunnerStatus.PREDICTABLE
-    swept.prediction = swept.sorted_prediction()
-    await db[PREDICTIONS].insert_many([swept.to_mongo(), streamed.to_mongo(), other.to_mongo()])
+    await with_frames(db, swept, streamed, other)
     async with serving(s3_relay(db, store, settings)) as relay:
         await asyncio.sleep(0.5)
-        await db[PREDICTIONS].update_one(
-            {"_id": streamed.id},
-            {"$set": {"status": "predictable", "prediction": [p.to_mongo() for p in streamed.sorted_prediction()]}},
-        )
+        await db[PREDICTIONS].update_one({"_id": streamed.id}, {"$set": {"status": "predictable"}})
         for job in (swept, streamed):
             await eventually(lambda job=job: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
         assert relay.stats.swept == 1
@@ -59,15 +61,18 @@ async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mong
         result = DetectionFile.from_bytes(await store.get_bytes("videos", detection_key(job.id)))
         assert result.prediction == [FramePrediction(frame=0, objects=[]), FramePrediction(frame=5, objects=[CAR])]
         assert result.total_frames == 2
+        assert await db[FRAMES].count_documents(FrameDocument.range_of(job.id)) == 0  # in the file now
     assert await store.get_bytes("videos", detection_key(other.id)) is None  # still processing
     assert (await db[PREDICTIONS].find_one({"_id": other.id}))["status"] == "processing"
+    assert await db[FRAMES].count_documents(FrameDocument.range_of(other.id)) == 2
 
 
 async def test_a_replayed_job_does_not_rewrite_its_detection_file(settings, mongo):
     db, store = mongo[settings.runner_db], object_store(settings)
+    await store.ensure_bucket("videos")
     job = finished_job()
     job.status = RunnerStatus.PREDICTABLE
-    await db[PREDICTIONS].insert_one(job.to_mongo())
+    await with_frames(db, job)
     async with serving(s3_relay(db, store, settings)):
         await eventually(lambda: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
         written = await store.modified_at("videos", detection_key(job.id))
@@ -79,6 +84,7 @@ async def test_a_replayed_job_does_not_rewrite_its_detection_file(settings, mong
 
 async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
     db, store = mongo[settings.runner_db], object_store(settings)
+    await store.ensure_bucket("videos")
     job = finished_job()
     await db[PREDICTIONS].insert_one(job.to_mongo())
     async with serving(s3_relay(db, store, settings)):
@@ -92,3 +98,22 @@ async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
     failure = FailureFile.from_bytes(await store.get_bytes("videos", failure_key(job.id)))
     assert failure.error == "no decodable frames" and failure.event_id == job.id
     assert await store.get_bytes("videos", detection_key(job.id)) is None
+
+
+async def test_a_job_whose_bucket_is_gone_fails_with_the_reason_and_the_relay_moves_on(settings, mongo):
+    db, store = mongo[settings.runner_db], object_store(settings)
+    for bucket in ("videos", "doomed"):
+        await store.ensure_bucket(bucket)
+    orphan, healthy = finished_job("doomed"), finished_job("videos")
+    await with_frames(db, orphan, healthy)
+    shutil.rmtree(settings.storage_dir / "doomed")  # deleted after the upload
+    async with serving(s3_relay(db, store, settings)) as relay:
+        await asyncio.sleep(0.5)
+        for job in (orphan, healthy):  # the broken job first: the relay must not stop at it
+            await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"status": "predictable"}})
+        await eventually(lambda: db[PREDICTIONS].find_one({"_id": healthy.id, "status": "ready"}))
+        failed = await eventually(lambda: db[PREDICTIONS].find_one({"_id": orphan.id, "export_error": {"$exists": 1}}))
+        changes = relay.stats.changes
+    assert failed["status"] == "failed" and "doomed" in failed["error"] and "does not exist" in failed["error"]
+    assert changes >= 2  # the relay went on after the failure (it would have exited otherwise)
+    assert DetectionFile.from_bytes(await store.get_bytes("videos", detection_key(healthy.id))).total_frames == 2

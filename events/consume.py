@@ -1,0 +1,101 @@
+"""The one consume loop: fetch, parse, handle, isolate what fails, commit.
+
+At least once: offsets are committed only after every message of the batch was handled or rejected.
+A message whose handling raises is rejected alone (dead-lettered, and accounted for in its job by
+the service), and the loop goes on with the next one. Only infrastructure errors (MongoDB, Kafka or
+storage unreachable; `events.retry.is_infrastructure`), already retried where they happened, stop
+the loop, so the process exits and is restarted rather than throwing work away.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from events.clients import commit, records
+from events.retry import is_infrastructure
+
+T = TypeVar("T")
+Item = tuple[ConsumerRecord, T]
+Fetch = Callable[[], Awaitable[list[ConsumerRecord]]]
+Parse = Callable[[list[ConsumerRecord]], Awaitable[list[T | Exception]]]
+Handle = Callable[[list[Item]], Awaitable[None]]
+# (message, its parsed form or None if it did not parse, the error)
+Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
+
+
+class Loop(Generic[T]):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        parse: Parse,
+        handle: Handle,
+        reject: Reject,
+        max_records: int,
+        fetch: Fetch | None = None,
+    ) -> None:
+        self.consumer, self.parse, self.handle, self.reject = consumer, parse, handle, reject
+        self.fetch = fetch or self.fetch_available
+        self.max_records = max_records
+
+    async def fetch_available(self) -> list[ConsumerRecord]:
+        return records(await self.consumer.getmany(timeout_ms=500, max_records=self.max_records))
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self.consumer.assignment())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            messages = await self.fetch()
+            if messages:
+                await self.handle_batch(messages)
+                await commit(self.consumer)
+
+    async def handle_batch(self, messages: list[ConsumerRecord]) -> None:
+        items: list[Item] = []
+        for message, parsed in zip(messages, await self.parse(messages), strict=True):
+            if isinstance(parsed, Exception):
+                await self.reject(message, None, parsed)
+            else:
+                items.append((message, parsed))
+        if items:
+            await isolate(items, self.handle, self.reject)
+
+
+async def isolate(items: list[Item], handle: Handle, reject: Reject) -> None:
+    """Handle the batch; if that fails (not for infrastructure), handle the items one by one and reject
+    each that still fails. Handlers are idempotent, so items handled before the failure are safe."""
+    try:
+        await handle(items)
+        return
+    except Exception as error:
+        if is_infrastructure(error):
+            raise
+        if len(items) == 1:
+            await reject(items[0][0], items[0][1], error)
+            return
+    for item in items:
+        try:
+            await handle([item])
+        except Exception as error:
+            if is_infrastructure(error):
+                raise
+            await reject(item[0], item[1], error)
+
+
+def parse_with(contract: Callable[[bytes], T]) -> Parse:
+    """A parser for small JSON messages, each parsed on the event loop."""
+
+    async def parse(messages: list[ConsumerRecord]) -> list[T | Exception]:
+        parsed: list[T | Exception] = []
+        for message in messages:
+            try:
+                parsed.append(contract(message.value))
+            except ValueError as error:  # pydantic's ValidationError is a ValueError
+                parsed.append(error)
+        return parsed
+
+    return parse
