@@ -29,7 +29,7 @@ class Contract(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode()
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:

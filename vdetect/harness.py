@@ -34,6 +34,7 @@ class Stack:
     inference_port: int
     log: Path
     ports: dict[str, int]
+    data: Path  # the stack's data folder (storage, database, logs)
 
     def lines(self) -> list[dict]:
         found = []
@@ -74,7 +75,8 @@ def local_stack(data: Path, inference_workers: int = 0, **env: str) -> Iterator[
     argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
     argv += ["--inference-workers", str(inference_workers)]
     process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log, ports)
+    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log, ports,
+                  data / "data")  # fmt: skip
     try:
         wait_until(lambda: any(line.get("event") == "stack ready" for line in stack.lines()), READY_TIMEOUT_S, "stack")
         yield stack

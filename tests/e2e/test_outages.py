@@ -29,7 +29,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def stack(tmp_path_factory: pytest.TempPathFactory, s3: Server) -> Iterator[Stack]:
     with local_stack(
         tmp_path_factory.mktemp("outages"),
-        STALL_TIMEOUT_S="8",
+        STALL_TIMEOUT_S="5",
+        MAX_RESENDS="1",
         STORAGE_BACKEND="s3",
         MINIO_ENDPOINT=f"127.0.0.1:{s3.port}",
         MINIO_ACCESS_KEY="S3RVER",

@@ -133,6 +133,7 @@ async def test_s3_relay_killed_at_a_crash_point_writes_each_file_once(settings, 
     ]
     ids = [job.id for job in jobs]
     await predictions.insert_many([job.to_mongo() for job in jobs])
+    await object_store(settings).ensure_bucket("videos")
     log = tmp_path / "relay.log"
     async with status_changes(predictions) as changes:
         await predictions.update_many({"_id": {"$in": ids[:2]}}, {"$set": {"status": "predictable"}})

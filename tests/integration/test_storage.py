@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from events.clients import object_store
 from events.settings import Settings
-from events.storage import DirectoryStore, ObjectStore
+from events.storage import DirectoryStore, ObjectStore, PermanentStorageError
 from tests.servers import Server, running, s3rver
 
 
@@ -56,8 +56,20 @@ async def test_store_writes_reads_lists_and_deletes(store: ObjectStore) -> None:
 
 async def test_directory_store_refuses_keys_that_escape_its_root(tmp_path) -> None:
     store = DirectoryStore(tmp_path / "root")
-    with pytest.raises(ValueError):
+    await store.ensure_bucket("videos")
+    with pytest.raises(PermanentStorageError, match="invalid object key"):
         await store.put_bytes("videos", "../../outside", b"x", "text/plain")
+    with pytest.raises(PermanentStorageError, match="invalid object key"):
+        await store.put_bytes("videos", "../other/x", b"x", "text/plain")  # another bucket is outside too
+
+
+async def test_directory_store_does_not_create_buckets_on_write(tmp_path) -> None:
+    store = DirectoryStore(tmp_path)
+    with pytest.raises(PermanentStorageError, match="does not exist"):
+        await store.put_bytes("gone", "detection/a.json", b"{}", "application/json")
+    with pytest.raises(PermanentStorageError, match="does not exist"):
+        await store.get_bytes("gone", "detection/a.json")
+    assert not (tmp_path / "gone").exists()
 
 
 async def test_a_failed_directory_write_leaves_nothing_behind(tmp_path) -> None:
@@ -66,6 +78,7 @@ async def test_a_failed_directory_write_leaves_nothing_behind(tmp_path) -> None:
             raise OSError("disk gone")
 
     store = DirectoryStore(tmp_path)
+    await store.ensure_bucket("videos")
     with pytest.raises(OSError):
         await store.put_file("videos", "input/b.mp4", Broken(), "video/mp4")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from events.contracts import (
+    FrameDocument,
     DeadLetter,
     DetectedObject,
     DetectionFile,
@@ -62,14 +63,13 @@ def test_outbox_document_matches_the_spec_shape() -> None:
     assert OutboxDocument.model_validate(doc.to_mongo()) == doc
 
 
-def test_runner_prediction_starts_as_the_spec_says_and_sorts_frames_numerically() -> None:
+def test_runner_prediction_starts_as_the_spec_says_and_stays_small() -> None:
     job = RunnerPrediction(id="v1", bucket="videos")
-    spec = {"_id": "v1", "bucket": "videos", "received_frames": 0, "frame_results": {}, "status": "processing"}
+    spec = {"_id": "v1", "bucket": "videos", "received_frames": 0, "status": "processing"}
     assert job.to_mongo().items() >= spec.items()
-    job = RunnerPrediction(id="v1", bucket="b", total_frames=3, received_frames=3,
-                           frame_results={"10": [CAT], "5": [], "0": []})  # fmt: skip
+    assert "frame_results" not in job.to_mongo()  # frames are documents of their own: the job stays small
+    job = RunnerPrediction(id="v1", bucket="b", total_frames=3, received_frames=3)
     assert job.is_complete()
-    assert [p.frame for p in job.sorted_prediction()] == [0, 5, 10]
     assert not RunnerPrediction(id="v", bucket="b", received_frames=3).is_complete()  # total unknown yet
 
 
@@ -92,3 +92,14 @@ def test_statuses_are_the_spec_strings() -> None:
     assert [s.value for s in OutboxStatus] == ["new", "sent", "ready", "failed"]
     assert [s.value for s in RunnerStatus] == ["processing", "predictable", "ready", "failed"]
     assert StorageLocation(bucket="b", object="o").to_mongo() == {"bucket": "b", "object": "o"}
+
+
+def test_frame_documents_of_a_job_sort_by_frame_number_within_one_id_range() -> None:
+    keys = [FrameDocument.key("job", frame) for frame in (10, 5, 100, 0)]
+    assert sorted(keys) == [FrameDocument.key("job", f) for f in (0, 5, 10, 100)]
+    bounds = FrameDocument.range_of("job")["_id"]
+    assert all(bounds["$gte"] <= key < bounds["$lt"] for key in keys)
+    assert not bounds["$gte"] <= FrameDocument.key("job2", 0) < bounds["$lt"]
+    result = InferenceResult(event_id="job", frame=5, objects=[], error="bad frame")
+    assert FrameDocument.of(result).to_mongo() == {"_id": "job:0000000005", "job": "job", "frame": 5,
+                                                   "objects": [], "error": "bad frame"}  # fmt: skip

@@ -75,3 +75,9 @@ def test_rect_letterbox_pads_only_up_to_the_stride() -> None:
     assert (fit.pad_x, fit.pad_y, fit.scale) == (0, 8, 1)
     boxed, fit = letterbox(np.zeros((1080, 810, 3), dtype=np.uint8), 640, stride=32)
     assert boxed.shape == (640, 480, 3) and fit.pad_x == 0
+
+
+def test_a_very_wide_frame_keeps_at_least_one_row() -> None:
+    """A 3000x2 frame once scaled to 0 rows and made cv2.resize raise in every inference worker."""
+    boxed, fit = letterbox(np.zeros((2, 3000, 3), np.uint8), 640, 32)
+    assert boxed.shape == (32, 640, 3) and fit.height == 2 and fit.width == 3000
