@@ -26,6 +26,7 @@ from events.storage import DirectoryStore, ObjectStore, S3Store
 
 log = get_logger(__name__)
 COMMIT_TIMEOUT_S = 30
+OFFSETS_TIMEOUT_S = 5
 
 
 @asynccontextmanager
@@ -100,15 +101,25 @@ class GroupOffsets:
         return [TopicPartition(self.topic, p) for p in sorted(found)]
 
     async def _refresh(self) -> set[int]:
-        await self.consumer._client.force_metadata_update()  # noqa: SLF001 - public API lacks a refresh
+        await self.consumer.topics()  # fetches the metadata of every topic, this one included
         return self.consumer.partitions_for_topic(self.topic) or set()
 
     @transient
     async def positions(self) -> tuple[dict[int, int], dict[int, int]]:
-        """(committed offset, end offset) per partition; a group that never committed counts as 0."""
+        """(committed offset, end offset) per partition. A group that never committed, or whose
+        coordinator does not answer in time (a broker just restarted), counts as 0: its messages are
+        then taken as still waiting wherever the topic still holds them, which only delays a decision."""
         partitions = await self.partitions()
-        ends = await self.consumer.end_offsets(partitions)
-        committed = {tp.partition: await self.consumer.committed(tp) or 0 for tp in partitions}
+        async with asyncio.timeout(OFFSETS_TIMEOUT_S):
+            ends = await self.consumer.end_offsets(partitions)
+        committed = {}
+        for tp in partitions:
+            try:
+                async with asyncio.timeout(OFFSETS_TIMEOUT_S):
+                    committed[tp.partition] = await self.consumer.committed(tp) or 0
+            except TimeoutError:
+                log.warning("committed offset unknown, counted as 0", topic=tp.topic, partition=tp.partition)
+                committed[tp.partition] = 0
         return committed, {tp.partition: ends[tp] for tp in partitions}
 
     @staticmethod
@@ -123,6 +134,7 @@ async def group_offsets(settings: Settings, topic: str, group_id: str) -> AsyncI
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.kafka_topic_prefix}{group_id}",
         enable_auto_commit=False,
+        request_timeout_ms=10_000,
     )
     await on_startup(consumer.start)()
     try:

@@ -1,6 +1,6 @@
 """Retry policies, one per kind of failure (tenacity: bounded, jittered)."""
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from minio.error import S3Error, ServerError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -29,14 +29,20 @@ def _retriable_storage(error: BaseException) -> bool:
     )
 
 
-def is_infrastructure(error: BaseException) -> bool:
-    """An outage of MongoDB, Kafka or storage: retried, and if it lasts, the process stops (and is
-    restarted) rather than failing the job or dead-lettering the message at hand."""
+def _transient(error: BaseException) -> bool:
     return (
         isinstance(error, AutoReconnect | NetworkTimeout | ConnectionFailure)
         or _retriable_kafka(error)
         or _retriable_storage(error)
     )
+
+
+def is_infrastructure(error: BaseException) -> bool:
+    """An outage of MongoDB, Kafka or storage, or any error the broker answers (a message too large
+    is the message's fault, not the broker's): retried where it happened, and if it lasts, the
+    process stops (and is restarted) rather than failing the job or dead-lettering the message."""
+    kafka = isinstance(error, KafkaError) and not isinstance(error, MessageSizeTooLargeError)
+    return _transient(error) or kafka
 
 
 # Waiting for a server at start-up: a service may start before its dependencies.
@@ -49,7 +55,7 @@ on_startup = retry(
 
 # A passing outage of MongoDB, Kafka or storage in the middle of work.
 transient = retry(
-    retry=retry_if_exception(is_infrastructure),
+    retry=retry_if_exception(_transient),
     wait=wait_random_exponential(multiplier=0.2, max=5),
     stop=stop_after_delay(60),
     reraise=True,

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from events import topics
 from events.clients import (
+    OFFSETS_TIMEOUT_S,
     GroupOffsets,
     ensure_topics,
     group_offsets,
@@ -34,6 +35,7 @@ from events.consume import Item, Loop, parse_with
 from events.contracts import FRAMES, PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
 from events.deadletter import dead_letter
 from events.log import get_logger
+from events.retry import is_infrastructure
 from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.storage import ObjectStore, PermanentStorageError
@@ -207,11 +209,13 @@ class Runner:
         again (a broker may have lost them, a runner may have died while reading the video); after
         MAX_RESENDS in a row that brought nothing back, they fail."""
         quiet = await self.jobs.quiet(timedelta(seconds=self.settings.stall_timeout_s))
-        self.results_marks = {job.id: mark for job in quiet if (mark := self.results_marks.get(job.id))}
+        self.results_marks = {job.id: self.results_marks[job.id] for job in quiet if job.id in self.results_marks}
         if not quiet:
             return
-        busy = await self.in_flight(quiet)
+        async with asyncio.timeout(4 * OFFSETS_TIMEOUT_S):
+            busy = await self.in_flight(quiet)
         self.stats.waiting = len(busy)
+        log.debug("quiet jobs checked", quiet=len(quiet), in_flight=len(busy))
         for stalled in quiet:
             if stalled.id in busy or (job := await self.jobs.claim_resend(stalled)) is None:
                 continue
@@ -230,7 +234,12 @@ class Runner:
 
     async def watch_stalls(self, stop: asyncio.Event) -> None:
         while not await wait_or_stop(stop, self.settings.stall_check_interval_s):
-            await self.resend_stalled()
+            try:
+                await self.resend_stalled()
+            except Exception as error:
+                if not (is_infrastructure(error) or isinstance(error, TimeoutError)):
+                    raise
+                log.warning("stall check failed, trying again later", error=f"{type(error).__name__}: {error}"[:200])
 
     async def store_results(self, results: list[InferenceResult]) -> None:
         """Store a batch of results, one write per job in the usual case; redelivered frames change nothing."""

