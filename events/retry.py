@@ -3,7 +3,6 @@
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
 from minio.error import S3Error, ServerError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
-from urllib3.exceptions import HTTPError as Urllib3Error
 from tenacity import (
     retry,
     retry_if_exception,
@@ -11,7 +10,7 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
-
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 # S3 answers that say "not now" rather than "never".
 S3_RETRIABLE = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "OperationAborted"}
@@ -23,9 +22,8 @@ def _retriable_kafka(error: BaseException) -> bool:
 
 def _retriable_storage(error: BaseException) -> bool:
     """Storage unreachable or overloaded: a network error, a 5xx, or "slow down"."""
-    return (
-        isinstance(error, ServerError | Urllib3Error | ConnectionError)
-        or (isinstance(error, S3Error) and error.code in S3_RETRIABLE)
+    return isinstance(error, ServerError | Urllib3Error | ConnectionError) or (
+        isinstance(error, S3Error) and error.code in S3_RETRIABLE
     )
 
 

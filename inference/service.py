@@ -96,7 +96,9 @@ class Worker:
         self.stats.busy_seconds += time.monotonic() - started
         await self.publish(
             [
-                InferenceResult(event_id=task.event_id, frame=task.frame, objects=in_original_pixels(objects, task, image))
+                InferenceResult(
+                    event_id=task.event_id, frame=task.frame, objects=in_original_pixels(objects, task, image)
+                )
                 for task, image, objects in zip(tasks, images, detections, strict=True)
             ]
         )

@@ -146,4 +146,3 @@ class Jobs:
             {"$set": {"status": RunnerStatus.FAILED.value, "error": reason, "failed_at": utcnow()}},
         )
         return outcome.modified_count == 1
-

@@ -42,7 +42,9 @@ class RaisesOnTinyFrames:
 
 async def run_worker(settings, worker: Worker, expected: int) -> tuple[dict, bool]:
     async with kafka_consumer(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as consumer:
-        loop = Loop(consumer, worker.parse, worker.detect, worker.reject, 8, fetch=lambda: next_batch(consumer, settings))
+        loop = Loop(
+            consumer, worker.parse, worker.detect, worker.reject, 8, fetch=lambda: next_batch(consumer, settings)
+        )
         stop = asyncio.Event()
         running = asyncio.create_task(loop.run(stop))
         async with asyncio.timeout(60):

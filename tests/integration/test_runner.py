@@ -47,7 +47,9 @@ async def runner(settings, mongo, kafka_topics, pool) -> AsyncIterator[Runner]:
         group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
         group_offsets(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP) as results,
     ):
-        yield Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks, results)
+        yield Runner(
+            Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks, results
+        )
 
 
 async def consume_all_tasks(settings, expected: int) -> None:

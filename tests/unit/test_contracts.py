@@ -5,10 +5,10 @@ import pytest
 from pydantic import ValidationError
 
 from events.contracts import (
-    FrameDocument,
     DeadLetter,
     DetectedObject,
     DetectionFile,
+    FrameDocument,
     FramePrediction,
     InferenceResult,
     InferenceTask,
