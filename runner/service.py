@@ -68,9 +68,8 @@ class Runner:
 
     A job with no progress for STALL_TIMEOUT_S is re-driven only when none of its frames is anywhere
     in the system: every frame message it sent is past the inference group's committed offset (or
-    gone with a restarted broker), and every result produced until then is past the runner's own
-    committed offset on `inference_results`. A job waiting in a backlog, or behind an inference
-    outage, only waits."""
+    gone with a restarted broker), and a further STALL_TIMEOUT_S has passed without progress for
+    their results to arrive. A job waiting in a backlog, or behind an inference outage, only waits."""
 
     jobs: Jobs
     store: ObjectStore
@@ -78,9 +77,8 @@ class Runner:
     pool: Executor
     settings: Settings
     tasks: GroupOffsets  # the inference workers' group on inference_tasks
-    results: GroupOffsets  # this runner's group on inference_results
     stats: Stats = field(default_factory=Stats)
-    results_marks: dict[str, dict[int, int]] = field(default_factory=dict)  # job -> end offsets of results
+    taken_at: dict[str, float] = field(default_factory=dict)  # job -> when its frames were seen all taken
 
     async def publish_frames(
         self, path: Path, event_id: str, sent: dict[int, int], skip: frozenset[int] = frozenset()
@@ -186,21 +184,17 @@ class Runner:
             log.error("job failed", reason=reason)
 
     async def in_flight(self, quiet: list[RunnerPrediction]) -> set[str]:
-        """The quiet jobs that still have frames somewhere: queued for inference, being detected, or
-        their results queued for this runner. A job seen with nothing queued for inference gets a mark
-        (the end of `inference_results` now); it is settled once the runner's group is past the mark."""
+        """The quiet jobs that may still have frames somewhere: queued for inference or being detected
+        (the inference group has not committed past the job's last frame message, and the topic still
+        holds it), or detected so recently that their results may still be on their way to this runner
+        (less than STALL_TIMEOUT_S since the frames were seen all taken, with no progress since)."""
         committed, ends = await self.tasks.positions()
-        results_committed, results_ends = await self.results.positions()
-        busy = set()
+        now, busy = time.monotonic(), set()
         for job in quiet:
-            mark = self.results_marks.get(job.id)
             if GroupOffsets.waiting(job.tasks, committed, ends):
                 busy.add(job.id)
-                self.results_marks.pop(job.id, None)
-            elif mark is None:
-                self.results_marks[job.id] = results_ends
-                busy.add(job.id)
-            elif GroupOffsets.waiting({p: end - 1 for p, end in mark.items() if end}, results_committed, results_ends):
+                self.taken_at.pop(job.id, None)
+            elif now - self.taken_at.setdefault(job.id, now) < self.settings.stall_timeout_s:
                 busy.add(job.id)
         return busy
 
@@ -209,7 +203,7 @@ class Runner:
         again (a broker may have lost them, a runner may have died while reading the video); after
         MAX_RESENDS in a row that brought nothing back, they fail."""
         quiet = await self.jobs.quiet(timedelta(seconds=self.settings.stall_timeout_s))
-        self.results_marks = {job.id: self.results_marks[job.id] for job in quiet if job.id in self.results_marks}
+        self.taken_at = {job.id: self.taken_at[job.id] for job in quiet if job.id in self.taken_at}
         if not quiet:
             return
         async with asyncio.timeout(4 * OFFSETS_TIMEOUT_S):
@@ -219,7 +213,7 @@ class Runner:
         for stalled in quiet:
             if stalled.id in busy or (job := await self.jobs.claim_resend(stalled)) is None:
                 continue
-            self.results_marks.pop(job.id, None)
+            self.taken_at.pop(job.id, None)
             with structlog.contextvars.bound_contextvars(event_id=job.id):
                 if job.resends > self.settings.max_resends or job.object is None:
                     await self.fail(
@@ -309,12 +303,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             ) as jobs_consumer,
             kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
             group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
-            group_offsets(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP) as results,
         ):
             db = client[settings.runner_db]
-            runner = Runner(
-                Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks, results
-            )
+            runner = Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks)
             loops = [
                 Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),
                 Loop(results_consumer, parse_with(InferenceResult.from_bytes), runner.store_items,

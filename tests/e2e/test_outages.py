@@ -39,11 +39,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, s3: Server) -> Iterator[Stac
         yield running_stack
 
 
-@pytest.mark.xfail(
-    reason="open (issue 9): after an outage, the runner's in-flight check keeps a job whose frames the broker "
-    "lost counted as in flight, so it is not re-driven; storage outages pass",
-    strict=False,
-)
 @pytest.mark.parametrize("victim", ["tansu", "secantusdb", "storage"])
 def test_every_job_ends_ready_after_an_outage(stack: Stack, s3: Server, victim: str) -> None:
     jobs = [upload(stack.api, bikes_video()) for _ in range(2)]
