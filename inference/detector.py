@@ -33,7 +33,12 @@ def class_names(metadata: dict[str, str], count: int) -> tuple[str, ...]:
 
 class OnnxDetector:
     def __init__(
-        self, model_path: Path, conf_threshold: float = 0.25, iou_threshold: float = 0.45, threads: int = 0
+        self,
+        model_path: Path,
+        conf_threshold: float = 0.25,
+        iou_threshold: float = 0.45,
+        threads: int = 0,
+        max_detections: int = 300,
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -53,6 +58,7 @@ class OnnxDetector:
         self.names = class_names(metadata, (count if isinstance(count, int) else 84) - 4)
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
+        self.max_detections = max_detections
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
         """One model call per input shape in the batch (frames of one video share theirs)."""
@@ -66,6 +72,6 @@ class OnnxDetector:
             for i, output in zip(members, outputs, strict=True):
                 results[i] = [
                     DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
-                    for d in decode(output, fitted[i][1], self.conf_threshold, self.iou_threshold)
+                    for d in decode(output, fitted[i][1], self.conf_threshold, self.iou_threshold, self.max_detections)
                 ]
         return results

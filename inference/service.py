@@ -166,7 +166,11 @@ def health_app(detector: Detector, settings: Settings, stats: Stats, loop: Loop)
 
 def build_detector(settings: Settings) -> Detector:
     return OnnxDetector(
-        settings.model_path, settings.conf_threshold, settings.iou_threshold, settings.inference_threads
+        settings.model_path,
+        settings.conf_threshold,
+        settings.iou_threshold,
+        settings.inference_threads,
+        settings.max_detections,
     )
 
 

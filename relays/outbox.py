@@ -150,7 +150,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                         raise
                     log.warning("settling unfinished jobs failed, trying again later", error=str(error)[:200])
 
-        async with http_server(health_app(relay), settings.bind_host, settings.outbox_relay_port):
-            async with asyncio.TaskGroup() as group:
-                group.create_task(relay.run(stop))
-                group.create_task(settle())
+        async with (
+            http_server(health_app(relay), settings.bind_host, settings.outbox_relay_port),
+            asyncio.TaskGroup() as group,
+        ):
+            group.create_task(relay.run(stop))
+            group.create_task(settle())

@@ -262,7 +262,7 @@ def large_result(stack: Stack, frames: int, objects: int) -> dict:
             predictions = client[settings.runner_db][PREDICTIONS]
             started = time.perf_counter()
             await predictions.update_one({"_id": event_id}, {"$set": {"status": "predictable"}})
-            while not await predictions.find_one({"_id": event_id, "status": "ready"}):
+            while not await predictions.find_one({"_id": event_id, "status": "ready"}):  # noqa: ASYNC110 - another process's side effect
                 await asyncio.sleep(0.2)
             return time.perf_counter() - started
 
@@ -304,7 +304,7 @@ def durable_insert_cost(folder: Path, count: int = 200) -> dict:
         try:
             wait_for_port(port, server, "secantusdb")
 
-            async def inserts() -> list[float]:
+            async def inserts(port: int = port) -> list[float]:
                 async with mongo_client(f"mongodb://127.0.0.1:{port}/?directConnection=true") as client:
                     outbox = client["bench"][OUTBOX].with_options(write_concern=WriteConcern(w="majority", j=True))
                     samples = []

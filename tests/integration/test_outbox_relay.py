@@ -68,7 +68,8 @@ async def test_relay_resumes_from_its_token_after_a_restart(settings, mongo, kaf
             first = new_event()
             await db[OUTBOX].insert_one(first.to_mongo())
             await eventually(lambda: all_sent(db[OUTBOX], [first.id]))
-        token = (await db[CHECKPOINTS].find_one({"_id": NAME}))["token"]
+            # the token is saved after the change (or at the next checkpoint, if the sweep took it first)
+            token = (await eventually(lambda: db[CHECKPOINTS].find_one({"_id": NAME})))["token"]
         second = new_event()
         await db[OUTBOX].insert_one(second.to_mongo())  # while the relay is down
         async with serving(outbox_relay(db, producer, settings)) as relay:
