@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +65,12 @@ def wait_until(check, timeout: float, what: str, poll: float = 0.5):
 
 
 @contextmanager
-def local_stack(data: Path, inference_workers: int = 0, **env: str) -> Iterator[Stack]:
-    """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end."""
+def local_stack(
+    data: Path, inference_workers: int = 0, before_ready: Callable[[Stack], None] | None = None, **env: str
+) -> Iterator[Stack]:
+    """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end.
+
+    `before_ready` is called with the stack as soon as it has started the API, before it is ready."""
     ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay")}
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
@@ -78,6 +82,9 @@ def local_stack(data: Path, inference_workers: int = 0, **env: str) -> Iterator[
     stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log, ports,
                   data / "data")  # fmt: skip
     try:
+        if before_ready:
+            wait_until(lambda: any(line.get("process") == "api" for line in stack.lines()), READY_TIMEOUT_S, "start")
+            before_ready(stack)
         wait_until(lambda: any(line.get("event") == "stack ready" for line in stack.lines()), READY_TIMEOUT_S, "stack")
         yield stack
     finally:

@@ -14,10 +14,22 @@ from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_read
 pytestmark = pytest.mark.e2e
 
 
+def kill_the_runner(stack: Stack) -> None:
+    os.kill(stack.pid("runner"), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with local_stack(tmp_path_factory.mktemp("stack")) as running:
+    # the runner is killed while the stack still waits for its services to be ready
+    with local_stack(tmp_path_factory.mktemp("stack"), before_ready=kill_the_runner) as running:
         yield running
+
+
+def test_the_stack_supervises_from_its_first_second(stack: Stack) -> None:
+    events = [(line.get("event"), line.get("process")) for line in stack.lines()]
+    exited = events.index(("process exited, restarting", "runner"))
+    restarted = events.index(("process started", "runner"), exited)
+    assert restarted < events.index(("stack ready", None))  # not after a readiness wait of up to 180 s
 
 
 def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack) -> None:
