@@ -105,6 +105,14 @@ class GroupOffsets:
         return self.consumer.partitions_for_topic(self.topic) or set()
 
     @transient
+    async def ends(self) -> dict[int, int]:
+        """The end offset (next offset to be written) of each partition of the topic."""
+        partitions = await self.partitions()
+        async with asyncio.timeout(OFFSETS_TIMEOUT_S):
+            ends = await self.consumer.end_offsets(partitions)
+        return {tp.partition: ends[tp] for tp in partitions}
+
+    @transient
     async def positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """(committed offset, end offset) per partition. A group that never committed, or whose
         coordinator does not answer in time (a broker just restarted), counts as 0: its messages are

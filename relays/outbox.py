@@ -81,7 +81,7 @@ async def settle_unfinished(
     storage refuses for good, and publish again those whose event the broker lost. Returns how many
     events were sent again."""
     cutoff = utcnow() - timedelta(seconds=settings.stall_timeout_s)
-    committed, ends = await runner.positions()
+    ends = await runner.ends()
     sent_again = 0
     async for doc in outbox.find({"status": OutboxStatus.SENT.value, "sent_at": {"$lt": cutoff}}):
         entry = OutboxDocument.model_validate(doc)
@@ -100,7 +100,7 @@ async def settle_unfinished(
                 log.error("job failed: storage refuses its bucket", error=str(error))
                 continue
             where = doc.get("sent_to") or {}
-            if where and not lost(where, committed, ends):
+            if where and not lost(where, ends):
                 continue  # queued for the runner, or taken by it: the runner watches over it
             sent = await send(producer, settings, entry)
             await outbox.update_one(
@@ -112,7 +112,7 @@ async def settle_unfinished(
     return sent_again
 
 
-def lost(where: dict[str, int], committed: dict[int, int], ends: dict[int, int]) -> bool:
+def lost(where: dict[str, int], ends: dict[int, int]) -> bool:
     """The event is no longer in the topic: its offset is at or past the partition's end (a broker
     that keeps its topics in memory restarted). Not lost: still queued, or consumed by the runner."""
     return any(offset >= ends.get(int(partition), 0) for partition, offset in where.items())
