@@ -101,7 +101,8 @@ class GroupOffsets:
         return [TopicPartition(self.topic, p) for p in sorted(found)]
 
     async def _refresh(self) -> set[int]:
-        await self.consumer.topics()  # fetches the metadata of every topic, this one included
+        async with asyncio.timeout(OFFSETS_TIMEOUT_S):
+            await self.consumer.topics()  # fetches the metadata of every topic, this one included
         return self.consumer.partitions_for_topic(self.topic) or set()
 
     @transient
@@ -116,19 +117,19 @@ class GroupOffsets:
     async def positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """(committed offset, end offset) per partition. A group that never committed, or whose
         coordinator does not answer in time (a broker just restarted), counts as 0: its messages are
-        then taken as still waiting wherever the topic still holds them, which only delays a decision."""
-        partitions = await self.partitions()
-        async with asyncio.timeout(OFFSETS_TIMEOUT_S):
-            ends = await self.consumer.end_offsets(partitions)
+        then taken as still waiting wherever the topic still holds them, which only delays a decision.
+        Every call to the broker is bounded: a TimeoutError means "ask again later"."""
+        ends = await self.ends()
         committed = {}
-        for tp in partitions:
+        for partition in ends:
+            tp = TopicPartition(self.topic, partition)
             try:
                 async with asyncio.timeout(OFFSETS_TIMEOUT_S):
-                    committed[tp.partition] = await self.consumer.committed(tp) or 0
+                    committed[partition] = await self.consumer.committed(tp) or 0
             except TimeoutError:
-                log.warning("committed offset unknown, counted as 0", topic=tp.topic, partition=tp.partition)
-                committed[tp.partition] = 0
-        return committed, {tp.partition: ends[tp] for tp in partitions}
+                log.warning("committed offset unknown, counted as 0", topic=self.topic, partition=partition)
+                committed[partition] = 0
+        return committed, ends
 
     @staticmethod
     def waiting(offsets: dict[str, int] | dict[int, int], committed: dict[int, int], ends: dict[int, int]) -> bool:

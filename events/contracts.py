@@ -165,16 +165,21 @@ class RunnerPrediction(Contract):
         return self.total_frames is not None and self.received_frames >= self.total_frames
 
 
-class DetectionFile(Contract):
-    """`detection/{event_id}.json` in object storage: the finished result, written by the S3 relay.
-
-    It is written by streaming the job's frame documents (`events.detection_file`), `prediction`
-    last, so neither writer nor reader ever holds a whole result; this model describes its shape."""
+class DetectionHeader(Contract):
+    """What `detection/{event_id}.json` holds before its `prediction` list."""
 
     event_id: str
     total_frames: int
     created_at: datetime
     completed_at: datetime
+
+
+class DetectionFile(DetectionHeader):
+    """`detection/{event_id}.json` in object storage: the finished result, written by the S3 relay.
+
+    It is written by streaming the job's frame documents (`events.detection_file`), `prediction`
+    last, so neither writer nor reader ever holds a whole result; this model describes its shape."""
+
     prediction: list[FramePrediction]
 
 

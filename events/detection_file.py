@@ -7,22 +7,16 @@ small header; the reader parses any key order (ijson, incremental, C backend).
 
 import json
 from collections.abc import AsyncIterable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import ijson
 
-from events.contracts import Contract
-
 CHUNK_BYTES = 1024 * 1024
 
 
-class DetectionHeader(Contract):
-    event_id: str
-    total_frames: int
-    created_at: datetime
-    completed_at: datetime
+def compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def frame_json(doc: dict[str, Any]) -> bytes:
@@ -30,29 +24,22 @@ def frame_json(doc: dict[str, Any]) -> bytes:
     frame = {"frame": doc["frame"], "objects": doc["objects"]}
     if doc.get("error"):
         frame["error"] = doc["error"]
-    return json.dumps(frame, separators=(",", ":")).encode()
+    return compact(frame)
 
 
-def open_object(head: dict[str, Any] | Contract) -> bytes:
+def open_object(head: dict[str, Any]) -> bytes:
     """`{...head, "prediction": [`: the start of a JSON object whose last member is the prediction list."""
-    encoded = head.to_bytes() if isinstance(head, Contract) else json.dumps(head, separators=(",", ":")).encode()
-    return encoded[:-1] + (b',"prediction":[' if len(encoded) > 2 else b'"prediction":[')
+    return compact(head)[:-1] + b',"prediction":['
 
 
-async def write(out: BinaryIO, header: DetectionHeader, frames: AsyncIterable[dict[str, Any]]) -> int:
-    """Write the detection file to `out` from frame documents in frame order; returns how many frames."""
-    out.write(open_object(header))
-    pending: list[bytes] = []
-    size = count = 0
+async def write(out: BinaryIO, head: dict[str, Any], frames: AsyncIterable[dict[str, Any]]) -> int:
+    """Write the detection file to `out` (a buffered file) from frame documents in frame order;
+    returns how many frames."""
+    out.write(open_object(head))
+    count = 0
     async for doc in frames:
-        pending.append(frame_json(doc))
-        size += len(pending[-1])
+        out.write(b"," + frame_json(doc) if count else frame_json(doc))
         count += 1
-        if size >= CHUNK_BYTES:
-            out.write((b"," if count > len(pending) else b"") + b",".join(pending))
-            pending, size = [], 0
-    if pending:
-        out.write((b"," if count > len(pending) else b"") + b",".join(pending))
     out.write(b"]}")
     return count
 
@@ -63,7 +50,7 @@ def prediction_chunks(path: Path) -> Iterator[bytes]:
         pending: list[bytes] = []
         size, first = 0, True
         for frame in ijson.items(source, "prediction.item", use_float=True):
-            pending.append(json.dumps(frame, separators=(",", ":")).encode())
+            pending.append(compact(frame))
             size += len(pending[-1])
             if size >= CHUNK_BYTES:
                 yield (b"" if first else b",") + b",".join(pending)

@@ -1,9 +1,9 @@
 """S3 relay: the outcome of each job in `runner_db.runner_predictions` -> object storage.
 
 `predictable` -> `detection/{id}.json`, streamed from the job's frame documents, then
-`predictable -> ready` and the frame documents are deleted; `failed` -> `failed/{id}.json` (why it
-failed), then `output_s3` is set on the failed job. Each object is written only if absent, so a
-replayed change writes nothing twice.
+`predictable -> ready`; `failed` -> `failed/{id}.json` (why it failed), then `output_s3` is set on
+the failed job. Either way the job's frame documents are deleted once it is settled. Each object is
+written only if absent, so a replayed change writes nothing twice.
 
 A storage error that no retry can fix (bucket deleted, access denied, invalid key) fails that one job
 with the reason, recorded as `export_error`, and the relay moves on; transient errors are retried
@@ -24,6 +24,7 @@ from events.contracts import (
     CHECKPOINTS,
     FRAMES,
     PREDICTIONS,
+    DetectionHeader,
     FailureFile,
     FrameDocument,
     RunnerPrediction,
@@ -93,18 +94,17 @@ def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: Objec
             yield doc
 
     @transient
-    async def write_detection(job: RunnerPrediction, location: StorageLocation) -> int:
+    async def write_detection(job: RunnerPrediction, location: StorageLocation) -> None:
         """Stream the frame documents into a spooled file, then upload it: memory stays flat."""
-        header = detection_file.DetectionHeader(
+        header = DetectionHeader(
             event_id=job.id, total_frames=job.total_frames or 0, created_at=job.created_at, completed_at=utcnow()
         )
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out:
-            frames_written = await detection_file.write(out, header, sorted_frames(job.id))
+            frames_written = await detection_file.write(out, header.model_dump(mode="json"), sorted_frames(job.id))
             size = out.tell()
             out.seek(0)
             await store.put_file(location.bucket, location.object, out, "application/json")  # type: ignore[arg-type]
         log.info("detection file assembled", frames=frames_written, bytes=size)
-        return size
 
     @transient
     async def write_failure(job: RunnerPrediction, location: StorageLocation) -> None:
@@ -123,13 +123,12 @@ def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: Objec
                     crash_point("after_side_effect")
                 else:
                     log.info("job outcome already present", object=location.object, duplicates=1)
+                await mark_exported(job, location)
             except PermanentStorageError as error:
                 log.error("job outcome cannot be written, job failed", error=str(error), export_errors=1)
                 await mark_unexportable(job, error)
-                return
-            await mark_exported(job, location)
-            if predictable:
-                await transient(frames.delete_many)(FrameDocument.range_of(job.id))
+            # the job is settled, whatever its outcome: its frame documents are not needed any more
+            await transient(frames.delete_many)(FrameDocument.range_of(job.id))
 
     return export
 

@@ -22,7 +22,6 @@ from fastapi import FastAPI
 
 from events import topics
 from events.clients import (
-    OFFSETS_TIMEOUT_S,
     GroupOffsets,
     ensure_topics,
     group_offsets,
@@ -206,8 +205,7 @@ class Runner:
         self.taken_at = {job.id: self.taken_at[job.id] for job in quiet if job.id in self.taken_at}
         if not quiet:
             return
-        async with asyncio.timeout(4 * OFFSETS_TIMEOUT_S):
-            busy = await self.in_flight(quiet)
+        busy = await self.in_flight(quiet)
         self.stats.waiting = len(busy)
         log.debug("quiet jobs checked", quiet=len(quiet), in_flight=len(busy))
         for stalled in quiet:

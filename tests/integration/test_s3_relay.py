@@ -42,6 +42,10 @@ async def with_frames(db, *jobs: RunnerPrediction) -> None:
     await db[FRAMES].insert_many([frame.to_mongo() for frame in frames])
 
 
+async def no_frames_left(db, job: RunnerPrediction) -> bool:
+    return await db[FRAMES].count_documents(FrameDocument.range_of(job.id)) == 0
+
+
 async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mongo):
     db, store = mongo[settings.runner_db], object_store(settings)
     await store.ensure_bucket("videos")
@@ -86,13 +90,14 @@ async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
     db, store = mongo[settings.runner_db], object_store(settings)
     await store.ensure_bucket("videos")
     job = finished_job()
-    await db[PREDICTIONS].insert_one(job.to_mongo())
+    await with_frames(db, job)  # frames stored before the job failed
     async with serving(s3_relay(db, store, settings)):
         await asyncio.sleep(0.5)
         await db[PREDICTIONS].update_one(
             {"_id": job.id}, {"$set": {"status": "failed", "error": "no decodable frames", "failed_at": utcnow()}}
         )
         doc = await eventually(lambda: db[PREDICTIONS].find_one({"_id": job.id, "output_s3": {"$exists": True}}))
+        await eventually(lambda: no_frames_left(db, job))  # a failed job leaves no frame documents behind
     assert doc["status"] == "failed"
     assert doc["output_s3"] == {"bucket": "videos", "object": f"failed/{job.id}.json"}
     failure = FailureFile.from_bytes(await store.get_bytes("videos", failure_key(job.id)))
@@ -113,6 +118,7 @@ async def test_a_job_whose_bucket_is_gone_fails_with_the_reason_and_the_relay_mo
             await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"status": "predictable"}})
         await eventually(lambda: db[PREDICTIONS].find_one({"_id": healthy.id, "status": "ready"}))
         failed = await eventually(lambda: db[PREDICTIONS].find_one({"_id": orphan.id, "export_error": {"$exists": 1}}))
+        await eventually(lambda: no_frames_left(db, orphan))
         changes = relay.stats.changes
     assert failed["status"] == "failed" and "doomed" in failed["error"] and "does not exist" in failed["error"]
     assert changes >= 2  # the relay went on after the failure (it would have exited otherwise)
