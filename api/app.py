@@ -1,5 +1,6 @@
 """The API's app factory: a lifespan opens MongoDB and storage; the routes live in `api.routes`."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -7,11 +8,14 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from api import projector
 from api.deps import Services
 from api.limits import BodySizeLimit
+from api.live import JobFeed
+from api.projector import Projector
 from api.routes import router
 from events.clients import mongo_client, object_store
-from events.contracts import OUTBOX, PREDICTIONS
+from events.contracts import OUTBOX
 from events.log import get_logger
 from events.settings import Settings
 
@@ -36,20 +40,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        timeout = {"timeoutMS": DATABASE_TIMEOUT_S * 1000}
-        async with (
-            mongo_client(settings.mongo_uri, **timeout) as main,
-            mongo_client(settings.runner_mongo, **timeout) as runner,
-        ):
+        async with mongo_client(settings.mongo_uri, timeoutMS=DATABASE_TIMEOUT_S * 1000) as main:
             store = object_store(settings)
             await store.ensure_bucket(settings.default_bucket)
-            app.state.services = Services(
-                settings=settings,
-                outbox=main[settings.main_db][OUTBOX],
-                predictions=runner[settings.runner_db][PREDICTIONS],
-                store=store,
-            )
-            yield
+            outbox, closing = main[settings.main_db][OUTBOX], asyncio.Event()
+            # change streams wait longer than a request may: their own client, without the request timeout
+            async with mongo_client(settings.mongo_uri) as follower, asyncio.TaskGroup() as background:
+                feed = JobFeed(follower[settings.main_db][OUTBOX])
+                app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed, closing=closing)
+                tasks = [
+                    background.create_task(feed.run(closing)),
+                    background.create_task(projector.run(settings, Projector(follower[settings.main_db][OUTBOX]),
+                                                         closing)),
+                ]  # fmt: skip
+                try:
+                    yield
+                finally:
+                    closing.set()  # live update streams end
+                    for task in tasks:  # at least once: events being applied are applied again after a restart
+                        task.cancel()
 
     app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -1,5 +1,6 @@
 """What a request handler gets: the clients opened by the app's lifespan."""
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -7,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request, status
 from pymongo.asynchronous.collection import AsyncCollection
 
+from api.live import JobFeed
 from events.settings import Settings
 from events.storage import ObjectStore
 
@@ -14,9 +16,10 @@ from events.storage import ObjectStore
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    outbox: AsyncCollection
-    predictions: AsyncCollection  # written only by cleanup/all; the API never reads runner_db
+    outbox: AsyncCollection  # the outbox, and the read model of jobs (the API never reads runner_db)
     store: ObjectStore
+    feed: JobFeed  # live updates of the read model
+    closing: asyncio.Event  # set when the API shuts down: live update streams end
 
 
 def get_services(request: Request) -> Services:

@@ -2,52 +2,38 @@
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
 from pymongo import WriteConcern
 from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import ApiKeyDep, Services, ServicesDep
-from api.schemas import (
-    Accepted,
-    Cleaned,
-    Health,
-    Operation,
-    Operations,
-    ResultPending,
-    ResultReady,
-    VideoRequest,
-)
-from api.timing import elapsed_seconds, format_duration
+from api.jobs import JobView, after_cursor, cursor_of, views
+from api.live import GONE
+from api.schemas import Accepted, Cleaned, Health, Operations, ResultPending, ResultReady, VideoRequest
 from api.validation import (
     PROBE_BYTES,
     check_bucket,
+    check_callback_url,
     check_event_id,
     check_object_key,
     client_error,
     looks_like_video,
 )
-from events import detection_file
-from events.contracts import (
-    FRAMES,
-    FailureFile,
-    OutboxDocument,
-    OutboxPayload,
-    detection_key,
-    failure_key,
-    input_key,
-)
+from events import detection_file, webhooks
+from events.contracts import OutboxDocument, OutboxPayload, detection_key, input_key
+from events.jobstate import FINAL
 from events.log import get_logger
-from events.statuses import DESCRIPTIONS, OutboxStatus
-from events.storage import ObjectStore, PermanentStorageError
+from events.statuses import OutboxStatus
+from events.storage import ObjectStore
 
 log = get_logger(__name__)
 router = APIRouter()
 CLEANED_PREFIXES = ("input/", "detection/", "failed/")
+MAX_PAGE = 1000
+KEEPALIVE_S = 15
 
 
 @router.get("", include_in_schema=False)
@@ -62,8 +48,13 @@ async def health() -> Health:
 DURABLE = WriteConcern(w="majority", j=True)
 
 
-async def enqueue(services: Services, event_id: str, bucket: str, key: str) -> None:
-    entry = OutboxDocument(id=event_id, payload=OutboxPayload(bucket=bucket, object=key))
+async def enqueue(services: Services, event_id: str, bucket: str, key: str, callback_url: str | None) -> None:
+    entry = OutboxDocument(
+        id=event_id,
+        payload=OutboxPayload(bucket=bucket, object=key),
+        callback_url=callback_url,
+        webhook=webhooks.PENDING if callback_url else None,
+    )
     await services.outbox.with_options(write_concern=DURABLE).insert_one(entry.to_mongo())
     log.info("job enqueued", event_id=event_id, bucket=bucket, object=key)
 
@@ -73,8 +64,11 @@ async def upload_video(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="the video")],
     bucket: Annotated[str | None, Form()] = None,
+    callback_url: Annotated[str | None, Form(max_length=2048, description="POSTed to when the job ends")] = None,
 ) -> Accepted:
     bucket = check_bucket(bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
+    if callback_url:
+        await check_callback_url(callback_url, services.settings)
     head = await file.read(PROBE_BYTES)
     if not head:
         raise client_error("the uploaded file is empty")
@@ -87,7 +81,7 @@ async def upload_video(
     await services.store.ensure_bucket(bucket)
     size = await services.store.put_file(bucket, key, file.file, file.content_type or "video/mp4")
     try:
-        await enqueue(services, event_id, bucket, key)
+        await enqueue(services, event_id, bucket, key, callback_url or None)
     except BaseException:
         await services.store.delete_prefix(bucket, key)  # leave nothing behind
         raise
@@ -99,72 +93,37 @@ async def upload_video(
 async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
+    if body.callback_url:
+        await check_callback_url(body.callback_url, services.settings)
     if await services.store.modified_at(bucket, key) is None:
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     event_id = str(uuid.uuid4())
-    await enqueue(services, event_id, bucket, key)
+    await enqueue(services, event_id, bucket, key, body.callback_url or None)
     return Accepted(event_id=event_id)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """Where a job stands: its result or failure in storage if there is one, else its outbox status."""
-
-    status: str
-    finished_at: datetime | None = None
-    error: str | None = None
-
-    def times(self, created_at: datetime) -> dict[str, Any]:
-        seconds = elapsed_seconds(created_at, self.finished_at)
-        return {"processing_time_seconds": seconds, "processing_time_formatted": format_duration(seconds)}
-
-    def description(self) -> str:
-        return DESCRIPTIONS.get(self.status, self.status)
-
-
-async def read_failure(services: Services, bucket: str, event_id: str) -> Outcome | None:
-    try:
-        raw = await services.store.get_bytes(bucket, failure_key(event_id))
-    except PermanentStorageError:  # the bucket is gone: the outbox says what became of the job
-        return None
-    if raw is None:
-        return None
-    failure = FailureFile.from_bytes(raw)
-    return Outcome(OutboxStatus.FAILED.value, failure.failed_at, failure.error)
-
-
-def from_outbox(doc: dict[str, Any]) -> Outcome:
-    if doc["status"] == OutboxStatus.FAILED:  # the outbox relay could not even send it
-        return Outcome(OutboxStatus.FAILED.value, doc.get("failed_at"), doc.get("error"))
-    return Outcome(doc["status"])
-
-
 @router.get("/status/all")
-async def status_all(services: ServicesDep) -> Operations:
-    docs = await services.outbox.find().sort("created_at", 1).to_list(None)
-    stored: dict[tuple[str, str], datetime] = {}  # one listing per bucket and outcome, not a lookup per job
-    for bucket in {doc["payload"]["bucket"] for doc in docs}:
-        for prefix in ("detection/", "failed/"):
-            stored.update(((bucket, key), at) for key, at in (await services.store.list_prefix(bucket, prefix)).items())
-    operations = []
-    for doc in docs:
-        event_id, bucket = doc["_id"], doc["payload"]["bucket"]
-        if (ready_at := stored.get((bucket, detection_key(event_id)))) is not None:
-            outcome = Outcome(OutboxStatus.READY.value, ready_at)
-        elif (bucket, failure_key(event_id)) in stored:
-            outcome = await read_failure(services, bucket, event_id) or from_outbox(doc)
-        else:
-            outcome = from_outbox(doc)
-        operations.append(
-            Operation(
-                video_id=event_id,
-                status_code=outcome.status,
-                status_description=outcome.description(),
-                error=outcome.error,
-                **outcome.times(doc["created_at"]),
-            )
-        )
-    return Operations(operations=operations, total=len(operations))
+async def status_all(
+    services: ServicesDep,
+    status_filter: Annotated[OutboxStatus | None, Query(alias="status", description="only jobs in this status")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="a page of this many jobs; all if unset")] = None,
+    after: Annotated[str | None, Query(description="the `next` cursor of the previous page")] = None,
+) -> Operations:
+    """Jobs in the order they were accepted, a page at a time; each job's readiness checked in storage."""
+    query: dict[str, Any] = {"status": status_filter.value} if status_filter else {}
+    if after is not None:
+        try:
+            query.update(after_cursor(after))
+        except ValueError as error:
+            raise client_error(str(error)) from error
+    cursor = services.outbox.find(query).sort([("created_at", 1), ("_id", 1)])
+    if limit is not None:
+        cursor = cursor.limit(limit + 1)  # one more tells whether there is a next page
+    docs = await cursor.to_list(None)
+    page = await views(services.store, docs[:limit] if limit is not None else docs)
+    following = cursor_of(page[-1].state) if limit is not None and len(docs) > limit else None
+    operations = [view.operation() for view in page]
+    return Operations(operations=operations, total=len(operations), next=following)
 
 
 async def stream_ready(store: ObjectStore, bucket: str, key: str, head: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -187,31 +146,90 @@ async def result_video(services: ServicesDep, event_id: str) -> StreamingRespons
     doc = await services.outbox.find_one({"_id": event_id})
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
-    bucket = doc["payload"]["bucket"]
-    try:
-        finished_at = await services.store.modified_at(bucket, detection_key(event_id))
-    except PermanentStorageError:
-        finished_at = None
-    if finished_at is not None:
-        outcome = Outcome(OutboxStatus.READY.value, finished_at)
-        head = {"status": outcome.status, "event_id": event_id, **outcome.times(doc["created_at"])}
-        body = stream_ready(services.store, bucket, detection_key(event_id), head)
+    (view,) = await views(services.store, [doc])
+    if view.status == OutboxStatus.READY:
+        head = {"status": view.status, "event_id": event_id, **view.times()}
+        body = stream_ready(services.store, view.state.payload.bucket, detection_key(event_id), head)
         return StreamingResponse(body, media_type="application/json")
-    outcome = await read_failure(services, bucket, event_id) or from_outbox(doc)
-    return ResultPending(
-        status=outcome.status,
-        event_id=event_id,
-        status_description=outcome.description(),
-        error=outcome.error,
-        **outcome.times(doc["created_at"]),
-    )
+    return view.pending()
+
+
+def sse(view: JobView) -> bytes:
+    return f"event: status\ndata: {view.pending().model_dump_json()}\n\n".encode()
+
+
+async def live_updates(services: Services, request: Request, job: str | None) -> AsyncIterator[bytes]:
+    """Server-Sent Events: the current state first, then every change the read model's change stream
+    brings; a job's own stream ends after its final status."""
+    versions: dict[str, int] = {}  # the version each job was last shown at: nothing older is sent after it
+
+    async def render(docs: list[dict[str, Any]]) -> tuple[list[bytes], bool]:
+        """The messages of the documents not shown yet at their version, and whether the job is over."""
+        fresh = [doc for doc in docs if doc.get("version", 0) > versions.get(doc["_id"], -1)]
+        messages = []
+        for view in await views(services.store, fresh):
+            versions[view.state.id] = view.state.version
+            messages.append(sse(view))
+            if job is not None and view.status in FINAL:
+                return messages, True
+        return messages, False
+
+    async def current() -> list[dict[str, Any]]:
+        if job is not None:
+            return [doc] if (doc := await services.outbox.find_one({"_id": job})) else []
+        active = {"status": {"$in": [OutboxStatus.NEW.value, OutboxStatus.SENT.value]}}
+        return await services.outbox.find(active).sort("created_at", -1).limit(MAX_PAGE).to_list(None)
+
+    async with services.feed.listen(job) as listener:
+        docs = await current()
+        if job is not None and not docs:
+            return  # deleted meanwhile
+        while True:
+            messages, over = await render(docs)
+            for message in messages:
+                yield message
+            if over or await request.is_disconnected() or services.closing.is_set():
+                return
+            changes = await listener.next(KEEPALIVE_S)
+            if listener.resync:  # changes may have been missed: start again from the current state
+                listener.resync = False
+                docs = await current()
+            elif job is not None and changes.get(job) == GONE:
+                return
+            else:
+                docs = [doc for doc in changes.values() if isinstance(doc, dict)]
+                if not changes:
+                    yield b": keepalive\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
+
+
+def event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+@router.get("/jobs/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def all_job_events(services: ServicesDep, request: Request) -> StreamingResponse:
+    """Live status and progress of every job (Server-Sent Events): the jobs in progress first."""
+    return event_stream(live_updates(services, request, None))
+
+
+@router.get(
+    "/jobs/{event_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "unknown event id"}},
+)
+async def job_events(services: ServicesDep, request: Request, event_id: str) -> StreamingResponse:
+    """Live status and progress of one job (Server-Sent Events); the stream ends after ready or failed."""
+    event_id = check_event_id(event_id)
+    if await services.outbox.find_one({"_id": event_id}, {"_id": 1}) is None:
+        raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
+    return event_stream(live_updates(services, request, event_id))
 
 
 @router.delete("/cleanup/all", dependencies=[ApiKeyDep])
 async def cleanup_all(services: ServicesDep) -> Cleaned:
+    # each deleted job leaves as a `deleted` event (outbox relay): the runner forgets it
     jobs = (await services.outbox.delete_many({})).deleted_count
-    await services.predictions.delete_many({})
-    await services.predictions.database[FRAMES].delete_many({})
     objects = 0
     for bucket in await services.store.buckets():
         for prefix in CLEANED_PREFIXES:

@@ -22,9 +22,17 @@ class VideoRequest(BaseModel):
 
     bucket: str | None = Field(default=None, description="defaults to DEFAULT_BUCKET")
     object: str = Field(min_length=1, max_length=1024, description="the video's key in the bucket")
+    callback_url: str | None = Field(default=None, max_length=2048, description="POSTed to when the job ends")
 
 
-class Operation(BaseModel):
+class JobProgress(BaseModel):
+    frames_total: int | None = Field(description="frames to detect; estimated until the video is read, null if unknown")
+    frames_done: int = Field(description="frames detected so far (a frame the detector could not handle counts)")
+    progress: float = Field(ge=0, le=1, description="never goes back; 1.0 when ready")
+    eta_seconds: float | None = Field(description="seconds left at the rate so far, null when unknown")
+
+
+class Operation(JobProgress):
     video_id: str
     status_code: str
     status_description: str
@@ -35,7 +43,8 @@ class Operation(BaseModel):
 
 class Operations(BaseModel):
     operations: list[Operation]
-    total: int
+    total: int = Field(description="how many operations this answer lists")
+    next: str | None = Field(default=None, description="cursor of the next page (pass it as `after`), or null")
 
 
 class ResultReady(BaseModel):
@@ -46,7 +55,7 @@ class ResultReady(BaseModel):
     processing_time_formatted: str
 
 
-class ResultPending(BaseModel):
+class ResultPending(JobProgress):
     status: str
     event_id: str
     status_description: str

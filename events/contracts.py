@@ -5,6 +5,7 @@ Kafka messages are JSON (`to_bytes` / `Model.model_validate_json`); documents go
 """
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,15 +49,39 @@ class OutboxPayload(StorageLocation):
     media_type: Literal["video"] = "video"
 
 
-class OutboxDocument(Contract):
-    """`main_db.outbox`: one per job, written by the API, moved on by the relays."""
+class JobState(Contract):
+    """A job as clients see it: the read model in `main_db.outbox`, written by the API when the job is
+    accepted and moved on only by the projector, through `events.jobstate.apply`, from `job_events`."""
 
     id: str = Field(alias="_id")
-    status: OutboxStatus = OutboxStatus.NEW
     payload: OutboxPayload
     created_at: datetime = Field(default_factory=utcnow)
-    sent_at: datetime | None = None
+    callback_url: str | None = None
+    status: OutboxStatus = OutboxStatus.NEW
+    frames_total: int | None = None
+    frames_done: int = 0
+    progress: float = 0.0
+    eta_seconds: float | None = None
     error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = Field(default=None, description="time of the latest event applied")
+    version: int = Field(default=0, description="how many events changed the job: orders live updates")
+
+    @classmethod
+    def accepted(cls, event: "JobEvent") -> Self:
+        assert event.payload is not None and event.created_at is not None, "an accepted event carries the job"
+        return cls(id=event.event_id, payload=event.payload, created_at=event.created_at,
+                   callback_url=event.callback_url)  # fmt: skip
+
+
+class OutboxDocument(JobState):
+    """`main_db.outbox`: one per job. The API inserts it; the outbox relay keeps its own bookkeeping
+    in it (`relayed_at`, `sent_to`); the projector owns the job's state (`JobState`)."""
+
+    relayed_at: datetime | None = None
+    webhook: str | None = Field(default=None, description="`pending` until the webhook relay is done with it")
+    sent_to: dict[str, int] | None = Field(default=None, description="partition -> offset of the outbox event")
 
 
 class OutboxEvent(Contract):
@@ -67,6 +92,35 @@ class OutboxEvent(Contract):
     event_id: str
     payload: OutboxPayload
     created_at: datetime
+
+
+class JobEventType(StrEnum):
+    ACCEPTED = "accepted"
+    SENT = "sent"
+    STARTED = "started"
+    PROGRESS = "progress"
+    READY = "ready"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class JobEvent(Contract):
+    """Topic `job_events`, keyed by `event_id`: one change of a job, published by the relay that saw it
+    in a change stream (the outbox relay: accepted, sent, deleted; the S3 relay: started, progress,
+    ready, failed). The API's projector folds them into the read model (`events.jobstate`)."""
+
+    TOPIC: ClassVar[str] = topics.JOB_EVENTS
+
+    event_id: str
+    type: JobEventType
+    at: datetime = Field(default_factory=utcnow, description="when the change happened")
+    frames_total: int | None = Field(default=None, ge=0, description="exact, or estimated until the video is read")
+    frames_done: int | None = Field(default=None, ge=0)
+    error: str | None = None
+    # accepted only: the job itself, so that a replay of the topic rebuilds the read model
+    payload: OutboxPayload | None = None
+    created_at: datetime | None = None
+    callback_url: str | None = None
 
 
 class InferenceTask(Contract):
@@ -150,6 +204,7 @@ class RunnerPrediction(Contract):
     bucket: str
     object: str | None = Field(default=None, description="the video's key, to read it again for a resend")
     total_frames: int | None = None
+    frames_expected: int | None = Field(default=None, description="estimated from the container, for progress")
     received_frames: int = 0
     status: RunnerStatus = RunnerStatus.PROCESSING
     tasks: dict[str, int] = Field(default_factory=dict, description="partition -> offset of the job's last task")

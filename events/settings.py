@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     api_key: SecretStr | None = Field(default=None, description="when set, required in X-API-Key to change data")
 
+    # Webhooks: a signed POST to a job's callback_url when it ends.
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC key of the signature; unset: no webhooks")
+    webhook_allow_private: bool = Field(default=False, description="allow callback URLs on private networks")
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry delay; doubles with each attempt")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="a receiver must answer 2xx within this")
+    public_url: str = Field(default="http://127.0.0.1:8080", description="the API as clients reach it (result_url)")
+
     # HTTP.
     bind_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -71,6 +79,7 @@ class Settings(BaseSettings):
     inference_port: int = 8003
     outbox_relay_port: int = 8004
     s3_relay_port: int = 8005
+    webhook_relay_port: int = 8006
 
     log_level: str = "INFO"
 

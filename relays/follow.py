@@ -29,14 +29,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from events import topics
+from events.contracts import JobEvent
 from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
 from events.runtime import wait_or_stop
+from events.settings import Settings
 from relays.checkpoints import TokenStore
 
 log = get_logger(__name__)
@@ -54,6 +58,8 @@ RECONNECT_WAIT_S = 1.0
 
 # Called only with documents that match the relay's source filter at the time they were read.
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# Called with the `_id` of a deleted document.
+DeleteHandler = Callable[[Any], Awaitable[None]]
 
 
 @dataclass
@@ -63,6 +69,17 @@ class RelayStats:
     tokens_lost: int = 0
     checkpoints: int = 0
     redeliveries: int = 0
+
+
+def job_event_publisher(producer: AIOKafkaProducer, settings: Settings) -> Callable[[JobEvent], Awaitable[None]]:
+    """Publish a change of a job to `job_events`, keyed by the job (its events stay in order)."""
+    topic = settings.topic(topics.JOB_EVENTS)
+
+    @transient
+    async def publish(event: JobEvent) -> None:
+        await producer.send_and_wait(topic, event.to_bytes(), key=event.event_id.encode())
+
+    return publish
 
 
 def health_app(relay: "Relay") -> FastAPI:
@@ -84,6 +101,7 @@ class Relay:
     handle: Handler
     tokens: TokenStore
     checkpoint_interval: float
+    on_delete: DeleteHandler | None = None  # the pipeline must match deletes for this to be called
     stats: RelayStats = field(default_factory=RelayStats)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -128,7 +146,11 @@ class Relay:
                 if change is not None:
                     if change["operationType"] == "invalidate":
                         break
-                    await self.handle_current(change["documentKey"]["_id"])
+                    if change["operationType"] == "delete":
+                        if self.on_delete is not None:
+                            await self.on_delete(change["documentKey"]["_id"])
+                    else:
+                        await self.handle_current(change["documentKey"]["_id"])
                     self.stats.changes += 1
                     crash_point("before_checkpoint")
                 elif time.monotonic() - saved_at < self.checkpoint_interval:

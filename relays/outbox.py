@@ -1,13 +1,18 @@
-"""Outbox relay: `main_db.outbox` inserts -> Kafka `outbox_events` (keyed by event id), then `new -> sent`.
+"""Outbox relay: `main_db.outbox` inserts -> Kafka `outbox_events` (keyed by event id), and the job's
+first events on `job_events`: `accepted` (with the job, so a replay rebuilds it), then `sent`.
 
-Beside the change stream, a settle loop looks at `sent` jobs older than STALL_TIMEOUT_S: one whose
-outcome is in storage is settled (`sent -> ready` or `sent -> failed`); one whose bucket storage
-refuses for good fails with the reason; one whose event is gone from the broker (an in-memory broker
-restarted) is published again. An event still queued for the runner, or already taken by it, is
-left alone: a busy queue only delays a job, and the runner watches over the jobs it has.
+The relay's own bookkeeping is `relayed_at` (and `sent_to`: where the event went); the job's status
+belongs to the API's projector, which moves it `new -> sent` from the events. A deleted outbox document
+(a job removed by the API) becomes a `deleted` event: the runner forgets the job.
+
+Beside the change stream, a check looks at jobs sent more than STALL_TIMEOUT_S ago that the runner has
+not started: one whose event is gone from the broker (an in-memory broker restarted) is published
+again. An event still queued for the runner, or already taken by it, is left alone: a busy queue only
+delays a job, and the runner watches over the jobs it has.
 """
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,14 +24,14 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from events import topics
-from events.clients import GroupOffsets, ensure_topics, group_offsets, kafka_producer, mongo_client, object_store
+from events.clients import GroupOffsets, ensure_topics, group_offsets, kafka_producer, mongo_client
 from events.contracts import (
     CHECKPOINTS,
     OUTBOX,
+    JobEvent,
+    JobEventType,
     OutboxDocument,
     OutboxEvent,
-    detection_key,
-    failure_key,
     utcnow,
 )
 from events.crash import crash_point
@@ -35,19 +40,21 @@ from events.retry import is_infrastructure, transient
 from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.statuses import OutboxStatus
-from events.storage import ObjectStore, PermanentStorageError
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, health_app
+from relays.follow import Relay, health_app, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "outbox-relay"
-PIPELINE = [{"$match": {"operationType": "insert"}}]
+PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "delete"]}}}]
+PENDING = {"status": OutboxStatus.NEW.value, "relayed_at": None}
+PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
 
-def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Settings):
+def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event: PublishEvent, settings: Settings):
     @transient
     async def mark(event_id: str, update: dict[str, Any]) -> None:
-        await outbox.update_one({"_id": event_id, "status": OutboxStatus.NEW.value}, {"$set": update})
+        # not conditional on the status: the projector may have moved it on from the events already
+        await outbox.update_one({"_id": event_id, "relayed_at": None}, {"$set": {**update, "relayed_at": utcnow()}})
 
     async def publish(doc: dict[str, Any]) -> None:
         with structlog.contextvars.bound_contextvars(event_id=str(doc["_id"])):
@@ -55,14 +62,28 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, settings: Set
                 entry = OutboxDocument.model_validate(doc)
             except ValidationError as error:
                 log.error("malformed outbox document", error=str(error))
-                await mark(doc["_id"], {"status": OutboxStatus.FAILED.value, "error": "malformed outbox document"})
+                reason = "malformed outbox document"
+                await publish_event(JobEvent(event_id=str(doc["_id"]), type=JobEventType.FAILED, error=reason))
+                await mark(doc["_id"], {})
                 return
+            await publish_event(JobEvent(event_id=entry.id, type=JobEventType.ACCEPTED, at=entry.created_at,
+                                         payload=entry.payload, created_at=entry.created_at,
+                                         callback_url=entry.callback_url))  # fmt: skip
             sent = await send(producer, settings, entry)
+            await publish_event(JobEvent(event_id=entry.id, type=JobEventType.SENT))
             crash_point("after_side_effect")
-            await mark(entry.id, {"status": OutboxStatus.SENT.value, "sent_at": utcnow(), "sent_to": sent})
+            await mark(entry.id, {"sent_to": sent})
             log.info("outbox event published")
 
     return publish
+
+
+def forgetter(publish_event: PublishEvent):
+    async def forget(event_id: Any) -> None:
+        await publish_event(JobEvent(event_id=str(event_id), type=JobEventType.DELETED))
+        log.info("job deleted, event published", event_id=str(event_id))
+
+    return forget
 
 
 async def send(producer: AIOKafkaProducer, settings: Settings, entry: OutboxDocument) -> dict[str, int]:
@@ -74,41 +95,28 @@ async def send(producer: AIOKafkaProducer, settings: Settings, entry: OutboxDocu
     return {str(metadata.partition): metadata.offset}
 
 
-async def settle_unfinished(
-    outbox: AsyncCollection, producer: AIOKafkaProducer, store: ObjectStore, runner: GroupOffsets, settings: Settings
+async def resend_lost(
+    outbox: AsyncCollection, producer: AIOKafkaProducer, runner: GroupOffsets, settings: Settings
 ) -> int:
-    """Settle the `sent` jobs older than STALL_TIMEOUT_S whose outcome is in storage, fail those whose
-    storage refuses for good, and publish again those whose event the broker lost. Returns how many
-    events were sent again."""
+    """Publish again the events of jobs sent more than STALL_TIMEOUT_S ago, not started by the runner,
+    that the broker lost. Returns how many were sent again."""
     cutoff = utcnow() - timedelta(seconds=settings.stall_timeout_s)
+    unstarted = {"sent_to": {"$ne": None}, "relayed_at": {"$lt": cutoff}, "started_at": None,
+                 "status": {"$in": [OutboxStatus.NEW.value, OutboxStatus.SENT.value]}}  # fmt: skip
     ends = await runner.ends()
     sent_again = 0
-    async for doc in outbox.find({"status": OutboxStatus.SENT.value, "sent_at": {"$lt": cutoff}}):
+    async for doc in outbox.find(unstarted):
         entry = OutboxDocument.model_validate(doc)
-        bucket, condition = entry.payload.bucket, {"_id": entry.id, "status": OutboxStatus.SENT.value}
+        if entry.sent_to and not lost(entry.sent_to, ends):
+            continue  # queued for the runner, or taken by it: the runner watches over it
         with structlog.contextvars.bound_contextvars(event_id=entry.id):
-            try:
-                if await transient(store.modified_at)(bucket, detection_key(entry.id)):
-                    await outbox.update_one(condition, {"$set": {"status": OutboxStatus.READY.value}})
-                    continue
-                if await transient(store.modified_at)(bucket, failure_key(entry.id)):
-                    await outbox.update_one(condition, {"$set": {"status": OutboxStatus.FAILED.value}})
-                    continue
-            except PermanentStorageError as error:
-                reason = f"the job's storage cannot be used: {error}"
-                await outbox.update_one(condition, {"$set": {"status": OutboxStatus.FAILED.value, "error": reason}})
-                log.error("job failed: storage refuses its bucket", error=str(error))
-                continue
-            where = doc.get("sent_to") or {}
-            if where and not lost(where, ends):
-                continue  # queued for the runner, or taken by it: the runner watches over it
             sent = await send(producer, settings, entry)
             await outbox.update_one(
-                {**condition, "sent_at": entry.sent_at},
-                {"$set": {"sent_at": utcnow(), "sent_to": sent}, "$inc": {"redeliveries": 1}},
+                {"_id": entry.id, "relayed_at": entry.relayed_at},
+                {"$set": {"relayed_at": utcnow(), "sent_to": sent}, "$inc": {"redeliveries": 1}},
             )
             log.warning("job event lost by the broker, sent again", redeliveries=1)
-            sent_again += 1
+        sent_again += 1
     return sent_again
 
 
@@ -119,12 +127,14 @@ def lost(where: dict[str, int], ends: dict[int, int]) -> bool:
 
 
 def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> Relay:
+    publish_event = job_event_publisher(producer, settings)
     return Relay(
         name=NAME,
         collection=db[OUTBOX],
         pipeline=PIPELINE,
-        source_filter={"status": OutboxStatus.NEW.value},
-        handle=publisher(db[OUTBOX], producer, settings),
+        source_filter=PENDING,
+        handle=publisher(db[OUTBOX], producer, publish_event, settings),
+        on_delete=forgetter(publish_event),
         tokens=MongoTokenStore(db[CHECKPOINTS]),
         checkpoint_interval=settings.relay_checkpoint_interval_s,
     )
@@ -132,7 +142,6 @@ def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
-    store = object_store(settings)
     async with (
         mongo_client(settings.mongo_uri) as client,
         kafka_producer(settings) as producer,
@@ -141,18 +150,18 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         db = client[settings.main_db]
         relay = build(db, producer, settings)
 
-        async def settle() -> None:
+        async def watch_lost() -> None:
             while not await wait_or_stop(stop, settings.stall_check_interval_s):
                 try:
-                    relay.stats.redeliveries += await settle_unfinished(db[OUTBOX], producer, store, runner, settings)
+                    relay.stats.redeliveries += await resend_lost(db[OUTBOX], producer, runner, settings)
                 except Exception as error:
-                    if not is_infrastructure(error):
+                    if not (is_infrastructure(error) or isinstance(error, TimeoutError)):
                         raise
-                    log.warning("settling unfinished jobs failed, trying again later", error=str(error)[:200])
+                    log.warning("looking for lost events failed, trying again later", error=str(error)[:200])
 
         async with (
             http_server(health_app(relay), settings.bind_host, settings.outbox_relay_port),
             asyncio.TaskGroup() as group,
         ):
             group.create_task(relay.run(stop))
-            group.create_task(settle())
+            group.create_task(watch_lost())

@@ -1,9 +1,12 @@
-"""S3 relay: the outcome of each job in `runner_db.runner_predictions` -> object storage.
+"""S3 relay: the runner's jobs in `runner_db.runner_predictions` -> object storage and `job_events`.
 
-`predictable` -> `detection/{id}.json`, streamed from the job's frame documents, then
-`predictable -> ready`; `failed` -> `failed/{id}.json` (why it failed), then `output_s3` is set on
-the failed job. Either way the job's frame documents are deleted once it is settled. Each object is
-written only if absent, so a replayed change writes nothing twice.
+`processing` -> `started` (once the frame count is known) and `progress`, at most one per job every
+PROGRESS_INTERVAL_S (the last one is never dropped, only delayed). `predictable` ->
+`detection/{id}.json`, streamed from the job's frame documents, then the `ready` event (so the API
+never hears of a result before it exists), then `predictable -> ready`; `failed` -> `failed/{id}.json`
+(why it failed) and the `failed` event, then `output_s3` is set on the failed job. Either way the job's
+frame documents are deleted once it is settled. Each object is written only if absent, so a replayed
+change writes nothing twice, and a replayed event is a duplicate the projector ignores.
 
 A storage error that no retry can fix (bucket deleted, access denied, invalid key) fails that one job
 with the reason, recorded as `export_error`, and the relay moves on; transient errors are retried
@@ -12,6 +15,8 @@ and, if they last, stop the relay before its token moves on.
 
 import asyncio
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -19,7 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from events import detection_file
-from events.clients import mongo_client, object_store
+from events.clients import ensure_topics, kafka_producer, mongo_client, object_store
 from events.contracts import (
     CHECKPOINTS,
     FRAMES,
@@ -27,6 +32,8 @@ from events.contracts import (
     DetectionHeader,
     FailureFile,
     FrameDocument,
+    JobEvent,
+    JobEventType,
     RunnerPrediction,
     StorageLocation,
     detection_key,
@@ -36,38 +43,101 @@ from events.contracts import (
 from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
-from events.runtime import http_server
+from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, health_app
+from relays.follow import Relay, health_app, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "s3-relay"
+PROCESSING = RunnerStatus.PROCESSING.value
 PREDICTABLE, FAILED = RunnerStatus.PREDICTABLE.value, RunnerStatus.FAILED.value
 OUTCOMES = [PREDICTABLE, FAILED]
+PROGRESS_FIELDS = ("received_frames", "total_frames", "frames_expected")
 PIPELINE = [
     {
         "$match": {
             "$or": [
                 {"operationType": "update", "updateDescription.updatedFields.status": {"$in": OUTCOMES}},
-                {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": {"$in": OUTCOMES}},
+                *({"operationType": "update", f"updateDescription.updatedFields.{name}": {"$exists": True}}
+                  for name in PROGRESS_FIELDS),
+                {"operationType": {"$in": ["insert", "replace"]},
+                 "fullDocument.status": {"$in": [PROCESSING, *OUTCOMES]}},
             ]
         }
     }
-]
-# Jobs whose outcome is not in storage yet, and could still be written there.
+]  # fmt: skip
+# Jobs whose progress may be news, and jobs whose outcome is not in storage yet and could still be.
 SOURCE_FILTER = {
     "$or": [
-        {"status": PREDICTABLE},
+        {"status": {"$in": [PROCESSING, PREDICTABLE]}},
         {"status": FAILED, "output_s3": {"$exists": False}, "export_error": {"$exists": False}},
     ]
 }
 SPOOL_BYTES = 8 * 1024 * 1024  # a detection file up to this size is assembled in memory, larger on disk
+PROGRESS_INTERVAL_S = 1.0
+FLUSH_INTERVAL_S = 0.2
+PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
 
-def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: ObjectStore):
+def progress_event(job: RunnerPrediction) -> JobEvent | None:
+    """`started` for a job with no frame back yet, once its frame count is known; `progress` after."""
+    total = job.total_frames if job.total_frames is not None else job.frames_expected
+    kind = JobEventType.PROGRESS if job.received_frames else JobEventType.STARTED
+    if kind == JobEventType.STARTED and total is None:
+        return None  # the runner has not opened the video yet
+    return JobEvent(event_id=job.id, type=kind, frames_total=total, frames_done=job.received_frames)
+
+
+class Throttle:
+    """At most one progress event per job per interval, and none that repeats the last one; a change
+    inside the interval is held back and published when it ends (by `flush`), so the latest progress
+    always goes out. Memory: the jobs that changed within the last interval."""
+
+    def __init__(self, publish: PublishEvent, interval: float = PROGRESS_INTERVAL_S) -> None:
+        self.publish, self.interval = publish, interval
+        self.sent: dict[str, tuple[float, tuple]] = {}  # job -> when, and what, was last published
+        self.held: dict[str, JobEvent] = {}
+
+    def due(self, job: str, now: float) -> bool:
+        return job not in self.sent or now - self.sent[job][0] >= self.interval
+
+    async def _send(self, event: JobEvent, now: float) -> None:
+        what = (event.type, event.frames_total, event.frames_done)
+        if self.sent.get(event.event_id, (0, None))[1] != what:
+            await self.publish(event)
+            self.sent[event.event_id] = (now, what)
+
+    async def offer(self, event: JobEvent) -> None:
+        now = time.monotonic()
+        if event.type == JobEventType.STARTED or self.due(event.event_id, now):
+            self.held.pop(event.event_id, None)
+            await self._send(event, now)
+        else:
+            self.held[event.event_id] = event
+
+    async def flush(self) -> None:
+        now = time.monotonic()
+        for job, event in list(self.held.items()):
+            if self.due(job, now):
+                del self.held[job]
+                await self._send(event.model_copy(update={"at": utcnow()}), now)
+        self.sent = {job: sent for job, sent in self.sent.items() if now - sent[0] < self.interval or job in self.held}
+
+    def forget(self, job: str) -> None:
+        self.sent.pop(job, None)
+        self.held.pop(job, None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not await wait_or_stop(stop, FLUSH_INTERVAL_S):
+            await self.flush()
+
+
+def exporter(
+    predictions: AsyncCollection, frames: AsyncCollection, store: ObjectStore, publish: PublishEvent, throttle: Throttle
+):
     @transient
     async def mark_exported(job: RunnerPrediction, location: StorageLocation) -> None:
         if job.status == RunnerStatus.PREDICTABLE:
@@ -111,8 +181,19 @@ def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: Objec
         failure = FailureFile(event_id=job.id, error=job.error or "unknown error", failed_at=job.failed_at or utcnow())
         await store.put_bytes(location.bucket, location.object, failure.to_bytes(), "application/json")
 
+    def outcome_event(job: RunnerPrediction, error: str | None = None) -> JobEvent:
+        if job.status == RunnerStatus.PREDICTABLE and error is None:
+            return JobEvent(event_id=job.id, type=JobEventType.READY, frames_total=job.total_frames,
+                            frames_done=job.received_frames)  # fmt: skip
+        return JobEvent(event_id=job.id, type=JobEventType.FAILED, error=error or job.error or "unknown error")
+
     async def export(doc: dict[str, Any]) -> None:
         job = RunnerPrediction.model_validate(doc)
+        if job.status == RunnerStatus.PROCESSING:
+            if (event := progress_event(job)) is not None:
+                await throttle.offer(event)
+            return
+        throttle.forget(job.id)
         predictable = job.status == RunnerStatus.PREDICTABLE
         location = StorageLocation(bucket=job.bucket, object=(detection_key if predictable else failure_key)(job.id))
         with structlog.contextvars.bound_contextvars(event_id=job.id):
@@ -123,9 +204,12 @@ def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: Objec
                     crash_point("after_side_effect")
                 else:
                     log.info("job outcome already present", object=location.object, duplicates=1)
+                await publish(outcome_event(job))
                 await mark_exported(job, location)
             except PermanentStorageError as error:
                 log.error("job outcome cannot be written, job failed", error=str(error), export_errors=1)
+                reason = f"the job's outcome could not be written to storage: {error}"
+                await publish(outcome_event(job, job.error or reason))
                 await mark_unexportable(job, error)
             # the job is settled, whatever its outcome: its frame documents are not needed any more
             await transient(frames.delete_many)(FrameDocument.range_of(job.id))
@@ -133,20 +217,29 @@ def exporter(predictions: AsyncCollection, frames: AsyncCollection, store: Objec
     return export
 
 
-def build(db: AsyncDatabase, store: ObjectStore, settings: Settings) -> Relay:
+def build(
+    db: AsyncDatabase, store: ObjectStore, publish: PublishEvent, throttle: Throttle, settings: Settings
+) -> Relay:
     return Relay(
         name=NAME,
         collection=db[PREDICTIONS],
         pipeline=PIPELINE,
         source_filter=SOURCE_FILTER,
-        handle=exporter(db[PREDICTIONS], db[FRAMES], store),
+        handle=exporter(db[PREDICTIONS], db[FRAMES], store, publish, throttle),
         tokens=MongoTokenStore(db[CHECKPOINTS]),
         checkpoint_interval=settings.relay_checkpoint_interval_s,
     )
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    async with mongo_client(settings.runner_mongo) as client:
-        relay = build(client[settings.runner_db], object_store(settings), settings)
-        async with http_server(health_app(relay), settings.bind_host, settings.s3_relay_port):
-            await relay.run(stop)
+    await ensure_topics(settings)
+    async with mongo_client(settings.runner_mongo) as client, kafka_producer(settings) as producer:
+        publish = job_event_publisher(producer, settings)
+        throttle = Throttle(publish)
+        relay = build(client[settings.runner_db], object_store(settings), publish, throttle, settings)
+        async with (
+            http_server(health_app(relay), settings.bind_host, settings.s3_relay_port),
+            asyncio.TaskGroup() as group,
+        ):
+            group.create_task(relay.run(stop))
+            group.create_task(throttle.run(stop))

@@ -52,6 +52,17 @@ def open_video(path: Path) -> cv2.VideoCapture:
     return capture
 
 
+def expected_samples(path: Path, stride: int) -> int | None:
+    """How many frames `sample_frames` will yield, as the container tells (an estimate: some containers
+    do not know, or are wrong); None if it does not say. VideoError if it is not a video we decode."""
+    capture = open_video(path)
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    return -(-count // stride) if count > 0 else None
+
+
 def sample_frames(path: Path, stride: int, max_side: int | None = None) -> Iterator[Frame]:
     """Yield every `stride`-th frame, reading the video once, in order, scaled down to `max_side`.
 

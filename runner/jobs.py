@@ -51,6 +51,11 @@ class Jobs:
         return _job(doc)
 
     @transient
+    async def expect(self, event_id: str, frames: int) -> None:
+        """How many frames the job should have, estimated before they are read (for its progress)."""
+        await self.collection.update_one({"_id": event_id, **PROCESSING}, {"$set": {"frames_expected": frames}})
+
+    @transient
     async def touch(self, event_id: str, tasks: dict[int, int]) -> None:
         """The job is being fanned out: its clock starts again, and the offsets of its last frame
         messages so far are kept (the stall check waits until the inference workers are past them)."""
@@ -138,6 +143,13 @@ class Jobs:
             return_document=ReturnDocument.AFTER,
         )
         return _job(doc)
+
+    @transient
+    async def forget(self, event_id: str) -> None:
+        """A job deleted by the API: its bookkeeping and frame results go (results still on their way
+        find no job and are ignored)."""
+        await self.collection.delete_one({"_id": event_id})
+        await self.frames.delete_many(FrameDocument.range_of(event_id))
 
     @transient
     async def fail(self, event_id: str, reason: str) -> bool:

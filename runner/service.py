@@ -31,14 +31,23 @@ from events.clients import (
     object_store,
 )
 from events.consume import Item, Loop, parse_with
-from events.contracts import FRAMES, PREDICTIONS, InferenceResult, InferenceTask, OutboxEvent, RunnerPrediction
+from events.contracts import (
+    FRAMES,
+    PREDICTIONS,
+    InferenceResult,
+    InferenceTask,
+    JobEvent,
+    JobEventType,
+    OutboxEvent,
+    RunnerPrediction,
+)
 from events.deadletter import dead_letter
 from events.log import get_logger
 from events.retry import is_infrastructure
 from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.storage import ObjectStore, PermanentStorageError
-from runner.frames import Frame, VideoError, encode_frame, sample_frames
+from runner.frames import Frame, VideoError, encode_frame, expected_samples, sample_frames
 from runner.jobs import Jobs
 
 log = get_logger(__name__)
@@ -110,6 +119,8 @@ class Runner:
             if len(deliveries) >= DELIVERY_BATCH:
                 await delivered()
 
+        if not skip and (expected := await asyncio.to_thread(expected_samples, path, self.settings.frame_stride)):
+            await self.jobs.expect(event_id, expected)
         frames = sample_frames(path, self.settings.frame_stride, self.settings.model_input_size)
         count = 0
         try:
@@ -264,6 +275,14 @@ class Runner:
         if event is not None:
             await self.fail(event.event_id, f"the job could not be started: {type(error).__name__}: {error}")
 
+    async def forget_deleted(self, items: list[Item[JobEvent]]) -> None:
+        """`deleted` job events: the API removed the job, the runner forgets it too."""
+        for _, event in items:
+            if event.type == JobEventType.DELETED:
+                await self.jobs.forget(event.event_id)
+                self.taken_at.pop(event.event_id, None)
+                log.info("job deleted, forgotten", event_id=event.event_id)
+
     async def store_items(self, items: list[Item[InferenceResult]]) -> None:
         await self.store_results([result for _, result in items])
 
@@ -281,7 +300,7 @@ def health_app(stats: Stats, loops: list[Loop]) -> FastAPI:
         return {
             "status": "ok",
             "service": SERVICE,
-            "ready": all(loop.assigned for loop in loops),  # jobs and results both reach this runner
+            "ready": all(loop.assigned for loop in loops),  # jobs, results and deletions all reach this runner
             **counters,
             "uptime_seconds": round(time.monotonic() - stats.started, 3),
         }
@@ -300,6 +319,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP, 1, max_poll_interval_ms=JOB_POLL_INTERVAL_MS
             ) as jobs_consumer,
             kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
+            kafka_consumer(settings, topics.JOB_EVENTS, topics.RUNNER_CLEANUP_GROUP, 500) as events_consumer,
             group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
         ):
             db = client[settings.runner_db]
@@ -308,6 +328,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),
                 Loop(results_consumer, parse_with(InferenceResult.from_bytes), runner.store_items,
                      runner.dead_letter, 500),
+                Loop(events_consumer, parse_with(JobEvent.from_bytes), runner.forget_deleted, runner.dead_letter, 500),
             ]  # fmt: skip
             async with http_server(health_app(runner.stats, loops), settings.bind_host, settings.runner_port):
                 log.info("runner ready")

@@ -47,6 +47,15 @@ def s3_relay() -> None:
     run_service("s3-relay", main)
 
 
+@app.command("webhook-relay")
+def webhook_relay() -> None:
+    """POST a signed webhook to each finished job's callback_url (retried, at least once)."""
+    from events.runtime import run_service
+    from relays.webhooks import main
+
+    run_service("webhook-relay", main)
+
+
 @app.command()
 def runner() -> None:
     """Extract frames, fan them out to inference, collect the results (health on port 8002)."""
@@ -136,6 +145,7 @@ def up(
     inference_port: int = 8003,
     outbox_relay_port: int = 8004,
     s3_relay_port: int = 8005,
+    webhook_relay_port: int = 8006,
     inference_workers: Annotated[
         int, typer.Option(help="inference worker processes; 0: one per core, each with one ONNX Runtime thread")
     ] = 0,
@@ -143,5 +153,8 @@ def up(
     """Start SecantusDB, Tansu and every service on this machine; Ctrl-C stops them all."""
     from vdetect.stack import Ports, run_stack
 
-    ports = Ports(mongo_port, kafka_port, api_port, runner_port, inference_port, outbox_relay_port, s3_relay_port)
+    ports = Ports(
+        mongo_port, kafka_port, api_port, runner_port, inference_port, outbox_relay_port, s3_relay_port,
+        webhook_relay_port,
+    )  # fmt: skip
     raise typer.Exit(run_stack(data_dir.resolve(), ports, inference_workers))

@@ -71,7 +71,8 @@ def local_stack(
     """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end.
 
     `before_ready` is called with the stack as soon as it has started the API, before it is ready."""
-    ports = {name: free_port() for name in ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay")}
+    names = ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay", "webhook-relay")
+    ports = {name: free_port() for name in names}
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}

@@ -27,7 +27,7 @@ from events.settings import Settings
 log = get_logger("stack")
 STOP_GRACE_S = 20
 NOOP_HEARTBEAT_S = 10  # like MongoDB's periodic no-op writer: quiet change streams still advance their token
-KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
+KAFKA_CLIENTS = ("inference", "runner", "outbox-relay", "s3-relay", "api")
 MAX_BACKOFF_S = 30
 HEALTHY_AFTER_S = 60
 
@@ -41,6 +41,7 @@ class Ports:
     inference: int = 8003
     outbox_relay: int = 8004
     s3_relay: int = 8005
+    webhook_relay: int = 8006
 
 
 @dataclass
@@ -176,7 +177,8 @@ def services(ports: Ports, env: dict[str, str], inference_workers: int) -> list[
               {**env, "INFERENCE_PORT": str(ports.inference if i == 0 else 0)})
         for i in range(inference_workers)
     ]  # fmt: skip
-    children += [Child(name, [*command, name], env) for name in ("runner", "outbox-relay", "s3-relay", "api")]
+    names = ("runner", "outbox-relay", "s3-relay", "webhook-relay", "api")
+    children += [Child(name, [*command, name], env) for name in names]
     return children
 
 
@@ -207,6 +209,8 @@ def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
         "INFERENCE_PORT": str(ports.inference),
         "OUTBOX_RELAY_PORT": str(ports.outbox_relay),
         "S3_RELAY_PORT": str(ports.s3_relay),
+        "WEBHOOK_RELAY_PORT": str(ports.webhook_relay),
+        "PUBLIC_URL": os.environ.get("PUBLIC_URL", f"http://127.0.0.1:{ports.api}"),
         "PYTHONUNBUFFERED": "1",
     }
 

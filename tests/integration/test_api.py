@@ -1,5 +1,6 @@
 """The API against real SecantusDB and a storage folder, through HTTP requests to the ASGI app."""
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -8,16 +9,19 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
+from events.clients import ensure_topics, kafka_producer
 from events.contracts import (
     DetectedObject,
     DetectionFile,
-    FailureFile,
     FramePrediction,
+    JobEvent,
+    JobEventType,
     detection_key,
-    failure_key,
     utcnow,
 )
+from relays.follow import job_event_publisher
 from tests.servers import bikes_video
+from vdetect.harness import wait_until
 
 
 @pytest.fixture
@@ -111,7 +115,7 @@ def test_cleanup_removes_jobs_and_objects(client: TestClient, settings) -> None:
         upload(client)
     answer = client.delete("/api/cleanup/all").json()
     assert answer == {"status": "ok", "jobs_deleted": 2, "objects_deleted": 2}
-    assert client.get("/api/status/all").json() == {"operations": [], "total": 0}
+    assert client.get("/api/status/all").json() == {"operations": [], "total": 0, "next": None}
     assert not list(settings.storage_dir.rglob("*.mp4"))
 
 
@@ -189,13 +193,94 @@ def test_reads_need_no_key_and_a_valid_key_lets_an_upload_through(strict_client:
     assert response.status_code == 200
 
 
-def test_a_failed_job_shows_its_reason(client: TestClient, settings) -> None:
+def publish(settings, *events: JobEvent) -> None:
+    """Put job events on the real topic, as the relays do; the API's projector folds them in."""
+
+    async def send() -> None:
+        await ensure_topics(settings)
+        async with kafka_producer(settings) as producer:
+            for event in events:
+                await job_event_publisher(producer, settings)(event)
+
+    asyncio.run(send())
+
+
+def answer_when(client: TestClient, event_id: str, check, timeout: float = 30) -> dict:
+    return wait_until(lambda: check(answer := client.get(f"/api/result_video/{event_id}").json()) and answer,
+                      timeout, f"the answer of {event_id}")  # fmt: skip
+
+
+def test_a_failed_job_shows_its_reason_from_its_events(client: TestClient, settings) -> None:
     event_id = upload(client)["event_id"]
-    failure = FailureFile(event_id=event_id, error="the video has no decodable frames", failed_at=utcnow())
-    target = settings.storage_dir / "videos" / failure_key(event_id)
-    target.parent.mkdir(parents=True)
-    target.write_bytes(failure.to_bytes())
-    answer = client.get(f"/api/result_video/{event_id}").json()
-    assert answer["status"] == "failed" and answer["error"] == "the video has no decodable frames"
+    publish(settings, JobEvent(event_id=event_id, type=JobEventType.FAILED, error="the video has no decodable frames"))
+    answer = answer_when(client, event_id, lambda a: a["status"] == "failed")
+    assert answer["error"] == "the video has no decodable frames" and answer["eta_seconds"] is None
     (operation,) = client.get("/api/status/all").json()["operations"]
     assert operation["status_code"] == "failed" and operation["error"] == "the video has no decodable frames"
+
+
+def test_progress_comes_from_job_events_and_ready_only_from_storage(client: TestClient, settings) -> None:
+    event_id = upload(client)["event_id"]
+    publish(
+        settings,
+        JobEvent(event_id=event_id, type=JobEventType.SENT),
+        JobEvent(event_id=event_id, type=JobEventType.STARTED, frames_total=10, frames_done=0),
+        JobEvent(event_id=event_id, type=JobEventType.PROGRESS, frames_total=10, frames_done=4),
+    )
+    answer = answer_when(client, event_id, lambda a: a["frames_done"] == 4)
+    assert answer["status"] == "sent" and answer["frames_total"] == 10 and answer["progress"] == 0.4
+    assert answer["eta_seconds"] is not None and answer["eta_seconds"] >= 0
+    (operation,) = client.get("/api/status/all").json()["operations"]
+    assert (operation["status_code"], operation["progress"], operation["frames_total"]) == ("sent", 0.4, 10)
+    # a `ready` event whose file is missing does not make the job ready: storage is the truth
+    publish(settings, JobEvent(event_id=event_id, type=JobEventType.READY, frames_total=10, frames_done=10))
+    answer = answer_when(client, event_id, lambda a: a["status"] != "sent")
+    assert answer["status"] == "failed" and "no longer in storage" in answer["error"]
+
+
+def test_status_all_pages_through_every_job_in_order(client: TestClient, settings) -> None:
+    ids = [upload(client, content=b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)["event_id"] for _ in range(5)]
+    everything = client.get("/api/status/all").json()
+    assert [o["video_id"] for o in everything["operations"]] == ids and everything["next"] is None
+    seen, after = [], None
+    while True:
+        page = client.get("/api/status/all", params={"limit": 2, **({"after": after} if after else {})}).json()
+        assert len(page["operations"]) <= 2 and page["total"] == len(page["operations"])
+        seen += [o["video_id"] for o in page["operations"]]
+        if (after := page["next"]) is None:
+            break
+    assert seen == ids
+    assert client.get("/api/status/all", params={"status": "new"}).json()["total"] == 5
+    assert client.get("/api/status/all", params={"status": "ready"}).json()["operations"] == []
+    for bad, code in (({"after": "garbage"}, 400), ({"limit": 0}, 422), ({"limit": 1001}, 422),
+                      ({"status": "lost"}, 422)):  # fmt: skip
+        assert client.get("/api/status/all", params=bad).status_code == code
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://93.184.215.14/hook", "http or https"),
+        ("http://127.0.0.1:9/hook", "private"),
+        ("http://10.1.2.3/hook", "private"),
+        ("http://[::1]/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data", "private"),  # cloud metadata: link-local
+        ("https://no-such-host.invalid/hook", "cannot be resolved"),
+    ],
+)
+def test_callback_urls_into_private_networks_are_refused(settings, url: str, message: str) -> None:
+    hooked = settings.model_copy(update={"webhook_secret": SecretStr("whsec")})
+    with TestClient(create_app(hooked)) as client:
+        answer = upload(client, callback_url=url)
+        assert answer["code"] == 400 and message in answer["detail"]
+        response = client.post("/api/request", json={"object": "input/x.mp4", "callback_url": url})
+        assert response.status_code == 400 and message in response.json()["detail"]
+        assert upload(client, callback_url="https://93.184.215.14/hook")["code"] == 200  # a public address
+    assert upload_without_secret(settings)["code"] == 400
+
+
+def upload_without_secret(settings) -> dict:
+    with TestClient(create_app(settings)) as client:
+        answer = upload(client, callback_url="https://93.184.215.14/hook")
+    assert "WEBHOOK_SECRET" in answer["detail"]
+    return answer

@@ -8,21 +8,21 @@ from aiokafka import AIOKafkaProducer
 
 import relays.outbox
 from events import topics
-from events.clients import group_offsets, kafka_producer, object_store
+from events.clients import group_offsets, kafka_producer
 from events.contracts import (
     CHECKPOINTS,
     OUTBOX,
+    JobEvent,
+    JobEventType,
     OutboxDocument,
     OutboxEvent,
     OutboxPayload,
-    detection_key,
-    failure_key,
     utcnow,
 )
 from events.settings import Settings
 from events.statuses import OutboxStatus
 from relays.follow import Relay
-from relays.outbox import NAME, send, settle_unfinished
+from relays.outbox import NAME, resend_lost, send
 from tests.conftest import eventually, read_topic, serving
 
 
@@ -36,8 +36,9 @@ def outbox_relay(db, producer: AIOKafkaProducer, settings: Settings) -> Relay:
 
 
 async def all_sent(outbox, ids) -> bool:
+    """The relay's own bookkeeping: published, and where to (the status belongs to the projector)."""
     docs = await outbox.find({"_id": {"$in": ids}}).to_list(None)
-    return len(docs) == len(ids) and all(d["status"] == "sent" and d.get("sent_at") for d in docs)
+    return len(docs) == len(ids) and all(d.get("relayed_at") and d.get("sent_to") for d in docs)
 
 
 async def test_relay_publishes_old_and_new_events_keyed_by_id_and_marks_them_sent(settings, mongo, kafka_topics):
@@ -59,6 +60,24 @@ async def test_relay_publishes_old_and_new_events_keyed_by_id_and_marks_them_sen
         assert event.event_id == message.key.decode()
         assert event.payload.object == f"input/{event.event_id}.mp4"
     assert await db[CHECKPOINTS].find_one({"_id": NAME}) is not None
+    # each job's first events, in order: accepted (with the job, for a replay), then sent
+    job_events = [JobEvent.from_bytes(m.value) for m in await read_topic(settings, topics.JOB_EVENTS, 10)]
+    for event_id in ids:
+        mine = [e for e in job_events if e.event_id == event_id]
+        assert [e.type for e in mine] == [JobEventType.ACCEPTED, JobEventType.SENT]
+        assert mine[0].payload.object == f"input/{event_id}.mp4" and mine[0].created_at is not None
+    assert all(doc["status"] == "new" for doc in await db[OUTBOX].find().to_list(None))  # the projector's to move
+
+
+async def test_a_deleted_job_becomes_a_deleted_event(settings, mongo, kafka_topics):
+    db = mongo[settings.main_db]
+    async with kafka_producer(settings) as producer, serving(outbox_relay(db, producer, settings)):
+        job = new_event()
+        await db[OUTBOX].insert_one(job.to_mongo())
+        await eventually(lambda: all_sent(db[OUTBOX], [job.id]))
+        await db[OUTBOX].delete_one({"_id": job.id})
+        messages = await read_topic(settings, topics.JOB_EVENTS, 3)
+    assert [JobEvent.from_bytes(m.value).type for m in messages] == ["accepted", "sent", "deleted"]
 
 
 async def test_relay_resumes_from_its_token_after_a_restart(settings, mongo, kafka_topics):
@@ -92,40 +111,38 @@ async def test_a_quiet_relay_still_advances_its_stored_token(settings, mongo, ka
     assert moved["updated_at"] > first["updated_at"]
 
 
-async def test_sent_jobs_are_settled_and_only_events_the_broker_lost_are_sent_again(settings, mongo, kafka_topics):
-    db, store = mongo[settings.main_db], object_store(settings)
-    await store.ensure_bucket("videos")
-    lost, queued, done, broken, orphan = (new_event() for _ in range(5))
-    orphan.payload.bucket = "deleted-bucket"
+async def test_only_events_the_broker_lost_are_sent_again(settings, mongo, kafka_topics):
+    db = mongo[settings.main_db]
+    lost, queued, started, finished = (new_event() for _ in range(4))
     long_ago = utcnow() - timedelta(seconds=settings.stall_timeout_s + 60)
     async with kafka_producer(settings) as producer:
         where = await send(producer, settings, queued)  # still waiting for the runner in the topic
-        for event in (lost, queued, done, broken, orphan):
-            event.status, event.sent_at = OutboxStatus.SENT, long_ago
-            doc = event.to_mongo() | {"sent_to": where}
-            if event is lost:  # an offset the topic no longer has: the broker restarted empty
-                doc["sent_to"] = {partition: offset + 1000 for partition, offset in where.items()}
+        gone = {partition: offset + 1000 for partition, offset in where.items()}  # the broker restarted empty
+        for event in (lost, queued, started, finished):
+            event.status, event.relayed_at = OutboxStatus.SENT, long_ago
+            doc = event.to_mongo() | {"sent_to": where if event is queued else gone}
+            if event is started:  # the runner has it: the runner watches over it
+                doc["started_at"] = long_ago
+            if event is finished:
+                doc["status"] = "ready"
             await db[OUTBOX].insert_one(doc)
-        await store.put_bytes("videos", detection_key(done.id), b"{}", "application/json")
-        await store.put_bytes("videos", failure_key(broken.id), b"{}", "application/json")
         async with group_offsets(settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP) as runner:
-            assert await settle_unfinished(db[OUTBOX], producer, store, runner, settings) == 1
-            assert await settle_unfinished(db[OUTBOX], producer, store, runner, settings) == 0  # not stalled any more
+            assert await resend_lost(db[OUTBOX], producer, runner, settings) == 1
+            assert await resend_lost(db[OUTBOX], producer, runner, settings) == 0  # not stalled any more
     messages = await read_topic(settings, topics.OUTBOX_EVENTS, 2)
     assert sorted(m.key.decode() for m in messages) == sorted([queued.id, lost.id])  # queued: sent once only
     statuses = {doc["_id"]: doc for doc in await db[OUTBOX].find().to_list(None)}
-    assert statuses[lost.id]["status"] == "sent" and statuses[lost.id]["redeliveries"] == 1
-    assert statuses[queued.id]["status"] == "sent" and "redeliveries" not in statuses[queued.id]
-    assert statuses[done.id]["status"] == "ready"
-    assert statuses[broken.id]["status"] == "failed"
-    assert statuses[orphan.id]["status"] == "failed" and "deleted-bucket" in statuses[orphan.id]["error"]
+    assert statuses[lost.id]["redeliveries"] == 1
+    assert all("redeliveries" not in statuses[e.id] for e in (queued, started, finished))
 
 
 async def test_two_relays_at_once_change_each_status_once_and_lose_nothing(settings, mongo, kafka_topics):
     db = mongo[settings.main_db]
     events = [new_event() for _ in range(20)]
     ids = [e.id for e in events]
-    pipeline = [{"$match": {"operationType": "update", "updateDescription.updatedFields.status": "sent"}}]
+    pipeline = [
+        {"$match": {"operationType": "update", "updateDescription.updatedFields.relayed_at": {"$exists": True}}}
+    ]
     async with await db[OUTBOX].watch(pipeline, max_await_time_ms=200) as changes:
         async with (
             kafka_producer(settings) as producer,
@@ -140,6 +157,6 @@ async def test_two_relays_at_once_change_each_status_once_and_lose_nothing(setti
         updates: list[str] = []
         while (change := await changes.try_next()) is not None:
             updates.append(change["documentKey"]["_id"])
-    assert sorted(updates) == sorted(ids)  # new -> sent exactly once per event, whichever relay won
+    assert sorted(updates) == sorted(ids)  # marked sent exactly once per event, whichever relay won
     published = {m.key.decode() for m in await read_topic(settings, topics.OUTBOX_EVENTS, len(ids))}
     assert published == set(ids)

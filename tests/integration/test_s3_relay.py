@@ -2,10 +2,12 @@
 
 import asyncio
 import shutil
+import time
 import uuid
 
 import relays.s3
-from events.clients import object_store
+from events import topics
+from events.clients import kafka_producer, object_store
 from events.contracts import (
     FRAMES,
     PREDICTIONS,
@@ -14,20 +16,33 @@ from events.contracts import (
     FailureFile,
     FrameDocument,
     FramePrediction,
+    JobEvent,
+    JobEventType,
     RunnerPrediction,
     detection_key,
     failure_key,
     utcnow,
 )
 from events.statuses import RunnerStatus
-from relays.follow import Relay
-from tests.conftest import eventually, serving
+from relays.follow import Relay, job_event_publisher
+from tests.conftest import eventually, read_topic, serving
 
 CAR = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.9)
 
 
-def s3_relay(db, store, settings) -> Relay:
-    return relays.s3.build(db, store, settings)
+class Published(list):
+    """The job events a relay published, in order (the Kafka path is tested with real Tansu below)."""
+
+    async def __call__(self, event: JobEvent) -> None:
+        self.append(event)
+
+    def of(self, job: RunnerPrediction) -> list[JobEvent]:
+        return [event for event in self if event.event_id == job.id]
+
+
+def s3_relay(db, store, settings, published: Published | None = None) -> Relay:
+    publish = published if published is not None else Published()
+    return relays.s3.build(db, store, publish, relays.s3.Throttle(publish), settings)
 
 
 def finished_job(bucket: str = "videos") -> RunnerPrediction:
@@ -52,12 +67,13 @@ async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mong
     swept, streamed, other = finished_job(), finished_job(), finished_job()
     swept.status = RunnerStatus.PREDICTABLE
     await with_frames(db, swept, streamed, other)
-    async with serving(s3_relay(db, store, settings)) as relay:
+    published = Published()
+    async with serving(s3_relay(db, store, settings, published)) as relay:
         await asyncio.sleep(0.5)
         await db[PREDICTIONS].update_one({"_id": streamed.id}, {"$set": {"status": "predictable"}})
         for job in (swept, streamed):
             await eventually(lambda job=job: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
-        assert relay.stats.swept == 1
+        assert relay.stats.swept == 3  # the predictable job to write; the processing ones for their progress
     for job in (swept, streamed):
         doc = await db[PREDICTIONS].find_one({"_id": job.id})
         assert doc["output_s3"] == {"bucket": "videos", "object": f"detection/{job.id}.json"}
@@ -69,6 +85,44 @@ async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mong
     assert await store.get_bytes("videos", detection_key(other.id)) is None  # still processing
     assert (await db[PREDICTIONS].find_one({"_id": other.id}))["status"] == "processing"
     assert await db[FRAMES].count_documents(FrameDocument.range_of(other.id)) == 2
+    for job in (swept, streamed):  # `ready` once the file exists, with the exact frame count
+        (ready,) = [e for e in published.of(job) if e.type == JobEventType.READY]
+        assert ready.frames_total == ready.frames_done == 2
+    assert [e.type for e in published.of(other)] == [JobEventType.PROGRESS]  # still processing: its progress
+
+
+async def test_progress_reaches_job_events_at_most_once_a_second_and_the_last_one_too(settings, mongo, kafka_topics):
+    db, store = mongo[settings.runner_db], object_store(settings)
+    job = RunnerPrediction(id=str(uuid.uuid4()), bucket="videos")
+    published = Published()
+    async with kafka_producer(settings) as producer:
+        to_kafka = job_event_publisher(producer, settings)
+
+        async def publish(event: JobEvent) -> None:
+            await to_kafka(event)
+            await published(event)
+
+        throttle = relays.s3.Throttle(publish)
+        relay = relays.s3.build(db, store, publish, throttle, settings)
+        async with serving(relay), serving(throttle):
+            await db[PREDICTIONS].insert_one(job.to_mongo())  # the video not opened yet: no count, no event
+            await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"frames_expected": 30}})
+            await eventually(lambda: asyncio.sleep(0, published.of(job)))
+            started = time.monotonic()
+            for done in range(1, 31):  # 30 results over about 1.5 s
+                await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"received_frames": done}})
+                await asyncio.sleep(0.05)
+            seconds = time.monotonic() - started
+            # the last change fell inside an interval: it is held back, then published
+            await eventually(lambda: asyncio.sleep(0, published.of(job)[-1].frames_done == 30))
+    events = published.of(job)
+    assert events[0].type == JobEventType.STARTED and events[0].frames_total == 30 and events[0].frames_done == 0
+    progress = events[1:]
+    assert {e.type for e in progress} == {JobEventType.PROGRESS}
+    assert 1 <= len(progress) <= seconds / relays.s3.PROGRESS_INTERVAL_S + 2
+    assert [e.frames_done for e in progress] == sorted(e.frames_done for e in progress)
+    on_kafka = [JobEvent.from_bytes(m.value) for m in await read_topic(settings, topics.JOB_EVENTS, len(events))]
+    assert [(e.type, e.frames_done) for e in on_kafka] == [(e.type, e.frames_done) for e in events]
 
 
 async def test_a_replayed_job_does_not_rewrite_its_detection_file(settings, mongo):
@@ -91,7 +145,8 @@ async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
     await store.ensure_bucket("videos")
     job = finished_job()
     await with_frames(db, job)  # frames stored before the job failed
-    async with serving(s3_relay(db, store, settings)):
+    published = Published()
+    async with serving(s3_relay(db, store, settings, published)):
         await asyncio.sleep(0.5)
         await db[PREDICTIONS].update_one(
             {"_id": job.id}, {"$set": {"status": "failed", "error": "no decodable frames", "failed_at": utcnow()}}
@@ -103,6 +158,8 @@ async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
     failure = FailureFile.from_bytes(await store.get_bytes("videos", failure_key(job.id)))
     assert failure.error == "no decodable frames" and failure.event_id == job.id
     assert await store.get_bytes("videos", detection_key(job.id)) is None
+    (failed,) = [e for e in published.of(job) if e.type == JobEventType.FAILED]
+    assert failed.error == "no decodable frames"
 
 
 async def test_a_job_whose_bucket_is_gone_fails_with_the_reason_and_the_relay_moves_on(settings, mongo):
@@ -112,7 +169,8 @@ async def test_a_job_whose_bucket_is_gone_fails_with_the_reason_and_the_relay_mo
     orphan, healthy = finished_job("doomed"), finished_job("videos")
     await with_frames(db, orphan, healthy)
     shutil.rmtree(settings.storage_dir / "doomed")  # deleted after the upload
-    async with serving(s3_relay(db, store, settings)) as relay:
+    published = Published()
+    async with serving(s3_relay(db, store, settings, published)) as relay:
         await asyncio.sleep(0.5)
         for job in (orphan, healthy):  # the broken job first: the relay must not stop at it
             await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"status": "predictable"}})
@@ -123,3 +181,5 @@ async def test_a_job_whose_bucket_is_gone_fails_with_the_reason_and_the_relay_mo
     assert failed["status"] == "failed" and "doomed" in failed["error"] and "does not exist" in failed["error"]
     assert changes >= 2  # the relay went on after the failure (it would have exited otherwise)
     assert DetectionFile.from_bytes(await store.get_bytes("videos", detection_key(healthy.id))).total_frames == 2
+    assert [e.type for e in published.of(orphan) if e.type != JobEventType.PROGRESS] == [JobEventType.FAILED]
+    assert "doomed" in published.of(orphan)[-1].error

@@ -12,6 +12,8 @@ from events.contracts import (
     FramePrediction,
     InferenceResult,
     InferenceTask,
+    JobEvent,
+    JobEventType,
     OutboxDocument,
     OutboxEvent,
     OutboxPayload,
@@ -35,7 +37,10 @@ MESSAGES = [
         completed_at=NOW,
     ),
     DeadLetter(service="inference", error="ValueError: x", topic="t", partition=0, offset=3, key="k", value="{}"),
-]
+    JobEvent(event_id="e1", type=JobEventType.ACCEPTED, at=NOW, created_at=NOW, callback_url="https://example.com/h",
+             payload=OutboxPayload(bucket="videos", object="input/e1.mp4")),
+    JobEvent(event_id="e1", type=JobEventType.PROGRESS, at=NOW, frames_total=50, frames_done=20),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -54,12 +59,14 @@ def test_detected_object_uses_the_spec_field_name_class() -> None:
 
 def test_outbox_document_matches_the_spec_shape() -> None:
     doc = OutboxDocument(id="v1", payload=OutboxPayload(bucket="videos", object="input/v1.mp4"), created_at=NOW)
-    assert doc.to_mongo() == {
+    spec = {
         "_id": "v1",
         "status": "new",
         "payload": {"bucket": "videos", "object": "input/v1.mp4", "media_type": "video"},
         "created_at": NOW,
     }
+    # the seed's fields, plus the read model's progress (none yet)
+    assert doc.to_mongo() == {**spec, "frames_done": 0, "progress": 0.0, "version": 0}
     assert OutboxDocument.model_validate(doc.to_mongo()) == doc
 
 
