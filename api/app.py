@@ -43,20 +43,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with mongo_client(settings.mongo_uri, timeoutMS=DATABASE_TIMEOUT_S * 1000) as main:
             store = object_store(settings)
             await store.ensure_bucket(settings.default_bucket)
-            outbox, closing = main[settings.main_db][OUTBOX], asyncio.Event()
+            outbox, stop = main[settings.main_db][OUTBOX], asyncio.Event()
             # change streams wait longer than a request may: their own client, without the request timeout
             async with mongo_client(settings.mongo_uri) as follower, asyncio.TaskGroup() as background:
                 feed = JobFeed(follower[settings.main_db][OUTBOX])
-                app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed, closing=closing)
+                app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed)
                 tasks = [
-                    background.create_task(feed.run(closing)),
+                    background.create_task(feed.run(stop)),
                     background.create_task(projector.run(settings, Projector(follower[settings.main_db][OUTBOX]),
-                                                         closing)),
+                                                         stop)),
                 ]  # fmt: skip
                 try:
                     yield
                 finally:
-                    closing.set()  # live update streams end
+                    stop.set()
+                    feed.close()  # live update streams end
                     for task in tasks:  # at least once: events being applied are applied again after a restart
                         task.cancel()
 

@@ -1,6 +1,5 @@
 """What a request handler gets: the clients opened by the app's lifespan."""
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -19,7 +18,6 @@ class Services:
     outbox: AsyncCollection  # the outbox, and the read model of jobs (the API never reads runner_db)
     store: ObjectStore
     feed: JobFeed  # live updates of the read model
-    closing: asyncio.Event  # set when the API shuts down: live update streams end
 
 
 def get_services(request: Request) -> Services:

@@ -60,6 +60,13 @@ class JobFeed:
         self.jobs = jobs
         self.listeners: set[Listener] = set()
         self.following = asyncio.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: every listener wakes up, and its stream ends."""
+        self.closed = True
+        for listener in list(self.listeners):
+            listener.changed.set()
 
     @contextlib.asynccontextmanager
     async def listen(self, job: str | None = None) -> AsyncIterator[Listener]:

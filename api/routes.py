@@ -188,7 +188,7 @@ async def live_updates(services: Services, request: Request, job: str | None) ->
             messages, over = await render(docs)
             for message in messages:
                 yield message
-            if over or await request.is_disconnected() or services.closing.is_set():
+            if over or await request.is_disconnected() or services.feed.closed:
                 return
             changes = await listener.next(KEEPALIVE_S)
             if listener.resync:  # changes may have been missed: start again from the current state

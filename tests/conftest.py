@@ -2,8 +2,14 @@
 
 import asyncio
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -97,6 +103,10 @@ async def eventually(check, timeout: float = 30, interval: float = 0.2):
     return result
 
 
+async def counted(collection, query: dict, expected: int) -> bool:
+    return await collection.count_documents(query) == expected
+
+
 @contextlib.asynccontextmanager
 async def serving(service):
     """Run a service object's `run(stop)` loop as a task for the length of the block."""
@@ -124,3 +134,36 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "STORAGE_DIR": str(settings.storage_dir),
         "RELAY_CHECKPOINT_INTERVAL_S": str(settings.relay_checkpoint_interval_s),
     }
+
+
+class RelayProcess:
+    def __init__(self, kind: str, settings: Settings, log: Path, crash_at: str = "", **extra: str) -> None:
+        env = {**os.environ, **settings_env(settings), "VDETECT_CRASH_AT": crash_at, **extra}
+        self.kind, self.log = kind, log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vdetect", kind], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    async def died(self) -> int:
+        async with asyncio.timeout(60):
+            while self.process.poll() is None:
+                await asyncio.sleep(0.1)
+        return self.process.returncode
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(30)
+
+
+@contextmanager
+def relay(kind: str, settings: Settings, log: Path, crash_at: str = "", **env: str) -> Iterator[RelayProcess]:
+    """A relay (`vdetect <kind>`) as a real process; VDETECT_CRASH_AT makes it SIGKILL itself there."""
+    process = RelayProcess(kind, settings, log, crash_at, **env)
+    try:
+        yield process
+    finally:
+        process.stop()

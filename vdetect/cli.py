@@ -11,6 +11,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 @app.command()
 def api() -> None:
     """The HTTP API (port 8080)."""
+    import asyncio
+
     import uvicorn
 
     from api.app import create_app
@@ -19,14 +21,18 @@ def api() -> None:
 
     settings = Settings()
     configure_logging("api", settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.bind_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # live update streams end first: the graceful shutdown then does not wait for them
+            if services := getattr(app.state, "services", None):
+                asyncio.get_running_loop().call_soon_threadsafe(services.feed.close)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(app, host=settings.bind_host, port=settings.api_port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=30)  # fmt: skip
+    Server(config).run()
 
 
 @app.command("outbox-relay")

@@ -1,17 +1,29 @@
-"""End to end: `vdetect up` on free ports, a real video uploaded over HTTP, detections back."""
+"""End to end: `vdetect up` on free ports, a real video uploaded over HTTP, detections back, with
+live updates read over Server-Sent Events and a webhook received by a real HTTP server."""
 
+import asyncio
+import json
 import os
 import signal
+import statistics
+import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.servers import bikes_video
+from api.projector import Projector
+from events import topics
+from events.clients import mongo_client
+from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState
+from events.settings import Settings
+from tests.conftest import read_topic
+from tests.servers import Receiver, bikes_video, webhook_receiver
 from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
+SECRET = "whsec-e2e"
 
 
 def kill_the_runner(stack: Stack) -> None:
@@ -19,10 +31,40 @@ def kill_the_runner(stack: Stack) -> None:
 
 
 @pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with webhook_receiver(SECRET) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # the runner is killed while the stack still waits for its services to be ready
-    with local_stack(tmp_path_factory.mktemp("stack"), before_ready=kill_the_runner) as running:
+    with local_stack(tmp_path_factory.mktemp("stack"), before_ready=kill_the_runner, WEBHOOK_SECRET=SECRET,
+                     WEBHOOK_ALLOW_PRIVATE="true") as running:  # fmt: skip
         yield running
+
+
+def stack_settings(stack: Stack) -> Settings:
+    return Settings(
+        mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
+        kafka_bootstrap_servers=f"127.0.0.1:{stack.ports['kafka']}",
+        kafka_session_timeout_ms=6000,
+    )
+
+
+def follow(url: str, messages: list[tuple[float, dict]]) -> threading.Thread:
+    """Read a Server-Sent Events stream in a thread, as a browser would: (arrival time, data) each."""
+
+    def read() -> None:
+        with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=60)) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    messages.append((time.monotonic(), json.loads(line.removeprefix("data: "))))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
 
 
 def test_the_stack_supervises_from_its_first_second(stack: Stack) -> None:
@@ -32,16 +74,22 @@ def test_the_stack_supervises_from_its_first_second(stack: Stack) -> None:
     assert restarted < events.index(("stack ready", None))  # not after a readiness wait of up to 180 s
 
 
-def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack) -> None:
+def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack, receiver: Receiver) -> None:
+    everything: list[tuple[float, dict]] = []
+    follow(f"{stack.api}/jobs/events", everything)  # every job's changes, for as long as the stack runs
     started = time.monotonic()
     with bikes_video().open("rb") as video:
         response = httpx.post(f"{stack.api}/upload_video", files={"file": ("bikes.mp4", video, "video/mp4")},
-                              data={"bucket": "videos"}, timeout=60)  # fmt: skip
+                              data={"bucket": "videos", "callback_url": receiver.url("bikes")}, timeout=60)  # fmt: skip
     assert response.status_code == 200
     upload = response.json()
     assert set(upload) == {"status", "event_id"} and upload["status"] == "ok"
+    live: list[tuple[float, dict]] = []
+    stream = follow(f"{stack.api}/jobs/{upload['event_id']}/events", live)
     answer = wait_ready(upload["event_id"], stack.api)
     elapsed = time.monotonic() - started
+    stream.join(30)
+    assert not stream.is_alive()  # the job's stream ended after its final status
     assert set(answer) == {"status", "event_id", "prediction", "processing_time_seconds", "processing_time_formatted"}
     assert answer["event_id"] == upload["event_id"]
     assert isinstance(answer["processing_time_seconds"], float) and answer["processing_time_formatted"].endswith("s")
@@ -60,6 +108,29 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
     print(f"\nbikes.mp4 end to end: {elapsed:.1f}s, {len(frames)} frames, {with_objects} with detections, "
           f"{with_cars} with cars")  # fmt: skip
 
+    # live updates: every status the job went through, progress never going back, and while frames
+    # flowed, a message at least about once a second
+    states = [data for _, data in live]
+    assert states[-1]["status"] == "ready" and states[-1]["progress"] == 1.0 and states[-1]["frames_done"] == 50
+    statuses = [s["status"] for s in states]
+    assert statuses[0] in ("new", "sent") and "sent" in statuses and statuses.count("ready") == 1
+    progress = [s["progress"] for s in states]
+    assert progress == sorted(progress)
+    flowing = [at for at, s in live if 0 < s["frames_done"] < 50 or s["status"] == "ready"]
+    gaps = [b - a for a, b in zip(flowing, flowing[1:], strict=False)]
+    print(f"live updates: {len(states)} messages, {len(flowing)} while frames flowed, "
+          f"largest gap {max(gaps, default=0):.2f}s, median {statistics.median(gaps or [0]):.2f}s")  # fmt: skip
+    assert len(flowing) >= 3 and max(gaps) < 2.5
+    assert any(s["frames_total"] == 50 and s["eta_seconds"] is not None for s in states[:-1])
+    mine = [data for _, data in everything if data["event_id"] == upload["event_id"]]
+    assert mine[-1]["status"] == "ready"  # the all-jobs stream saw it too
+
+    # the webhook: signed, once, with where to fetch the result
+    wait_until(lambda: receiver.delivered() >= {upload["event_id"]}, 30, "the webhook")
+    (hook,) = receiver.attempts()[upload["event_id"]]
+    assert hook["signed"] and hook["body"]["status"] == "ready" and hook["body"]["error"] is None
+    assert hook["body"]["result_url"] == f"{stack.api}/result_video/{upload['event_id']}"
+
     operations = httpx.get(f"{stack.api}/status/all").json()
     mine = next(o for o in operations["operations"] if o["video_id"] == upload["event_id"])
     assert set(mine) >= {"video_id", "status_code", "status_description", "processing_time_seconds",
@@ -68,6 +139,37 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
     assert httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").json()["status"] == "ok"
     data = httpx.get(f"http://127.0.0.1:{stack.inference_port}/api/data").json()
     assert data["frames_processed"] > 0 and data["classes"] == 80  # one of the workers: they share the frames
+
+
+def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> None:
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 5000)  # looks like MP4, is not
+    answer = wait_finished(upload(stack.api, corrupt), stack.api)
+    assert answer["status"] == "failed" and "video" in answer["error"]
+    (operation,) = [
+        o for o in httpx.get(f"{stack.api}/status/all").json()["operations"] if o["video_id"] == answer["event_id"]
+    ]
+    assert operation["status_code"] == "failed" and operation["error"] == answer["error"]
+
+
+def test_replaying_the_job_events_rebuilds_the_same_read_model(stack: Stack, tmp_path) -> None:
+    settings = stack_settings(stack)
+
+    async def replay() -> tuple[dict, dict]:
+        async with mongo_client(settings.mongo_uri) as client:
+            live = {doc["_id"]: JobState.model_validate(doc) async for doc in client[settings.main_db][OUTBOX].find()}
+            rebuilt = client["replayed"][OUTBOX]
+            await rebuilt.drop()
+            count = await client[settings.main_db][OUTBOX].count_documents({})
+            messages = await read_topic(settings, topics.JOB_EVENTS, 4 * count)  # at least accepted, sent...
+            await Projector(rebuilt).project([JobEvent.from_bytes(m.value) for m in messages])
+            replayed = {doc["_id"]: JobState.model_validate(doc) async for doc in rebuilt.find()}
+            return live, replayed
+
+    live, replayed = asyncio.run(replay())
+    assert {state.status for state in live.values()} == {"ready", "failed"}  # both endings are replayed
+    assert replayed == live
+    print(f"\nreplay: {len(live)} jobs rebuilt from job_events, identical to the read model")
 
 
 def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stack: Stack) -> None:
@@ -80,19 +182,16 @@ def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stac
     assert again["prediction"] == first["prediction"]  # same video, same model, same detections
     cleaned = httpx.delete(f"{stack.api}/cleanup/all").json()
     assert cleaned["status"] == "ok" and cleaned["jobs_deleted"] >= 2
-    assert httpx.get(f"{stack.api}/status/all").json() == {"operations": [], "total": 0}
+    assert httpx.get(f"{stack.api}/status/all").json() == {"operations": [], "total": 0, "next": None}
     assert httpx.get(f"{stack.api}/result_video/{source['event_id']}").status_code == 404
+    settings = stack_settings(stack)
 
+    async def runner_db_is_empty() -> bool:  # the runner forgot the jobs too, told by `deleted` events
+        async with mongo_client(settings.mongo_uri) as client:
+            db = client[settings.runner_db]
+            return await db[PREDICTIONS].count_documents({}) == 0 and await db[FRAMES].count_documents({}) == 0
 
-def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> None:
-    corrupt = tmp_path / "corrupt.mp4"
-    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 5000)  # looks like MP4, is not
-    answer = wait_finished(upload(stack.api, corrupt), stack.api)
-    assert answer["status"] == "failed" and "video" in answer["error"]
-    (operation,) = [
-        o for o in httpx.get(f"{stack.api}/status/all").json()["operations"] if o["video_id"] == answer["event_id"]
-    ]
-    assert operation["status_code"] == "failed" and operation["error"] == answer["error"]
+    wait_until(lambda: asyncio.run(runner_db_is_empty()), 30, "the runner to forget deleted jobs")
 
 
 def test_a_service_that_dies_is_restarted(stack: Stack) -> None:

@@ -6,15 +6,11 @@ every job must have exactly one detection file.
 """
 
 import asyncio
-import json
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -23,59 +19,27 @@ from pymongo.asynchronous.collection import AsyncCollection
 from events import topics
 from events.clients import mongo_client, object_store
 from events.contracts import CHECKPOINTS, OUTBOX, PREDICTIONS, OutboxDocument, OutboxPayload, RunnerPrediction
-from events.settings import Settings
 from events.statuses import RunnerStatus
-from tests.conftest import eventually, mongo_uri, read_topic, settings_env
+from tests.conftest import RelayProcess, counted, eventually, mongo_uri, read_topic, relay
 from tests.servers import Server, running, secantus
 
 CRASH_POINTS = ["after_side_effect", "before_checkpoint", "after_side_effect:3"]  # the last: mid-batch
 
 
-class RelayProcess:
-    def __init__(self, kind: str, settings: Settings, log: Path, crash_at: str = "") -> None:
-        env = {**os.environ, **settings_env(settings), "VDETECT_CRASH_AT": crash_at}
-        self.kind, self.log = kind, log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vdetect", kind], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
-        )
-
-    def lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
-
-    async def died(self) -> int:
-        async with asyncio.timeout(60):
-            while self.process.poll() is None:
-                await asyncio.sleep(0.1)
-        return self.process.returncode
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(30)
-
-
-@contextmanager
-def relay(kind: str, settings: Settings, log: Path, crash_at: str = "") -> Iterator[RelayProcess]:
-    process = RelayProcess(kind, settings, log, crash_at)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 @asynccontextmanager
-async def status_changes(collection: AsyncCollection) -> AsyncIterator[Counter]:
-    """Count, per document, every update that sets its status, for the length of the block."""
+async def status_changes(collection: AsyncCollection, field: str = "status") -> AsyncIterator[Counter]:
+    """Count, per document and value, every update that sets `field`, for the length of the block
+    (a value that is not a string, such as a time, counts as "set")."""
     counts: Counter = Counter()
-    pipeline = [{"$match": {"operationType": "update", "updateDescription.updatedFields.status": {"$exists": True}}}]
+    pipeline = [{"$match": {"operationType": "update", f"updateDescription.updatedFields.{field}": {"$exists": True}}}]
     async with await collection.watch(pipeline, max_await_time_ms=200) as stream:
 
         async def follow() -> None:
             while True:
                 change = await stream.try_next()
                 if change:
-                    status = change["updateDescription"]["updatedFields"]["status"]
-                    counts[(change["documentKey"]["_id"], status)] += 1
+                    value = change["updateDescription"]["updatedFields"][field]
+                    counts[(change["documentKey"]["_id"], value if isinstance(value, str) else "set")] += 1
 
         task = asyncio.create_task(follow())
         try:
@@ -85,8 +49,7 @@ async def status_changes(collection: AsyncCollection) -> AsyncIterator[Counter]:
             task.cancel()
 
 
-async def counted(collection: AsyncCollection, query: dict, expected: int) -> bool:
-    return await collection.count_documents(query) == expected
+RELAYED = {"relayed_at": {"$ne": None}, "sent_to": {"$ne": None}}  # published by the outbox relay
 
 
 def new_event() -> dict:
@@ -110,7 +73,7 @@ async def test_outbox_relay_killed_at_a_crash_point_loses_nothing(settings, mong
     outbox = mongo[settings.main_db][OUTBOX]
     early, late = [new_event() for _ in range(2)], [new_event() for _ in range(3)]
     ids = [e["_id"] for e in early + late]
-    async with status_changes(outbox) as changes:
+    async with status_changes(outbox, "relayed_at") as changes:  # the relay's mark: the status is the projector's
         await outbox.insert_many(early)  # found by the start-up sweep
         with relay("outbox-relay", settings, tmp_path / "relay.log", crash_at) as crashing:
             await following(mongo[settings.main_db], crashing)
@@ -118,10 +81,10 @@ async def test_outbox_relay_killed_at_a_crash_point_loses_nothing(settings, mong
                 await outbox.insert_one(event)
             assert await crashing.died() == -signal.SIGKILL
         with relay("outbox-relay", settings, tmp_path / "relay.log"):
-            await eventually(lambda: counted(outbox, {"_id": {"$in": ids}, "status": "sent"}, len(ids)))
+            await eventually(lambda: counted(outbox, {"_id": {"$in": ids}, **RELAYED}, len(ids)))
     published = Counter(m.key.decode() for m in await read_topic(settings, topics.OUTBOX_EVENTS, len(ids)))
     assert set(published) == set(ids)  # every event at least once
-    assert {key: n for key, n in changes.items() if key[1] == "sent"} == {(i, "sent"): 1 for i in ids}
+    assert dict(changes) == {(i, "set"): 1 for i in ids}  # marked once each
 
 
 @pytest.mark.parametrize("crash_at", CRASH_POINTS)
@@ -165,12 +128,12 @@ async def test_relay_resumes_from_its_token_across_a_database_restart(settings, 
         async with mongo_client(settings.mongo_uri) as client:
             outbox = client[settings.main_db][OUTBOX]
             await outbox.insert_many(first)
-            await eventually(lambda: counted(outbox, {"status": "sent"}, 2))
+            await eventually(lambda: counted(outbox, RELAYED, 2))
         own_mongo.restart()
         async with mongo_client(settings.mongo_uri) as client:
             outbox = client[settings.main_db][OUTBOX]
             await outbox.insert_many(second)
-            await eventually(lambda: counted(outbox, {"status": "sent"}, 4), timeout=60)
+            await eventually(lambda: counted(outbox, RELAYED, 4), timeout=60)
         assert process.process.poll() is None  # it rode out the restart
     # the stream picked up again where it was (by its own resume, or reopened from the stored token)
     published = Counter(m.key.decode() for m in await read_topic(settings, topics.OUTBOX_EVENTS, 4))
@@ -194,7 +157,7 @@ async def test_an_unusable_token_is_recovered_by_a_sweep_with_no_loss(
         missed = [new_event() for _ in range(40)]  # written while no relay runs
         await db[OUTBOX].insert_many(missed)
         with relay("outbox-relay", settings, log) as process:
-            await eventually(lambda: counted(db[OUTBOX], {"status": "sent"}, 40), timeout=60)
+            await eventually(lambda: counted(db[OUTBOX], RELAYED, 40), timeout=60)
     refused = [line for line in process.lines() if line.get("event") == "resume token refused, reconciling by sweep"]
     assert refused and refused[0]["tokens_lost"] == 1 and refused[0]["level"] == "error"
     assert refused[0]["code"] == (9 if damage == "corrupted" else 286)  # FailedToParse / ChangeStreamHistoryLost
