@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "inference" / "models" / "yolov10n.onnx"
@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     webhook_relay_port: int = 8006
 
     log_level: str = "INFO"
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty value (compose's `${WEBHOOK_SECRET:-}`) means no secret, never an empty key."""
+        return None if value == "" else value
 
     @property
     def runner_mongo(self) -> str:

@@ -46,8 +46,11 @@ if (admin.getUser(appUser) === null) {
   print(`user ${appUser} updated`);
 }
 
-// Sweeps and the stall checks look jobs up by status and age.
-db.getSiblingDB("main_db").outbox.createIndex({ status: 1, sent_at: 1 });
-db.getSiblingDB("main_db").outbox.createIndex({ created_at: 1 });
+// Sweeps and the stall checks look jobs up by status and age; status/all pages by (created_at, _id),
+// optionally of one status; the webhook relay's sweep finds pending deliveries.
+db.getSiblingDB("main_db").outbox.createIndex({ status: 1, relayed_at: 1 });
+db.getSiblingDB("main_db").outbox.createIndex({ created_at: 1, _id: 1 });
+db.getSiblingDB("main_db").outbox.createIndex({ status: 1, created_at: 1, _id: 1 });
+db.getSiblingDB("main_db").outbox.createIndex({ webhook: 1 }, { sparse: true });
 db.getSiblingDB("runner_db").runner_predictions.createIndex({ status: 1, updated_at: 1 });
 print("replica set ready");

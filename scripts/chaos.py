@@ -2,12 +2,15 @@
 
 The local stack restarts what dies (as docker would). At the end it prints how many jobs were lost
 (accepted, then unknown to the API), duplicated (a detection file written more than once, or more
-jobs than uploads), stuck (neither ready nor failed in time), failed and wrong (frames missing);
-all must be 0, and the exit code says whether they are.
+jobs than uploads), stuck (neither ready nor failed in time), failed, wrong (frames missing),
+unsettled (the read model never said what storage says), progress_backwards (a live update showed
+less progress than an earlier one) and without_webhook (no signed 2xx delivery to the job's
+callback_url); all must be 0, and the exit code says whether they are.
 
     .venv/bin/python scripts/chaos.py --uploads 12 --kill-every 3
 """
 
+import contextlib
 import json
 import os
 import random
@@ -15,16 +18,38 @@ import signal
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import typer
+from pymongo import MongoClient
 
-from vdetect.harness import local_stack, upload, wait_finished
+from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_until, webhook_receiver
 
-VICTIMS = ("outbox-relay", "s3-relay", "runner", "inference")
+VICTIMS = ("outbox-relay", "s3-relay", "webhook-relay", "runner", "inference")
+SECRET = "whsec-chaos"
+
+
+def watch_progress(stack: Stack, seen: dict[str, list[float]], done: threading.Event) -> None:
+    """Follow every job's live updates (SSE), reconnecting if the stream breaks."""
+    while not done.is_set():
+        try:
+            with httpx.stream("GET", f"{stack.api}/jobs/events", timeout=httpx.Timeout(10, read=30)) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        data = json.loads(line.removeprefix("data: "))
+                        seen[data["event_id"]].append(data["progress"])
+                    if done.is_set():
+                        return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+
+
+def read_model(stack: Stack) -> dict[str, str]:
+    with MongoClient(f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true") as client:
+        return {doc["_id"]: doc["status"] for doc in client["main_db"]["outbox"].find({}, {"status": 1})}
 
 
 def bikes() -> Path:
@@ -44,10 +69,13 @@ def main(
     expected_frames = list(range(0, 250, 5))
     kills: Counter[str] = Counter()
     done = threading.Event()
+    progress: dict[str, list[float]] = defaultdict(list)
     with (
         tempfile.TemporaryDirectory(prefix="vdetect-chaos-") as tmp,
-        local_stack(Path(tmp), STALL_TIMEOUT_S="10") as stack,
-    ):
+        webhook_receiver(SECRET) as receiver,
+        local_stack(Path(tmp), STALL_TIMEOUT_S="10", WEBHOOK_SECRET=SECRET, WEBHOOK_ALLOW_PRIVATE="true",
+                    WEBHOOK_BACKOFF_S="0.5") as stack,
+    ):  # fmt: skip
 
         def killer() -> None:
             while not done.wait(kill_every):
@@ -61,9 +89,10 @@ def main(
         started = time.monotonic()
         chaos = threading.Thread(target=killer, daemon=True)
         chaos.start()
+        threading.Thread(target=watch_progress, args=(stack, progress, done), daemon=True).start()
         accepted = []
         for _ in range(uploads):
-            accepted.append(upload(stack.api, video))
+            accepted.append(upload(stack.api, video, callback_url=receiver.url("chaos")))
             time.sleep(rng.uniform(0, 1.5))
         deadline = time.monotonic() + timeout
         answers: dict[str, dict | None] = {}
@@ -75,6 +104,14 @@ def main(
         done.set()
         chaos.join()
         elapsed = time.monotonic() - started
+        finished = {event_id: answer["status"] for event_id, answer in answers.items() if answer}
+        with contextlib.suppress(AssertionError):  # the read model catches up with storage through the events
+            wait_until(lambda: all(read_model(stack).get(job) == status for job, status in finished.items()), 30,
+                       "the read model")  # fmt: skip
+        settled = read_model(stack)
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: receiver.delivered() >= set(finished), 60, "the webhooks")
+        hooks = receiver.attempts()
         known = {op["video_id"] for op in httpx.get(f"{stack.api}/status/all", timeout=30).json()["operations"]}
         written = Counter(
             line["event_id"]
@@ -101,9 +138,18 @@ def main(
             and [f["frame"] for f in answer["prediction"]] != expected_frames
             for answer in answers.values()
         ),
+        "unsettled": sum(settled.get(event_id) != status for event_id, status in finished.items()),
+        "progress_backwards": sum(seen != sorted(seen) for seen in progress.values()),
+        "live_updates": sum(len(seen) for seen in progress.values()),
+        "without_webhook": sum(
+            not any(h["code"] == 200 and h["signed"] and h["body"]["status"] == status for h in hooks[event_id])
+            for event_id, status in finished.items()
+        ),
+        "webhook_attempts": sum(len(tries) for tries in hooks.values()),
     }
     print(json.dumps(summary))
-    bad = summary["lost"] + summary["duplicated"] + summary["stuck"] + summary["failed"] + summary["wrong"]
+    counts = ("lost", "duplicated", "stuck", "failed", "wrong", "unsettled", "progress_backwards", "without_webhook")
+    bad = sum(summary[name] for name in counts)
     raise typer.Exit(1 if bad else 0)
 
 

@@ -8,6 +8,8 @@ Figures printed (and returned as one JSON line):
 - Ultralytics: `predict(source=video, vid_stride=5)` on the same video and weights, when an
   interpreter with Ultralytics is given or found;
 - relay latency p50/p95: outbox insert -> Kafka publish; `predictable` -> detection file written;
+- live update latency p50/p95 on the running stack: a change in `runner_db` -> the SSE message that
+  shows it, and a job's end -> its webhook received;
 - peak memory (VmHWM) of the API uploading a small and a large file, and of the runner on a short and
   a long video;
 - a large result (default 43,200 frames x 50 objects: two hours at 30 fps, every 5th frame): the
@@ -27,24 +29,46 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
+from pymongo import MongoClient
 
-from events import topics
+from events import topics, webhooks
 from events.clients import ensure_topics, kafka_consumer, kafka_producer, mongo_client
-from events.contracts import OUTBOX, PREDICTIONS, OutboxDocument, OutboxPayload, RunnerPrediction, detection_key
+from events.contracts import (
+    OUTBOX,
+    PREDICTIONS,
+    OutboxDocument,
+    OutboxPayload,
+    RunnerPrediction,
+    detection_key,
+    utcnow,
+)
 from events.settings import Settings
 from events.storage import DirectoryStore
 from inference.service import build_detector
 from relays import outbox as outbox_relay
 from relays import s3 as s3_relay
+from relays.follow import job_event_publisher
 from runner.frames import encode_frame, sample_frames
-from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_ready
+from vdetect.harness import (
+    Receiver,
+    Stack,
+    local_stack,
+    upload,
+    wait_finished,
+    wait_ready,
+    wait_until,
+    webhook_receiver,
+)
 
+BENCH_SECRET = "bench-webhook-secret"
 ULTRALYTICS = """
 import json, sys, time
 from ultralytics import YOLO
@@ -141,7 +165,11 @@ async def relay_latency(settings: Settings, store: DirectoryStore, count: int) -
     ):
         main_db, runner_db = client[settings.main_db], client[settings.runner_db]
         await store.ensure_bucket("bench")
-        relays = [outbox_relay.build(main_db, producer, settings), s3_relay.build(runner_db, store, settings)]
+        publish = job_event_publisher(producer, settings)
+        relays = [
+            outbox_relay.build(main_db, producer, settings),
+            s3_relay.build(runner_db, store, publish, s3_relay.Throttle(publish), settings),
+        ]
         tasks = [asyncio.create_task(relay.run(stop)) for relay in relays]
         await asyncio.sleep(2)
         outbox, s3 = [], []
@@ -161,6 +189,66 @@ async def relay_latency(settings: Settings, store: DirectoryStore, count: int) -
         stop.set()
         await asyncio.gather(*tasks)
     return {"outbox_insert_to_kafka": percentiles(outbox), "predictable_to_object": percentiles(s3)}
+
+
+def follow_job(api: str, event_id: str, seen: list[tuple[float, dict]]) -> threading.Thread:
+    """Read a job's Server-Sent Events in a thread: (arrival time, data) of each message."""
+
+    def read() -> None:
+        with httpx.stream("GET", f"{api}/jobs/{event_id}/events", timeout=httpx.Timeout(10, read=120)) as answer:
+            for line in answer.iter_lines():
+                if line.startswith("data: "):
+                    seen.append((time.time(), json.loads(line.removeprefix("data: "))))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def live_latency(stack: Stack, receiver: Receiver, samples: int, endings: int = 10) -> dict:
+    """On the running stack, jobs staged in its databases (their video is never read): a change of
+    `received_frames` in `runner_db` -> the SSE message that shows it (S3 relay, job_events, projector,
+    read model change stream); a job's end in `runner_db` -> its final SSE message, and -> its webhook."""
+    client = MongoClient(f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true", tz_aware=True)
+    outbox, jobs = client["main_db"][OUTBOX], client["runner_db"][PREDICTIONS]
+
+    def stage() -> tuple[str, list[tuple[float, dict]], threading.Thread]:
+        event_id = str(uuid.uuid4())
+        payload = OutboxPayload(bucket="videos", object="input/none.mp4")
+        doc = OutboxDocument(id=event_id, payload=payload, callback_url=receiver.url("bench"),
+                             webhook=webhooks.PENDING, relayed_at=utcnow())  # fmt: skip
+        outbox.insert_one(doc.to_mongo())  # already relayed: only the runner's changes move it
+        seen: list[tuple[float, dict]] = []
+        thread = follow_job(stack.api, event_id, seen)
+        jobs.insert_one(RunnerPrediction(id=event_id, bucket="videos", frames_expected=samples + 1).to_mongo())
+        wait_until(lambda: any(data["frames_total"] for _, data in seen), 30, "started")
+        return event_id, seen, thread
+
+    def shown(seen: list[tuple[float, dict]], check) -> float:
+        return wait_until(lambda: next((at for at, data in seen if check(data)), None), 30, "a live update")
+
+    event_id, seen, _ = stage()
+    progress = []
+    for done in range(1, samples + 1):
+        time.sleep(1.1)  # one change per progress interval: each is published at once, not held back
+        changed = time.time()
+        jobs.update_one({"_id": event_id}, {"$set": {"received_frames": done}})
+        progress.append(shown(seen, lambda data, done=done: data["frames_done"] >= done) - changed)
+    final, hooks = [], []
+    for _ in range(endings):
+        event_id, seen, thread = stage()
+        changed = time.time()
+        jobs.update_one({"_id": event_id}, {"$set": {"status": "failed", "error": "bench", "failed_at": utcnow()}})
+        final.append(shown(seen, lambda data: data["status"] == "failed") - changed)
+        hook = wait_until(lambda event_id=event_id: receiver.attempts().get(event_id), 30, "the webhook")[0]
+        hooks.append(hook["at"] - changed)
+        thread.join(10)
+    client.close()
+    return {
+        "runner_change_to_sse": percentiles(progress),
+        "job_end_to_sse": percentiles(final),
+        "job_end_to_webhook": percentiles(hooks),
+    }
 
 
 def peak_rss_kb(pid: int) -> int:
@@ -332,6 +420,7 @@ def run(
     relay_samples: int,
     large_frames: int = 43_200,
     large_objects: int = 50,
+    live_samples: int = 20,
 ) -> dict:
     """The throughput figures come from the video played `measure_loops` times (fixed costs of a job,
     such as the upload and the relays, are then small beside the frames); the end-to-end time of the
@@ -344,7 +433,10 @@ def run(
         report["detector_alone"] = detector_alone(measured, settings)
         report["detector_alone_per_core"] = detector_per_core(measured, os.cpu_count() or 1)
         report["ultralytics"] = ultralytics(measured, python or sys.executable, weights or str(settings.model_path))
-        with local_stack(Path(tmp) / "stack") as stack:
+        with (
+            webhook_receiver(BENCH_SECRET) as receiver,
+            local_stack(Path(tmp) / "stack", WEBHOOK_SECRET=BENCH_SECRET, WEBHOOK_ALLOW_PRIVATE="true") as stack,
+        ):
             pipeline(stack, video)  # warm-up: consumer groups joined, models loaded
             report["end_to_end_short_video"] = pipeline(stack, video)
             report["pipeline"] = pipeline(stack, measured)
@@ -358,6 +450,7 @@ def run(
             )
             store = DirectoryStore(Path(tmp) / "bench-store")
             report["relay_latency"] = asyncio.run(relay_latency(isolated, store, relay_samples))
+            report["live_latency"] = live_latency(stack, receiver, live_samples)
             report["api_memory"] = api_memory(stack, video, Path(tmp), large_mb)
             report["runner_memory"] = runner_memory(stack, video, Path(tmp), long_loops)
             if large_frames:

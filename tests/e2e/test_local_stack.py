@@ -19,8 +19,17 @@ from events.clients import mongo_client
 from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState
 from events.settings import Settings
 from tests.conftest import read_topic
-from tests.servers import Receiver, bikes_video, webhook_receiver
-from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
+from tests.servers import bikes_video
+from vdetect.harness import (
+    Receiver,
+    Stack,
+    local_stack,
+    upload,
+    wait_finished,
+    wait_ready,
+    wait_until,
+    webhook_receiver,
+)
 
 pytestmark = pytest.mark.e2e
 SECRET = "whsec-e2e"

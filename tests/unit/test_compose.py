@@ -39,7 +39,7 @@ def test_the_validator_does_catch_a_broken_compose_file(tmp_path: Path) -> None:
 
 
 def test_every_service_of_ours_runs_a_vdetect_subcommand() -> None:
-    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "runner", "inference", "kafka-init"}
+    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "webhook-relay", "runner", "inference", "kafka-init"}
     for name, service in OURS.items():
         assert service["command"][0] in COMMANDS, name
         check = service.get("healthcheck", {}).get("test")
@@ -57,7 +57,8 @@ def test_every_environment_variable_of_our_services_is_a_setting() -> None:
 def test_health_checks_probe_the_ports_the_services_listen_on() -> None:
     settings = Settings()
     ports = {"api": settings.api_port, "runner": settings.runner_port, "inference": settings.inference_port,
-             "outbox-relay": settings.outbox_relay_port, "s3-relay": settings.s3_relay_port}  # fmt: skip
+             "outbox-relay": settings.outbox_relay_port, "s3-relay": settings.s3_relay_port,
+             "webhook-relay": settings.webhook_relay_port}  # fmt: skip
     for name, port in ports.items():
         test = SERVICES[name]["healthcheck"]["test"]
         assert test[test.index("--port") + 1] == str(port), name
