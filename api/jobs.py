@@ -89,11 +89,16 @@ async def ready_at(store: ObjectStore, state: JobState) -> datetime | None:
         return None
 
 
-async def views(store: ObjectStore, docs: list[dict[str, Any]]) -> list[JobView]:
+async def views(store: ObjectStore, docs: list[dict[str, Any]], check_pending: bool = True) -> list[JobView]:
+    """The jobs of an answer, each checked in storage. Live updates pass `check_pending=False`: a change
+    of a pending job is sent as the read model has it (the read model's own `ready` follows the file
+    within moments, and is checked), instead of one storage request per change and per listener."""
     limit = asyncio.Semaphore(CONCURRENT_CHECKS)
 
     async def view(doc: dict[str, Any]) -> JobView:
         state = JobState.model_validate(doc)
+        if not check_pending and state.status in (OutboxStatus.NEW, OutboxStatus.SENT):
+            return JobView(state, None)
         async with limit:
             return JobView(state, await ready_at(store, state))
 

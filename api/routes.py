@@ -161,17 +161,20 @@ def sse(view: JobView) -> bytes:
 async def live_updates(services: Services, request: Request, job: str | None) -> AsyncIterator[bytes]:
     """Server-Sent Events: the current state first, then every change the read model's change stream
     brings; a job's own stream ends after its final status."""
-    versions: dict[str, int] = {}  # the version each job was last shown at: nothing older is sent after it
+    versions: dict[str, int] = {}  # the version each pending job was last shown at: nothing older is sent
 
-    async def render(docs: list[dict[str, Any]]) -> tuple[list[bytes], bool]:
+    async def render(docs: list[dict[str, Any]], check_pending: bool) -> tuple[list[bytes], bool]:
         """The messages of the documents not shown yet at their version, and whether the job is over."""
         fresh = [doc for doc in docs if doc.get("version", 0) > versions.get(doc["_id"], -1)]
         messages = []
-        for view in await views(services.store, fresh):
-            versions[view.state.id] = view.state.version
+        for view in await views(services.store, fresh, check_pending):
             messages.append(sse(view))
-            if job is not None and view.status in FINAL:
-                return messages, True
+            if view.status in FINAL:
+                if job is not None:
+                    return messages, True
+                versions.pop(view.state.id, None)  # a final status does not change: memory stays bounded
+            else:
+                versions[view.state.id] = view.state.version
         return messages, False
 
     async def current() -> list[dict[str, Any]]:
@@ -181,16 +184,17 @@ async def live_updates(services: Services, request: Request, job: str | None) ->
         return await services.outbox.find(active).sort("created_at", -1).limit(MAX_PAGE).to_list(None)
 
     async with services.feed.listen(job) as listener:
-        docs = await current()
+        docs, current_state = await current(), True
         if job is not None and not docs:
             return  # deleted meanwhile
         while True:
-            messages, over = await render(docs)
+            messages, over = await render(docs, check_pending=current_state)
             for message in messages:
                 yield message
             if over or await request.is_disconnected() or services.feed.closed:
                 return
             changes = await listener.next(KEEPALIVE_S)
+            current_state = listener.resync
             if listener.resync:  # changes may have been missed: start again from the current state
                 listener.resync = False
                 docs = await current()

@@ -6,9 +6,9 @@ belongs to the API's projector, which moves it `new -> sent` from the events. A 
 (a job removed by the API) becomes a `deleted` event: the runner forgets the job.
 
 Beside the change stream, a check looks at jobs sent more than STALL_TIMEOUT_S ago that the runner has
-not started: one whose event is gone from the broker (an in-memory broker restarted) is published
-again. An event still queued for the runner, or already taken by it, is left alone: a busy queue only
-delays a job, and the runner watches over the jobs it has.
+not started: one whose event is no longer queued for the runner (gone with an in-memory broker that
+restarted, or skipped past) is published again. An event still queued is left alone: a busy queue
+only delays a job; and a job the runner started is the runner's to watch over.
 """
 
 import asyncio
@@ -98,32 +98,31 @@ async def send(producer: AIOKafkaProducer, settings: Settings, entry: OutboxDocu
 async def resend_lost(
     outbox: AsyncCollection, producer: AIOKafkaProducer, runner: GroupOffsets, settings: Settings
 ) -> int:
-    """Publish again the events of jobs sent more than STALL_TIMEOUT_S ago, not started by the runner,
-    that the broker lost. Returns how many were sent again."""
+    """Publish again the events of jobs sent more than STALL_TIMEOUT_S ago that the runner has not
+    started, unless the event is still queued for it. Returns how many were sent again.
+
+    Not queued and not started means lost: gone with a broker that restarted empty, or skipped by a
+    runner group whose committed offset moved past it (a consumer of the old broker committing into
+    the new one). A job the runner did take is never sent again: the runner creates its document at
+    once, which the S3 relay publishes as `started`."""
     cutoff = utcnow() - timedelta(seconds=settings.stall_timeout_s)
     unstarted = {"sent_to": {"$ne": None}, "relayed_at": {"$lt": cutoff}, "started_at": None,
                  "status": {"$in": [OutboxStatus.NEW.value, OutboxStatus.SENT.value]}}  # fmt: skip
-    ends = await runner.ends()
+    committed, ends = await runner.positions()
     sent_again = 0
     async for doc in outbox.find(unstarted):
         entry = OutboxDocument.model_validate(doc)
-        if entry.sent_to and not lost(entry.sent_to, ends):
-            continue  # queued for the runner, or taken by it: the runner watches over it
+        if entry.sent_to and GroupOffsets.waiting(entry.sent_to, committed, ends):
+            continue  # queued for the runner: a busy queue only delays a job
         with structlog.contextvars.bound_contextvars(event_id=entry.id):
             sent = await send(producer, settings, entry)
             await outbox.update_one(
                 {"_id": entry.id, "relayed_at": entry.relayed_at},
                 {"$set": {"relayed_at": utcnow(), "sent_to": sent}, "$inc": {"redeliveries": 1}},
             )
-            log.warning("job event lost by the broker, sent again", redeliveries=1)
+            log.warning("job event lost, sent again", redeliveries=1)
         sent_again += 1
     return sent_again
-
-
-def lost(where: dict[str, int], ends: dict[int, int]) -> bool:
-    """The event is no longer in the topic: its offset is at or past the partition's end (a broker
-    that keeps its topics in memory restarted). Not lost: still queued, or consumed by the runner."""
-    return any(offset >= ends.get(int(partition), 0) for partition, offset in where.items())
 
 
 def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> Relay:

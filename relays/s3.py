@@ -1,6 +1,7 @@
 """S3 relay: the runner's jobs in `runner_db.runner_predictions` -> object storage and `job_events`.
 
-`processing` -> `started` (once the frame count is known) and `progress`, at most one per job every
+`processing` -> `started` (as soon as the runner takes the job, and again with its frame count) and
+`progress`, at most one per job every
 PROGRESS_INTERVAL_S (the last one is never dropped, only delayed). `predictable` ->
 `detection/{id}.json`, streamed from the job's frame documents, then the `ready` event (so the API
 never hears of a result before it exists), then `predictable -> ready`; `failed` -> `failed/{id}.json`
@@ -82,12 +83,10 @@ FLUSH_INTERVAL_S = 0.2
 PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
 
-def progress_event(job: RunnerPrediction) -> JobEvent | None:
-    """`started` for a job with no frame back yet, once its frame count is known; `progress` after."""
+def progress_event(job: RunnerPrediction) -> JobEvent:
+    """`started` for a job with no frame back yet (again once its frame count is known); `progress` after."""
     total = job.total_frames if job.total_frames is not None else job.frames_expected
     kind = JobEventType.PROGRESS if job.received_frames else JobEventType.STARTED
-    if kind == JobEventType.STARTED and total is None:
-        return None  # the runner has not opened the video yet
     return JobEvent(event_id=job.id, type=kind, frames_total=total, frames_done=job.received_frames)
 
 
@@ -190,8 +189,7 @@ def exporter(
     async def export(doc: dict[str, Any]) -> None:
         job = RunnerPrediction.model_validate(doc)
         if job.status == RunnerStatus.PROCESSING:
-            if (event := progress_event(job)) is not None:
-                await throttle.offer(event)
+            await throttle.offer(progress_event(job))
             return
         throttle.forget(job.id)
         predictable = job.status == RunnerStatus.PREDICTABLE

@@ -60,6 +60,7 @@ from runner.frames import encode_frame, sample_frames
 from vdetect.harness import (
     Receiver,
     Stack,
+    follow,
     local_stack,
     upload,
     wait_finished,
@@ -191,20 +192,6 @@ async def relay_latency(settings: Settings, store: DirectoryStore, count: int) -
     return {"outbox_insert_to_kafka": percentiles(outbox), "predictable_to_object": percentiles(s3)}
 
 
-def follow_job(api: str, event_id: str, seen: list[tuple[float, dict]]) -> threading.Thread:
-    """Read a job's Server-Sent Events in a thread: (arrival time, data) of each message."""
-
-    def read() -> None:
-        with httpx.stream("GET", f"{api}/jobs/{event_id}/events", timeout=httpx.Timeout(10, read=120)) as answer:
-            for line in answer.iter_lines():
-                if line.startswith("data: "):
-                    seen.append((time.time(), json.loads(line.removeprefix("data: "))))
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
-
-
 def live_latency(stack: Stack, receiver: Receiver, samples: int, endings: int = 10) -> dict:
     """On the running stack, jobs staged in its databases (their video is never read): a change of
     `received_frames` in `runner_db` -> the SSE message that shows it (S3 relay, job_events, projector,
@@ -219,7 +206,7 @@ def live_latency(stack: Stack, receiver: Receiver, samples: int, endings: int = 
                              webhook=webhooks.PENDING, relayed_at=utcnow())  # fmt: skip
         outbox.insert_one(doc.to_mongo())  # already relayed: only the runner's changes move it
         seen: list[tuple[float, dict]] = []
-        thread = follow_job(stack.api, event_id, seen)
+        thread = follow(f"{stack.api}/jobs/{event_id}/events", seen, read_timeout=120)
         jobs.insert_one(RunnerPrediction(id=event_id, bucket="videos", frames_expected=samples + 1).to_mongo())
         wait_until(lambda: any(data["frames_total"] for _, data in seen), 30, "started")
         return event_id, seen, thread
@@ -327,7 +314,6 @@ def _store_frames(uri: str, db: str, event_id: str, frames: int, objects: int, s
 
 def large_result(stack: Stack, frames: int, objects: int) -> dict:
     """Store, assemble and answer a result of `frames` x `objects` on the running stack."""
-    import httpx
 
     from events.statuses import OutboxStatus
 

@@ -121,6 +121,23 @@ def wait_finished(event_id: str, api: str, timeout: float = JOB_TIMEOUT_S, poll:
     return wait_until(finished, timeout, f"job {event_id}", poll)
 
 
+def follow(url: str, seen: list[tuple[float, dict]], read_timeout: float = 60) -> threading.Thread:
+    """Read a Server-Sent Events stream in a thread, as a browser would: (arrival time, data) of each
+    message is appended to `seen`; the thread ends with the stream."""
+
+    def read() -> None:
+        with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=read_timeout)) as response:
+            if not response.headers["content-type"].startswith("text/event-stream"):
+                raise RuntimeError(f"not an event stream: {response.status_code} {response.headers['content-type']}")
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    seen.append((time.time(), json.loads(line.removeprefix("data: "))))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
 def wait_ready(event_id: str, api: str) -> dict:
     answer = wait_finished(event_id, api)
     if answer["status"] != "ready":

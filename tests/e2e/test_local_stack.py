@@ -2,11 +2,9 @@
 live updates read over Server-Sent Events and a webhook received by a real HTTP server."""
 
 import asyncio
-import json
 import os
 import signal
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 
@@ -23,6 +21,7 @@ from tests.servers import bikes_video
 from vdetect.harness import (
     Receiver,
     Stack,
+    follow,
     local_stack,
     upload,
     wait_finished,
@@ -59,21 +58,6 @@ def stack_settings(stack: Stack) -> Settings:
         kafka_bootstrap_servers=f"127.0.0.1:{stack.ports['kafka']}",
         kafka_session_timeout_ms=6000,
     )
-
-
-def follow(url: str, messages: list[tuple[float, dict]]) -> threading.Thread:
-    """Read a Server-Sent Events stream in a thread, as a browser would: (arrival time, data) each."""
-
-    def read() -> None:
-        with httpx.stream("GET", url, timeout=httpx.Timeout(10, read=60)) as response:
-            assert response.headers["content-type"].startswith("text/event-stream")
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    messages.append((time.monotonic(), json.loads(line.removeprefix("data: "))))
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_the_stack_supervises_from_its_first_second(stack: Stack) -> None:

@@ -4,11 +4,11 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 import relays.outbox
 from events import topics
-from events.clients import group_offsets, kafka_producer
+from events.clients import group_offsets, kafka_consumer, kafka_producer
 from events.contracts import (
     CHECKPOINTS,
     OUTBOX,
@@ -111,28 +111,35 @@ async def test_a_quiet_relay_still_advances_its_stored_token(settings, mongo, ka
     assert moved["updated_at"] > first["updated_at"]
 
 
-async def test_only_events_the_broker_lost_are_sent_again(settings, mongo, kafka_topics):
+async def test_only_events_no_longer_queued_for_an_unstarted_job_are_sent_again(settings, mongo, kafka_topics):
     db = mongo[settings.main_db]
-    lost, queued, started, finished = (new_event() for _ in range(4))
+    lost, skipped, queued, started, finished = (new_event() for _ in range(5))
     long_ago = utcnow() - timedelta(seconds=settings.stall_timeout_s + 60)
     async with kafka_producer(settings) as producer:
+        past = await send(producer, settings, skipped)  # the runner group committed past it, never started it
         where = await send(producer, settings, queued)  # still waiting for the runner in the topic
         gone = {partition: offset + 1000 for partition, offset in where.items()}  # the broker restarted empty
-        for event in (lost, queued, started, finished):
+        sent_to = {lost.id: gone, skipped.id: past, queued.id: where, started.id: gone, finished.id: gone}
+        for event in (lost, skipped, queued, started, finished):
             event.status, event.relayed_at = OutboxStatus.SENT, long_ago
-            doc = event.to_mongo() | {"sent_to": where if event is queued else gone}
+            doc = event.to_mongo() | {"sent_to": sent_to[event.id]}
             if event is started:  # the runner has it: the runner watches over it
                 doc["started_at"] = long_ago
             if event is finished:
                 doc["status"] = "ready"
             await db[OUTBOX].insert_one(doc)
+        ((partition, offset),) = past.items()
+        async with kafka_consumer(settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP) as runner_group:
+            await eventually(lambda: asyncio.sleep(0, runner_group.assignment()))  # joined the group
+            tp = TopicPartition(settings.topic(topics.OUTBOX_EVENTS), int(partition))
+            await runner_group.commit({tp: offset + 1})
         async with group_offsets(settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP) as runner:
-            assert await resend_lost(db[OUTBOX], producer, runner, settings) == 1
-            assert await resend_lost(db[OUTBOX], producer, runner, settings) == 0  # not stalled any more
-    messages = await read_topic(settings, topics.OUTBOX_EVENTS, 2)
-    assert sorted(m.key.decode() for m in messages) == sorted([queued.id, lost.id])  # queued: sent once only
+            assert await resend_lost(db[OUTBOX], producer, runner, settings) == 2
+            assert await resend_lost(db[OUTBOX], producer, runner, settings) == 0  # queued now
+    messages = await read_topic(settings, topics.OUTBOX_EVENTS, 4)
+    assert sorted(m.key.decode() for m in messages) == sorted([skipped.id, queued.id, skipped.id, lost.id])
     statuses = {doc["_id"]: doc for doc in await db[OUTBOX].find().to_list(None)}
-    assert statuses[lost.id]["redeliveries"] == 1
+    assert statuses[lost.id]["redeliveries"] == 1 and statuses[skipped.id]["redeliveries"] == 1
     assert all("redeliveries" not in statuses[e.id] for e in (queued, started, finished))
 
 

@@ -105,9 +105,9 @@ async def test_progress_reaches_job_events_at_most_once_a_second_and_the_last_on
         throttle = relays.s3.Throttle(publish)
         relay = relays.s3.build(db, store, publish, throttle, settings)
         async with serving(relay), serving(throttle):
-            await db[PREDICTIONS].insert_one(job.to_mongo())  # the video not opened yet: no count, no event
-            await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"frames_expected": 30}})
-            await eventually(lambda: asyncio.sleep(0, published.of(job)))
+            await db[PREDICTIONS].insert_one(job.to_mongo())  # taken by the runner: started, no count yet
+            await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"frames_expected": 30}})  # video opened
+            await eventually(lambda: asyncio.sleep(0, any(e.frames_total for e in published.of(job))))
             started = time.monotonic()
             for done in range(1, 31):  # 30 results over about 1.5 s
                 await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"received_frames": done}})
@@ -116,8 +116,10 @@ async def test_progress_reaches_job_events_at_most_once_a_second_and_the_last_on
             # the last change fell inside an interval: it is held back, then published
             await eventually(lambda: asyncio.sleep(0, published.of(job)[-1].frames_done == 30))
     events = published.of(job)
-    assert events[0].type == JobEventType.STARTED and events[0].frames_total == 30 and events[0].frames_done == 0
-    progress = events[1:]
+    started = [e for e in events if e.type == JobEventType.STARTED]
+    assert started == events[: len(started)] and len(started) <= 2  # the count may already be there at once
+    assert started[-1].frames_total == 30 and started[-1].frames_done == 0
+    progress = events[len(started) :]
     assert {e.type for e in progress} == {JobEventType.PROGRESS}
     assert 1 <= len(progress) <= seconds / relays.s3.PROGRESS_INTERVAL_S + 2
     assert [e.frames_done for e in progress] == sorted(e.frames_done for e in progress)
