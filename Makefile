@@ -9,10 +9,10 @@ ULTRALYTICS_ASSETS := ultralytics==8.4.190
 up: $(VENV)/.run-deps
 	$(VENV)/bin/vdetect up
 
-test: $(VENV)/.test-deps node_modules/.installed
+test: $(VENV)/.test-deps $(VENV)/.system-deps node_modules/.installed
 	$(PY) -m pytest
 
-test-fast: $(VENV)/.test-deps node_modules/.installed
+test-fast: $(VENV)/.test-deps $(VENV)/.system-deps node_modules/.installed
 	$(PY) -m pytest -m "not e2e"
 
 # The figures of the README's Performance section (Ultralytics: see there).
@@ -32,6 +32,14 @@ $(VENV)/.test-deps: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps $(ULTRALYTICS_ASSETS)
 	touch $(VENV)/.run-deps $@
+
+# Debian packages the tests drive: chromium (the web page, in a real browser, through Playwright)
+# and prometheus (promtool checks the monitoring config offline).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(VENV)/.system-deps: | $(VENV)/bin/python
+	command -v chromium >/dev/null && command -v promtool >/dev/null || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium prometheus; }
+	touch $@
 
 # s3rver, the S3-compatible server the storage tests run against.
 node_modules/.installed: package.json package-lock.json

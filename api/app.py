@@ -3,9 +3,11 @@
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api import projector
@@ -17,9 +19,11 @@ from api.routes import router
 from events.clients import mongo_client, object_store
 from events.contracts import OUTBOX
 from events.log import get_logger
+from events.metrics import add_metrics_route
 from events.settings import Settings
 
 log = get_logger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
 RETRY_AFTER_S = 5
 DATABASE_TIMEOUT_S = 3  # an unreachable database is answered 503 within a few seconds, not after 30
 
@@ -65,4 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router, prefix="/api")
-    return app
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: uploads, live job list, result player."""
+        return FileResponse(STATIC / "index.html")
+
+    return add_metrics_route(app)

@@ -1,10 +1,12 @@
 """What a request handler gets: the clients opened by the app's lifespan."""
 
+import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi import Cookie, Depends, Header, HTTPException, Request, status
 from pymongo.asynchronous.collection import AsyncCollection
 
 from api.live import JobFeed
@@ -27,12 +29,30 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_api_key(services: ServicesDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
-    """When API_KEY is set, endpoints that change data need it in the X-API-Key header."""
+SESSION_COOKIE = "vdetect_session"
+
+
+def session_token(api_key: str) -> str:
+    """What the web page's session cookie holds: derived from the key, never the key itself."""
+    return hmac.new(api_key.encode(), b"vdetect web session", hashlib.sha256).hexdigest()
+
+
+def valid_key(given: str | None, api_key: str) -> bool:
+    return given is not None and secrets.compare_digest(given.encode(), api_key.encode())
+
+
+def require_api_key(
+    services: ServicesDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+    session: Annotated[str | None, Cookie(alias=SESSION_COOKIE)] = None,
+) -> None:
+    """When API_KEY is set, endpoints that change data need it in the X-API-Key header (or the web
+    page's session cookie, which `POST /api/session` gives for the key)."""
     expected = services.settings.api_key
     if expected is None:
         return
-    if x_api_key is None or not secrets.compare_digest(x_api_key.encode(), expected.get_secret_value().encode()):
+    key = expected.get_secret_value()
+    if not (valid_key(x_api_key, key) or valid_key(session, session_token(key))):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid X-API-Key header is required")
 
 

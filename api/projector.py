@@ -13,7 +13,7 @@ from aiokafka.structs import ConsumerRecord
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from events import topics
+from events import metrics, topics
 from events.clients import ensure_topics, kafka_consumer, kafka_producer
 from events.consume import Item, Loop, parse_with
 from events.contracts import JobEvent, JobState
@@ -56,6 +56,8 @@ class Projector:
                 return
             if await self._write(before, after):
                 self.applied += 1
+                if after is not None and (before is None or before.status != after.status):
+                    metrics.JOBS.labels(status=after.status.value).inc()
                 return
             log.info("job changed meanwhile, events applied again", event_id=job)
 

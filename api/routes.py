@@ -1,15 +1,16 @@
 """The API's endpoints under /api."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from pymongo import WriteConcern
 from starlette.concurrency import iterate_in_threadpool
 
-from api.deps import ApiKeyDep, Services, ServicesDep
+from api.deps import SESSION_COOKIE, ApiKeyDep, Services, ServicesDep, session_token
 from api.jobs import JobView, after_cursor, cursor_of, views
 from api.live import GONE
 from api.schemas import Accepted, Cleaned, Health, Operations, ResultPending, ResultReady, VideoRequest
@@ -127,8 +128,11 @@ async def status_all(
 
 
 async def stream_ready(store: ObjectStore, bucket: str, key: str, head: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The `ready` answer, its prediction streamed frame by frame from the detection file."""
+    """The `ready` answer, its prediction streamed frame by frame from the detection file (with the
+    video's frame rate, when the file knows it: a player maps frames to time with it)."""
     async with store.local_copy(bucket, key) as path:
+        if (fps := (await asyncio.to_thread(detection_file.header, path)).get("fps")) is not None:
+            head = {**head, "fps": fps}
         yield detection_file.open_object(head)
         async for chunk in iterate_in_threadpool(detection_file.prediction_chunks(path)):
             yield chunk
@@ -228,6 +232,63 @@ async def job_events(services: ServicesDep, request: Request, event_id: str) -> 
     if await services.outbox.find_one({"_id": event_id}, {"_id": 1}) is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
     return event_stream(live_updates(services, request, event_id))
+
+
+@router.post("/session", status_code=status.HTTP_204_NO_CONTENT, dependencies=[ApiKeyDep])
+async def session(services: ServicesDep, request: Request, response: Response) -> None:
+    """Exchange the X-API-Key header for an HttpOnly session cookie (the web page's sign-in), so the
+    browser's uploads, event streams and video player work without the key in a URL."""
+    if (key := services.settings.api_key) is not None:
+        response.set_cookie(SESSION_COOKIE, session_token(key.get_secret_value()), httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https", path="/api")  # fmt: skip
+
+
+@router.get(
+    "/video/{event_id}",
+    response_class=StreamingResponse,
+    responses={206: {"description": "the requested byte range"}, 404: {"description": "unknown event id"},
+               416: {"description": "a range outside the video"}},
+)  # fmt: skip
+async def video(
+    services: ServicesDep, event_id: str, range_header: Annotated[str | None, Header(alias="Range")] = None
+):
+    """The uploaded video, with HTTP range requests (a browser's player seeks with them)."""
+    event_id = check_event_id(event_id)
+    doc = await services.outbox.find_one({"_id": event_id}, {"payload": 1})
+    size = await services.store.size(doc["payload"]["bucket"], doc["payload"]["object"]) if doc else None
+    if doc is None or size is None:
+        raise client_error(f"no video for event_id {event_id}", status.HTTP_404_NOT_FOUND)
+    try:
+        start, end = byte_range(range_header, size)
+    except ValueError as error:
+        raise HTTPException(status.HTTP_416_RANGE_NOT_SATISFIABLE, str(error),
+                            headers={"Content-Range": f"bytes */{size}"}) from error  # fmt: skip
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1)}
+    if range_header is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    body = services.store.read_range(doc["payload"]["bucket"], doc["payload"]["object"], start, end - start + 1)
+    code = status.HTTP_206_PARTIAL_CONTENT if range_header is not None else status.HTTP_200_OK
+    return StreamingResponse(body, code, headers=headers, media_type="video/mp4")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int]:
+    """(first, last) byte of a single `Range: bytes=...` request, or of the whole file without one."""
+    if header is None:
+        return 0, size - 1
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip() != "bytes" or not dash or "," in spec or not (first or last):
+        raise ValueError(f"unsupported range {header!r}: one range of bytes")
+    try:
+        if not first:  # the last N bytes
+            start, end = max(size - int(last), 0), size - 1
+        else:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+    except ValueError as error:
+        raise ValueError(f"invalid range {header!r}") from error
+    if start > end or start >= size:
+        raise ValueError(f"range {header!r} is outside the video's {size} bytes")
+    return start, end
 
 
 @router.delete("/cleanup/all", dependencies=[ApiKeyDep])

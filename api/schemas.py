@@ -50,6 +50,7 @@ class Operations(BaseModel):
 class ResultReady(BaseModel):
     status: Literal["ready"] = "ready"
     event_id: str
+    fps: float | None = Field(default=None, description="the video's frame rate: frame N is at N / fps seconds")
     prediction: list[FramePrediction]
     processing_time_seconds: float
     processing_time_formatted: str

@@ -8,12 +8,14 @@ the loop, so the process exits and is restarted rather than throwing work away.
 """
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from events import metrics
 from events.clients import commit, records
 from events.retry import is_infrastructure
 
@@ -23,6 +25,7 @@ Fetch = Callable[[], Awaitable[list[ConsumerRecord]]]
 Parse = Callable[[list[ConsumerRecord]], Awaitable[list[T | Exception]]]
 Handle = Callable[[list[Item]], Awaitable[None]]
 # (message, its parsed form or None if it did not parse, the error)
+LAG_INTERVAL_S = 2.0
 Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
 
 
@@ -39,6 +42,7 @@ class Loop(Generic[T]):
         self.consumer, self.parse, self.handle, self.reject = consumer, parse, handle, reject
         self.fetch = fetch or self.fetch_available
         self.max_records = max_records
+        self.lag_measured_at = 0.0
 
     async def fetch_available(self) -> list[ConsumerRecord]:
         return records(await self.consumer.getmany(timeout_ms=500, max_records=self.max_records))
@@ -53,6 +57,27 @@ class Loop(Generic[T]):
             if messages:
                 await self.handle_batch(messages)
                 await commit(self.consumer)
+            await self.measure_lag()
+
+    async def measure_lag(self) -> None:
+        """`vdetect_consumer_lag`: messages in this consumer's partitions it has not consumed yet,
+        measured at most every LAG_INTERVAL_S; it never gets in the way of consuming."""
+        if time.monotonic() - self.lag_measured_at < LAG_INTERVAL_S:
+            return
+        self.lag_measured_at = time.monotonic()
+        lag: dict[str, int] = {}
+        try:
+            async with asyncio.timeout(1):
+                for partition in self.consumer.assignment():
+                    end = self.consumer.highwater(partition)
+                    if end is not None:
+                        behind = end - await self.consumer.position(partition)
+                        lag[partition.topic] = lag.get(partition.topic, 0) + max(behind, 0)
+        except Exception:  # noqa: BLE001 - a rebalance under way: measured next time
+            return
+        group = getattr(self.consumer, "_group_id", None) or ""
+        for topic, behind in lag.items():
+            metrics.CONSUMER_LAG.labels(topic=topic, group=group).set(behind)
 
     async def handle_batch(self, messages: list[ConsumerRecord]) -> None:
         items: list[Item] = []

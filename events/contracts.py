@@ -205,6 +205,7 @@ class RunnerPrediction(Contract):
     object: str | None = Field(default=None, description="the video's key, to read it again for a resend")
     total_frames: int | None = None
     frames_expected: int | None = Field(default=None, description="estimated from the container, for progress")
+    fps: float | None = Field(default=None, description="the video's frame rate, from the container")
     received_frames: int = 0
     status: RunnerStatus = RunnerStatus.PROCESSING
     tasks: dict[str, int] = Field(default_factory=dict, description="partition -> offset of the job's last task")
@@ -225,6 +226,7 @@ class DetectionHeader(Contract):
 
     event_id: str
     total_frames: int
+    fps: float | None = Field(default=None, description="the video's frame rate: frame N is at N / fps seconds")
     created_at: datetime
     completed_at: datetime
 

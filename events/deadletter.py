@@ -3,7 +3,7 @@
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from events import topics
+from events import metrics, topics
 from events.contracts import DeadLetter
 from events.log import get_logger
 from events.settings import Settings
@@ -24,6 +24,7 @@ async def dead_letter(
         value=(message.value or b"").decode(errors="replace")[:100_000],
     )
     await producer.send_and_wait(settings.topic(topics.DEAD_LETTERS), letter.to_bytes(), key=message.key)
+    metrics.DEAD_LETTERS.labels(topic=message.topic).inc()
     log.error(
         "message dead-lettered",
         topic=message.topic,

@@ -44,6 +44,18 @@ async def write(out: BinaryIO, head: dict[str, Any], frames: AsyncIterable[dict[
     return count
 
 
+def header(path: Path) -> dict[str, Any]:
+    """The scalar members of a detection file before its `prediction` (read without parsing the rest)."""
+    found: dict[str, Any] = {}
+    with path.open("rb") as source:
+        for prefix, event, value in ijson.parse(source, use_float=True):
+            if prefix == "prediction":
+                break
+            if event in ("string", "number", "boolean", "null") and "." not in prefix and prefix:
+                found[prefix] = value
+    return found
+
+
 def prediction_chunks(path: Path) -> Iterator[bytes]:
     """The members of a detection file's `prediction` list, comma-separated, about CHUNK_BYTES at a time."""
     with path.open("rb") as source:

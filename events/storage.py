@@ -24,6 +24,7 @@ from minio import Minio
 from minio.error import S3Error
 
 COPY_CHUNK = 1024 * 1024
+RANGE_CHUNK = 256 * 1024
 S3_PART_SIZE = 16 * 1024 * 1024
 MISSING_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 # Answers about one bucket or key that no retry can change. Wrong credentials are not among them:
@@ -61,6 +62,8 @@ class ObjectStore(Protocol):
     async def list_prefix(self, bucket: str, prefix: str) -> dict[str, datetime]: ...
     async def delete_prefix(self, bucket: str, prefix: str) -> int: ...
     async def buckets(self) -> list[str]: ...
+    async def size(self, bucket: str, key: str) -> int | None: ...
+    def read_range(self, bucket: str, key: str, start: int, length: int) -> AsyncIterator[bytes]: ...
     def local_copy(self, bucket: str, key: str) -> AbstractAsyncContextManager[Path]:
         """A path to the object's bytes on this machine, valid inside the `async with`."""
         ...
@@ -144,6 +147,20 @@ class DirectoryStore:
     async def buckets(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
+    async def size(self, bucket: str, key: str) -> int | None:
+        try:
+            return (await asyncio.to_thread(self._path(bucket, key).stat)).st_size
+        except FileNotFoundError:
+            return None
+
+    async def read_range(self, bucket: str, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes from `start`, RANGE_CHUNK at a time."""
+        with await asyncio.to_thread(self._path(bucket, key).open, "rb") as source:
+            await asyncio.to_thread(source.seek, start)
+            while length > 0 and (chunk := await asyncio.to_thread(source.read, min(RANGE_CHUNK, length))):
+                length -= len(chunk)
+                yield chunk
+
     @asynccontextmanager
     async def local_copy(self, bucket: str, key: str) -> AsyncIterator[Path]:
         path = self._path(bucket, key)
@@ -223,6 +240,23 @@ class S3Store:
 
     async def buckets(self) -> list[str]:
         return [b.name for b in await asyncio.to_thread(self.client.list_buckets)]
+
+    async def size(self, bucket: str, key: str) -> int | None:
+        stat = await self._call(bucket, key, self.client.stat_object, bucket, key)
+        return stat.size if stat else None
+
+    async def read_range(self, bucket: str, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes from `start`, streamed from one ranged GET, RANGE_CHUNK at a time."""
+        response = await self._call(bucket, key, self.client.get_object, bucket, key, offset=start, length=length)
+        if response is None:
+            raise FileNotFoundError(f"{bucket}/{key}")
+        chunks = response.stream(RANGE_CHUNK)
+        try:
+            while chunk := await asyncio.to_thread(next, chunks, b""):
+                yield chunk
+        finally:
+            response.close()
+            response.release_conn()
 
     @asynccontextmanager
     async def local_copy(self, bucket: str, key: str) -> AsyncIterator[Path]:

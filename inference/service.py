@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from fastapi import FastAPI
 
-from events import topics
+from events import metrics, topics
 from events.clients import ensure_topics, kafka_consumer, kafka_producer, records
 from events.consume import Item, Loop
 from events.contracts import DetectedObject, InferenceResult, InferenceTask
@@ -94,6 +94,7 @@ class Worker:
         started = time.monotonic()
         detections = await asyncio.to_thread(self.detector.detect, images)
         self.stats.busy_seconds += time.monotonic() - started
+        metrics.INFERENCE_SECONDS.observe(time.monotonic() - started)
         await self.publish(
             [
                 InferenceResult(
@@ -104,6 +105,7 @@ class Worker:
         )
         self.stats.frames += len(tasks)
         self.stats.batches += 1
+        metrics.FRAMES.labels(stage="inferred").inc(len(tasks))
 
     async def publish(self, results: list[InferenceResult]) -> None:
         topic = self.settings.topic(topics.INFERENCE_RESULTS)
@@ -137,7 +139,7 @@ async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[Con
 
 
 def health_app(detector: Detector, settings: Settings, stats: Stats, loop: Loop) -> FastAPI:
-    app = FastAPI(title="vdetect inference")
+    app = metrics.add_metrics_route(FastAPI(title="vdetect inference"))
 
     @app.get("/health")
     async def health() -> dict:

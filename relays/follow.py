@@ -34,7 +34,7 @@ from fastapi import FastAPI
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-from events import topics
+from events import metrics, topics
 from events.contracts import JobEvent
 from events.crash import crash_point
 from events.log import get_logger
@@ -83,7 +83,7 @@ def job_event_publisher(producer: AIOKafkaProducer, settings: Settings) -> Calla
 
 
 def health_app(relay: "Relay") -> FastAPI:
-    app = FastAPI(title=f"vdetect {relay.name}")
+    app = metrics.add_metrics_route(FastAPI(title=f"vdetect {relay.name}"))
 
     @app.get("/health")
     async def health() -> dict:
@@ -115,6 +115,7 @@ class Relay:
                 if error.code not in TOKEN_LOST_CODES:
                     raise
                 self.stats.tokens_lost += 1
+                metrics.TOKENS_LOST.labels(relay=self.name).inc()
                 log.error(
                     "resume token refused, reconciling by sweep",
                     relay=self.name,
@@ -152,6 +153,8 @@ class Relay:
                     else:
                         await self.handle_current(change["documentKey"]["_id"])
                     self.stats.changes += 1
+                    if (at := change.get("clusterTime")) is not None:  # a bson Timestamp, seconds resolution
+                        metrics.RELAY_LAG.labels(relay=self.name).observe(max(time.time() - at.time, 0))
                     crash_point("before_checkpoint")
                 elif time.monotonic() - saved_at < self.checkpoint_interval:
                     continue
@@ -162,4 +165,5 @@ class Relay:
             if not stop.is_set():  # invalidated: the old token cannot resume, start afresh
                 log.error("change stream invalidated, reconciling by sweep", relay=self.name)
                 self.stats.tokens_lost += 1
+                metrics.TOKENS_LOST.labels(relay=self.name).inc()
                 await self.tokens.clear(self.name)

@@ -52,15 +52,16 @@ def open_video(path: Path) -> cv2.VideoCapture:
     return capture
 
 
-def expected_samples(path: Path, stride: int) -> int | None:
-    """How many frames `sample_frames` will yield, as the container tells (an estimate: some containers
-    do not know, or are wrong); None if it does not say. VideoError if it is not a video we decode."""
+def video_info(path: Path, stride: int) -> tuple[int | None, float | None]:
+    """(How many frames `sample_frames` will yield, frames per second), as the container tells: an
+    estimate (some containers do not know, or are wrong), None where it does not say. VideoError if
+    it is not a video the runner decodes."""
     capture = open_video(path)
     try:
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        count, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), float(capture.get(cv2.CAP_PROP_FPS))
     finally:
         capture.release()
-    return -(-count // stride) if count > 0 else None
+    return (-(-count // stride) if count > 0 else None), (round(fps, 3) if 0 < fps < 1000 else None)
 
 
 def sample_frames(path: Path, stride: int, max_side: int | None = None) -> Iterator[Frame]:

@@ -51,9 +51,11 @@ class Jobs:
         return _job(doc)
 
     @transient
-    async def expect(self, event_id: str, frames: int) -> None:
-        """How many frames the job should have, estimated before they are read (for its progress)."""
-        await self.collection.update_one({"_id": event_id, **PROCESSING}, {"$set": {"frames_expected": frames}})
+    async def expect(self, event_id: str, frames: int | None, fps: float | None) -> None:
+        """How many frames the job should have, estimated before they are read (for its progress), and
+        the video's frame rate (a player maps its time to frames with it)."""
+        await self.collection.update_one({"_id": event_id, **PROCESSING},
+                                         {"$set": {"frames_expected": frames, "fps": fps}})  # fmt: skip
 
     @transient
     async def touch(self, event_id: str, tasks: dict[int, int]) -> None:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from fastapi import FastAPI
 
-from events import topics
+from events import metrics, topics
 from events.clients import (
     GroupOffsets,
     ensure_topics,
@@ -47,7 +47,7 @@ from events.retry import is_infrastructure
 from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.storage import ObjectStore, PermanentStorageError
-from runner.frames import Frame, VideoError, encode_frame, expected_samples, sample_frames
+from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
 from runner.jobs import Jobs
 
 log = get_logger(__name__)
@@ -119,8 +119,8 @@ class Runner:
             if len(deliveries) >= DELIVERY_BATCH:
                 await delivered()
 
-        if not skip and (expected := await asyncio.to_thread(expected_samples, path, self.settings.frame_stride)):
-            await self.jobs.expect(event_id, expected)
+        if not skip:
+            await self.jobs.expect(event_id, *await asyncio.to_thread(video_info, path, self.settings.frame_stride))
         frames = sample_frames(path, self.settings.frame_stride, self.settings.model_input_size)
         count = 0
         try:
@@ -138,6 +138,7 @@ class Runner:
         finally:
             frames.close()
         self.stats.frames_published += count - len(skip)
+        metrics.FRAMES.labels(stage="published").inc(count - len(skip))
         return count
 
     async def start_job(self, event: OutboxEvent) -> None:
@@ -253,6 +254,7 @@ class Runner:
             with structlog.contextvars.bound_contextvars(event_id=event_id):
                 job, stored = await self.jobs.record(event_id, batch)
                 self.stats.results_stored += stored
+                metrics.FRAMES.labels(stage="stored").inc(stored)
                 self.stats.duplicate_results += len(batch) - stored
                 if stored < len(batch):
                     log.debug("results ignored: duplicates or job over", ignored=len(batch) - stored)
@@ -292,7 +294,7 @@ class Runner:
 
 
 def health_app(stats: Stats, loops: list[Loop]) -> FastAPI:
-    app = FastAPI(title="vdetect runner")
+    app = metrics.add_metrics_route(FastAPI(title="vdetect runner"))
 
     @app.get("/health")
     async def health() -> dict:

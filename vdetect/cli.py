@@ -142,6 +142,65 @@ def bench(
     typer.echo(json.dumps(report, indent=2))
 
 
+ApiUrl = Annotated[str, typer.Option("--api", envvar="VDETECT_API", help="the API's address")]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="VDETECT_API_KEY", help="X-API-Key, if the API needs one")
+]
+Output = Annotated[Path | None, typer.Option(help="write the result: .json (the result_video answer) or .csv")]
+
+
+def _client(action) -> None:  # noqa: ANN001
+    from vdetect.client import USAGE, ClientError
+
+    try:
+        code = action()
+    except ClientError as error:
+        typer.echo(f"error: {error}", err=True)
+        code = USAGE
+    raise typer.Exit(code)
+
+
+@app.command()
+def submit(
+    files: Annotated[list[Path], typer.Argument(help="videos to upload")],
+    api: ApiUrl = "http://127.0.0.1:8080",
+    api_key: ApiKey = None,
+    wait: Annotated[bool, typer.Option(help="follow each job's progress until it ends")] = False,
+    output: Output = None,
+) -> None:
+    """Upload videos (prints their event ids); with --wait, show progress until they end.
+
+    Exit status: 0 every job ready, 1 any failed, 2 a usage or connection error."""
+    from vdetect import client
+
+    _client(lambda: client.submit(files, api, api_key, wait, output))
+
+
+@app.command()
+def jobs(
+    api: ApiUrl = "http://127.0.0.1:8080",
+    api_key: ApiKey = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="the oldest N jobs")] = 100,
+) -> None:
+    """A table of jobs with their status and progress."""
+    from vdetect import client
+
+    _client(lambda: client.jobs(api, api_key, limit))
+
+
+@app.command()
+def result(
+    event_id: Annotated[str, typer.Argument(help="the job's event id")],
+    api: ApiUrl = "http://127.0.0.1:8080",
+    api_key: ApiKey = None,
+    output: Output = None,
+) -> None:
+    """Print a job's result as JSON (or write it with --output); exit 1 unless it is ready."""
+    from vdetect import client
+
+    _client(lambda: client.result(event_id, api, api_key, output))
+
+
 @app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="where databases, objects and logs live")] = Path("data"),

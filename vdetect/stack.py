@@ -171,10 +171,10 @@ def services(ports: Ports, env: dict[str, str], inference_workers: int) -> list[
     if inference_workers <= 0:
         inference_workers = os.cpu_count() or 1
         env = {"INFERENCE_THREADS": "1", **env}
-    # the first inference worker serves on INFERENCE_PORT, the others on a port the system picks
+    # worker i serves health and metrics on INFERENCE_PORT + i: each is scraped on its own
     children = [
         Child(f"inference-{i}" if i else "inference", [*command, "inference"],
-              {**env, "INFERENCE_PORT": str(ports.inference if i == 0 else 0)})
+              {**env, "INFERENCE_PORT": str(ports.inference + i)})
         for i in range(inference_workers)
     ]  # fmt: skip
     names = ("runner", "outbox-relay", "s3-relay", "webhook-relay", "api")

@@ -2,9 +2,12 @@
 live updates read over Server-Sent Events and a webhook received by a real HTTP server."""
 
 import asyncio
+import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -32,6 +35,14 @@ from vdetect.harness import (
 
 pytestmark = pytest.mark.e2e
 SECRET = "whsec-e2e"
+CHROMIUM = "/usr/lib/chromium/chromium"
+PAINTED = """() => {
+    const canvas = document.querySelector('#boxes');
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    let painted = 0;
+    for (let i = 3; i < pixels.length; i += 4) if (pixels[i]) painted += 1;
+    return painted;
+}"""
 
 
 def kill_the_runner(stack: Stack) -> None:
@@ -83,7 +94,9 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
     elapsed = time.monotonic() - started
     stream.join(30)
     assert not stream.is_alive()  # the job's stream ended after its final status
-    assert set(answer) == {"status", "event_id", "prediction", "processing_time_seconds", "processing_time_formatted"}
+    assert set(answer) == {"status", "event_id", "fps", "prediction", "processing_time_seconds",
+                           "processing_time_formatted"}  # fmt: skip
+    assert answer["fps"] == 25
     assert answer["event_id"] == upload["event_id"]
     assert isinstance(answer["processing_time_seconds"], float) and answer["processing_time_formatted"].endswith("s")
     frames = answer["prediction"]
@@ -132,6 +145,103 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
     assert httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").json()["status"] == "ok"
     data = httpx.get(f"http://127.0.0.1:{stack.inference_port}/api/data").json()
     assert data["frames_processed"] > 0 and data["classes"] == 80  # one of the workers: they share the frames
+
+
+def test_the_web_page_uploads_follows_and_plays_a_result_with_its_boxes(stack: Stack, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = chromium.new_page(viewport={"width": 1100, "height": 1000})
+        started = time.monotonic()
+        page.goto(stack.api.removesuffix("/api") + "/")
+        page.wait_for_load_state("load")
+        loaded = time.monotonic() - started
+        page.set_input_files("#file", str(bikes_video()))  # the file picker (drop uses the same upload)
+        page.wait_for_function("() => document.querySelector('.upload .state').textContent === 'queued'")
+        ready = "() => [...document.querySelectorAll('#job-rows tr')].some(r => r.querySelector('.status')" \
+                ".textContent === 'ready' && r.querySelector('progress').value === 1)"  # fmt: skip
+        page.wait_for_function(ready, timeout=120_000)  # live, from the events stream
+        shown_ready = time.monotonic()
+        page.locator("#job-rows button:visible").first.click()
+        page.wait_for_function("() => document.querySelector('#video').readyState >= 2", timeout=30_000)
+        page.evaluate("document.querySelector('#video').currentTime = 3.0")  # seek: the player asks for a range
+        page.wait_for_function("() => Number(document.querySelector('#boxes').dataset.frame) === 75"
+                               " && Number(document.querySelector('#boxes').dataset.drawn) > 0")  # fmt: skip
+        boxes_after = time.monotonic() - shown_ready
+        painted = page.evaluate(PAINTED)
+        page.screenshot(path=str(tmp_path / "web-page.png"), full_page=True)
+        for box in page.locator("#classes input").all():  # the class filter: nothing ticked, nothing drawn
+            box.uncheck()
+        assert page.evaluate(PAINTED) == 0
+        assert page.locator("#csv").get_attribute("download").endswith(".csv")
+        chromium.close()
+    assert painted > 200  # boxes and labels on the canvas over the video
+    print(f"\nweb page: loaded in {loaded * 1000:.0f} ms; ready -> boxes on screen {boxes_after * 1000:.0f} ms;"
+          f" {painted} pixels painted; screenshot {tmp_path / 'web-page.png'}")  # fmt: skip
+
+
+def test_the_command_line_submits_waits_and_writes_results(stack: Stack, tmp_path) -> None:
+    api = stack.api.removesuffix("/api")
+    out = tmp_path / "result.csv"
+    vdetect = [sys.executable, "-m", "vdetect"]
+    submitted = subprocess.run([*vdetect, "submit", str(bikes_video()), "--api", api, "--wait", "--output", str(out)],
+                               capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    event_id = submitted.stdout.strip()
+    progress = submitted.stderr.splitlines()  # not a terminal: one plain line per change, no bar drawing
+    assert progress[-1] == f"{event_id} ready 100%" and "\x1b" not in submitted.stderr
+    rows = out.read_text().splitlines()
+    assert rows[0] == "event_id,frame,class,conf,x1,y1,x2,y2" and len(rows) > 50
+    assert all(row.startswith(f"{event_id},") for row in rows[1:])
+    listed = subprocess.run([*vdetect, "jobs", "--api", api], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and any(event_id in line and "ready" in line for line in listed.stdout.splitlines())
+    result = subprocess.run([*vdetect, "result", event_id, "--api", api], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and json.loads(result.stdout)["event_id"] == event_id
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 5000)
+    failed = subprocess.run([*vdetect, "submit", str(corrupt), "--api", api, "--wait"], capture_output=True,
+                            text=True, timeout=240)  # fmt: skip
+    assert failed.returncode == 1 and "failed" in failed.stderr
+    missing = subprocess.run([*vdetect, "submit", "no-such.mp4", "--api", api], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    unreachable = subprocess.run([*vdetect, "jobs", "--api", "http://127.0.0.1:9"], capture_output=True, text=True)
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+def test_every_service_serves_metrics_that_moved_with_the_jobs(stack: Stack) -> None:
+    ports = {"api": stack.ports["api"], "runner": stack.runner_port, "outbox-relay": stack.ports["outbox-relay"],
+             "s3-relay": stack.ports["s3-relay"], "webhook-relay": stack.ports["webhook-relay"],
+             **{f"inference-{i}": stack.inference_port + i for i in range(os.cpu_count() or 1)}}  # fmt: skip
+    scraped, seconds = {}, []
+    for name, port in ports.items():
+        started = time.monotonic()
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        seconds.append(time.monotonic() - started)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain"), name
+        scraped[name] = {
+            line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in answer.text.splitlines()
+            if line.startswith("vdetect_")
+        }  # fmt: skip
+        assert all("event_id" not in sample for sample in scraped[name]), name  # bounded labels
+
+    def total(name: str, sample: str) -> float:
+        return sum(value for key, value in scraped[name].items() if key.startswith(sample))
+
+    assert total("api", 'vdetect_jobs_total{status="ready"}') >= 1
+    assert total("api", 'vdetect_jobs_total{status="failed"}') >= 1
+    assert total("runner", 'vdetect_frames_total{stage="published"}') >= 50
+    assert total("runner", 'vdetect_frames_total{stage="stored"}') >= 50
+    inferred = sum(total(n, 'vdetect_frames_total{stage="inferred"}') for n in ports if n.startswith("inference"))
+    assert inferred >= 50  # each worker scraped on its own port; together they did every frame
+    assert sum(total(n, "vdetect_inference_seconds_count") for n in ports if n.startswith("inference")) > 0
+    for relay in ("outbox-relay", "s3-relay"):
+        assert total(relay, f'vdetect_relay_lag_seconds_count{{relay="{relay}"}}') > 0, relay
+    assert any(key.startswith("vdetect_consumer_lag{") for key in scraped["runner"])
+    print(
+        f"\nmetrics: {len(ports)} endpoints scraped, {1000 * statistics.median(seconds):.1f} ms median, "
+        f"{1000 * max(seconds):.1f} ms slowest"
+    )
 
 
 def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> None:

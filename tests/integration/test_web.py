@@ -1,0 +1,89 @@
+"""The web page's sign-in and the video endpoint, against a real API server (uvicorn) on real
+SecantusDB and Tansu, driven by Debian's chromium through Playwright."""
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from api.app import create_app
+from tests.servers import bikes_video
+from vdetect.harness import free_port
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+KEY = "s3cret-web"
+
+
+@pytest.fixture
+def keyed_api(settings) -> Iterator[str]:
+    """The API with API_KEY set, served by uvicorn on a free port."""
+    port = free_port()
+    app = create_app(settings.model_copy(update={"api_key": SecretStr(KEY)}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    return playwright, playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+
+
+def test_the_page_asks_for_the_key_once_and_keeps_it_in_an_http_only_cookie(keyed_api: str) -> None:
+    playwright, chromium = browser()
+    try:
+        page = chromium.new_page()
+        page.goto(f"{keyed_api}/")
+        page.set_input_files("#file", str(bikes_video()))
+        page.wait_for_selector("#key-dialog[open]")  # the upload was refused: the page asks for the key
+        page.fill("#key", "wrong")
+        page.click("#key-form button")
+        page.wait_for_function("() => document.querySelector('#key-error').textContent !== ''")
+        page.fill("#key", KEY)
+        page.click("#key-form button")
+        page.wait_for_function("() => document.querySelector('.upload .state').textContent === 'queued'")
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts never see it
+        (cookie,) = page.context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and KEY not in cookie["value"]
+        page.set_input_files("#file", str(bikes_video()))  # asked once: the second upload just goes
+        page.wait_for_function("() => [...document.querySelectorAll('.upload .state')].every(s => s.textContent"
+                               " === 'queued')")  # fmt: skip
+        assert not page.is_visible("#key-dialog")
+        assert page.locator("#job-rows tr").count() == 2
+    finally:
+        chromium.close()
+        playwright.stop()
+    assert httpx.post(f"{keyed_api}/api/session", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_the_video_is_served_with_byte_ranges(settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        event_id = client.post("/api/upload_video", files={"file": ("v.mp4", bikes_video().read_bytes())}).json()[
+            "event_id"
+        ]
+        original = bikes_video().read_bytes()
+        whole = client.get(f"/api/video/{event_id}")
+        assert whole.status_code == 200 and whole.content == original and whole.headers["accept-ranges"] == "bytes"
+        part = client.get(f"/api/video/{event_id}", headers={"Range": "bytes=100-1099"})
+        assert part.status_code == 206 and part.content == original[100:1100]
+        assert part.headers["content-range"] == f"bytes 100-1099/{len(original)}"
+        tail = client.get(f"/api/video/{event_id}", headers={"Range": "bytes=-500"})
+        assert tail.status_code == 206 and tail.content == original[-500:]
+        outside = client.get(f"/api/video/{event_id}", headers={"Range": f"bytes={len(original)}-"})
+        assert outside.status_code == 416 and outside.headers["content-range"] == f"bytes */{len(original)}"
+        assert client.get(f"/api/video/{'0' * 8}-0000-4000-8000-{'0' * 12}").status_code == 404

@@ -1,0 +1,169 @@
+"""The command-line client: submit videos, follow their progress over Server-Sent Events, fetch results.
+
+Exit statuses: 0 when every job is ready, 1 when any failed (or is not finished), 2 on a usage or
+connection error. Progress goes to stderr: bars on a terminal, one plain line per change otherwise;
+stdout carries only what a script wants (event ids, tables, results).
+"""
+
+import csv
+import json
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+OK, FAILED, USAGE = 0, 1, 2
+FINAL = ("ready", "failed")
+CSV_HEADER = ("event_id", "frame", "class", "conf", "x1", "y1", "x2", "y2")
+
+
+class ClientError(Exception):
+    """A usage or connection error: exit status 2, with the message."""
+
+
+class Api:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 60) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/") + "/api", headers=headers, timeout=timeout)
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        try:
+            answer = self.http.request(method, path, **options)
+        except httpx.HTTPError as error:
+            raise ClientError(f"cannot reach the API at {self.http.base_url}: {error}") from error
+        if answer.status_code >= 400 and answer.status_code != 404:
+            try:
+                detail = answer.json().get("detail", answer.text)
+            except ValueError:
+                detail = answer.text
+            raise ClientError(f"{method} {path}: {answer.status_code} {detail}")
+        return answer
+
+    def upload(self, video: Path) -> str:
+        with video.open("rb") as content:
+            files = {"file": (video.name, content, "video/mp4")}
+            return self.request("POST", "/upload_video", files=files, timeout=None).json()["event_id"]
+
+    def result(self, event_id: str) -> dict:
+        answer = self.request("GET", f"/result_video/{event_id}", timeout=None)
+        if answer.status_code == 404:
+            raise ClientError(f"no job with event_id {event_id}")
+        return answer.json()
+
+    def events(self, event_id: str) -> Iterator[dict]:
+        """The job's live updates until its final status (the stream ends there)."""
+        try:
+            with self.http.stream("GET", f"/jobs/{event_id}/events", timeout=httpx.Timeout(10, read=120)) as answer:
+                if answer.status_code != 200:
+                    raise ClientError(f"live updates of {event_id}: {answer.status_code}")
+                for line in answer.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line.removeprefix("data: "))
+        except httpx.HTTPError as error:
+            raise ClientError(f"live updates of {event_id} broke off: {error}") from error
+
+    def jobs(self, limit: int) -> list[dict]:
+        return self.request("GET", "/status/all", params={"limit": limit}).json()["operations"]
+
+
+def follow(api: Api, ids: list[str], err: Console) -> dict[str, dict]:
+    """Follow every job to its end, showing progress; returns each job's last status message."""
+    updates: queue.Queue[tuple[str, dict | Exception]] = queue.Queue()
+
+    def watch(event_id: str) -> None:
+        try:
+            for message in api.events(event_id):
+                updates.put((event_id, message))
+            updates.put((event_id, ClientError("the stream ended before the job did")))
+        except ClientError as error:
+            updates.put((event_id, error))
+
+    for event_id in ids:
+        threading.Thread(target=watch, args=(event_id,), daemon=True).start()
+    last: dict[str, dict] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=not err.is_terminal) as bars:
+        tasks = {event_id: bars.add_task(event_id[:8], total=1.0) for event_id in ids}
+        while len([j for j in last.values() if j["status"] in FINAL]) < len(ids):
+            event_id, message = updates.get()
+            if isinstance(message, Exception):
+                if last.get(event_id, {}).get("status") not in FINAL:
+                    raise message
+                continue
+            before, last[event_id] = last.get(event_id), message
+            bars.update(tasks[event_id], completed=message["progress"],
+                        description=f"{event_id[:8]} {message['status']}")  # fmt: skip
+            if not err.is_terminal and (before is None or (before["status"], before["progress"]) !=
+                                        (message["status"], message["progress"])):  # fmt: skip
+                line = f"{event_id} {message['status']} {round(100 * message['progress'])}%"
+                if message.get("error"):
+                    line += f" {message['error']}"
+                err.print(line, highlight=False, soft_wrap=True)
+    return last
+
+
+def write_output(path: Path, answers: list[dict]) -> None:
+    if path.suffix.lower() == ".csv":
+        with path.open("w", newline="") as out:
+            rows = csv.writer(out)
+            rows.writerow(CSV_HEADER)
+            for answer in answers:
+                for frame in answer.get("prediction", []):
+                    for obj in frame["objects"]:
+                        rows.writerow([answer["event_id"], frame["frame"], obj["class"], obj["conf"], *obj["box"]])
+    elif path.suffix.lower() == ".json":
+        path.write_text(json.dumps(answers[0] if len(answers) == 1 else answers))
+    else:
+        raise ClientError(f"--output must end in .json or .csv: {path}")
+
+
+def submit(files: list[Path], url: str, api_key: str | None, wait: bool, output: Path | None) -> int:
+    out, err = Console(), Console(stderr=True)
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ClientError(f"no such file: {', '.join(missing)}")
+    if output is not None and output.suffix.lower() not in (".json", ".csv"):
+        raise ClientError(f"--output must end in .json or .csv: {output}")
+    api = Api(url, api_key)
+    ids = []
+    for video in files:
+        ids.append(api.upload(video))
+        out.print(ids[-1], highlight=False)
+    if not wait and output is None:
+        return OK
+    last = follow(api, ids, err)
+    if output is not None:
+        write_output(output, [api.result(event_id) for event_id in ids])
+    failed = [event_id for event_id in ids if last[event_id]["status"] != "ready"]
+    for event_id in failed:
+        err.print(f"{event_id} failed: {last[event_id].get('error')}", highlight=False, soft_wrap=True)
+    return FAILED if failed else OK
+
+
+def jobs(url: str, api_key: str | None, limit: int) -> int:
+    table = Table("job", "status", "progress", "eta", "time", "error", box=None)
+    for op in Api(url, api_key).jobs(limit):
+        eta = f"{op['eta_seconds']:.0f}s" if op.get("eta_seconds") is not None and op["status_code"] == "sent" else ""
+        table.add_row(op["video_id"], op["status_code"], f"{100 * op['progress']:.0f}%", eta,
+                      op["processing_time_formatted"], op.get("error") or "")  # fmt: skip
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    return OK
+
+
+def result(event_id: str, url: str, api_key: str | None, output: Path | None) -> int:
+    answer = Api(url, api_key).result(event_id)
+    if output is not None and answer["status"] == "ready":
+        write_output(output, [answer])
+    elif output is None:
+        sys.stdout.write(json.dumps(answer) + "\n")
+    if answer["status"] != "ready":
+        Console(stderr=True).print(f"{event_id} is {answer['status']}: {answer.get('error') or ''}", highlight=False)
+        return FAILED
+    return OK
