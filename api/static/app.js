@@ -84,7 +84,10 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   [...event.dataTransfer.files].forEach(upload);
 });
-$("#file").addEventListener("change", (event) => [...event.target.files].forEach(upload));
+$("#file").addEventListener("change", (event) => {
+  [...event.target.files].forEach(upload);
+  event.target.value = ""; // the same file chosen again is a new upload
+});
 
 // ---- the job list, live ---------------------------------------------------------------------------
 

@@ -163,6 +163,10 @@ def test_the_web_page_uploads_follows_and_plays_a_result_with_its_boxes(stack: S
                 ".textContent === 'ready' && r.querySelector('progress').value === 1)"  # fmt: skip
         page.wait_for_function(ready, timeout=120_000)  # live, from the events stream
         shown_ready = time.monotonic()
+        rows = page.eval_on_selector_all("#job-rows tr", "rows => rows.map(r => [r.id, r.querySelector('.status')"
+                                         ".textContent])")  # fmt: skip
+        jobs = httpx.get(f"{stack.api}/status/all").json()["operations"]
+        assert sorted(rows) == sorted([f"job-{op['video_id']}", op["status_code"]] for op in jobs)
         page.locator("#job-rows button:visible").first.click()
         page.wait_for_function("() => document.querySelector('#video').readyState >= 2", timeout=30_000)
         page.evaluate("document.querySelector('#video').currentTime = 3.0")  # seek: the player asks for a range

@@ -61,8 +61,9 @@ def test_the_page_asks_for_the_key_once_and_keeps_it_in_an_http_only_cookie(keye
         (cookie,) = page.context.cookies()
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and KEY not in cookie["value"]
         page.set_input_files("#file", str(bikes_video()))  # asked once: the second upload just goes
-        page.wait_for_function("() => [...document.querySelectorAll('.upload .state')].every(s => s.textContent"
-                               " === 'queued')")  # fmt: skip
+        both_queued = "() => { const states = [...document.querySelectorAll('.upload .state')];" \
+                      " return states.length === 2 && states.every(s => s.textContent === 'queued'); }"  # fmt: skip
+        page.wait_for_function(both_queued)
         assert not page.is_visible("#key-dialog")
         assert page.locator("#job-rows tr").count() == 2
     finally:
