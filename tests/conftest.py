@@ -47,7 +47,7 @@ def settings(tmp_path: Path, mongo_server: Server, kafka_server: Server) -> Sett
         kafka_bootstrap_servers=f"127.0.0.1:{kafka_server.port}",
         kafka_topic_prefix=f"t{run}.",
         kafka_partitions=2,
-        kafka_session_timeout_ms=6000,
+        kafka_session_timeout_ms=4000,  # a consumer joins a group on Tansu in about half of it
         storage_backend="dir",
         storage_dir=tmp_path / "storage",
         relay_checkpoint_interval_s=0.5,
@@ -77,8 +77,8 @@ async def read_topic(settings: Settings, topic: str, count: int, timeout: float 
         group_id=f"reader-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
+        session_timeout_ms=4000,
+        heartbeat_interval_ms=800,
     )
     await consumer.start()
     messages: list = []

@@ -27,7 +27,7 @@ from events.settings import Settings
 log = get_logger("stack")
 STOP_GRACE_S = 20
 NOOP_HEARTBEAT_S = 10  # like MongoDB's periodic no-op writer: quiet change streams still advance their token
-KAFKA_CLIENTS = ("inference", "runner", "outbox-relay", "s3-relay", "api")
+KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
 MAX_BACKOFF_S = 30
 HEALTHY_AFTER_S = 60
 
@@ -66,10 +66,18 @@ class Child:
         log.info("process started", process=self.name, pid=self.process.pid, restarts=self.restarts)
 
     def stop(self) -> None:
+        self.terminate()
+        self.wait_stopped(time.monotonic() + STOP_GRACE_S)
+
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM): it finishes its batch, commits and exits."""
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        if self.process and self.process.poll() is None:
             try:
-                self.process.wait(STOP_GRACE_S)
+                self.process.wait(max(deadline - time.monotonic(), 0))
             except subprocess.TimeoutExpired:
                 log.warning("process did not stop in time, killed", process=self.name)
                 self.process.kill()
@@ -263,9 +271,11 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
             time.sleep(0.2)
     finally:
         log.info("stack stopping")
-        for child in reversed(workers):
-            child.stop()
-        for child in reversed(backing):
-            child.stop()
+        for group in (workers, backing):  # the services together, then the servers they use
+            for child in group:
+                child.terminate()
+            deadline = time.monotonic() + STOP_GRACE_S
+            for child in group:
+                child.wait_stopped(deadline)
         log.info("stack stopped")
     return 0
