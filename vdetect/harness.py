@@ -83,7 +83,7 @@ def local_stack(
     ports = {name: free_port() for name in names}
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
-    env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "6000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
+    env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "4000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
     argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
     argv += ["--inference-workers", str(inference_workers)]

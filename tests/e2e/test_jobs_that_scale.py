@@ -122,12 +122,12 @@ def test_while_the_database_is_down_uploads_get_503_with_retry_after_and_leave_n
     wait_until(lambda: httpx.get(f"{stack.api}/status/all", timeout=10).status_code == 200, 60, "database back")
 
 
-OUTAGE_S = 4 * STALL_TIMEOUT_S  # well past the stall timeout, and past the runner's grace after it
+OUTAGE_S = 3 * STALL_TIMEOUT_S  # well past the stall timeout, and past the runner's grace after it
 
 
 def test_a_large_result_a_backlog_and_an_inference_outage_only_delay(stack: Stack, videos) -> None:
     """500 frames at about 650 boxes each (> 16 MB of results) fill the queue; a short job waits behind them;
-    then every inference worker is frozen for 4x the stall timeout. Nothing is resent, all end ready."""
+    then every inference worker is frozen for 3x the stall timeout. Nothing is resent, all end ready."""
     resends_before = runner_health(stack)["resends"]
     large = upload(stack.api, videos["long"])
     time.sleep(1)
