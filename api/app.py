@@ -11,8 +11,8 @@ from fastapi.staticfiles import StaticFiles
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api import projector
-from api.deps import Services
-from api.limits import BodySizeLimit
+from api.deps import Services, key_check
+from api.limits import ApiKeyGate, BodySizeLimit, UploadSlots
 from api.live import JobFeed
 from api.projector import Projector
 from api.routes import router
@@ -66,7 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         task.cancel()
 
     app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan)
+    # the last added runs first: the key, then the number of uploads at once, then the upload's size
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(UploadSlots, slots=settings.max_concurrent_uploads)
+    app.add_middleware(ApiKeyGate, accepts=key_check(settings.api_key))
     app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router, prefix="/api")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

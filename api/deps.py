@@ -6,7 +6,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Cookie, Depends, Header, HTTPException, Request, status
+from fastapi import Depends, Request
+from pydantic import SecretStr
 from pymongo.asynchronous.collection import AsyncCollection
 
 from api.live import JobFeed
@@ -29,31 +30,20 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-SESSION_COOKIE = "vdetect_session"
-
-
 def session_token(api_key: str) -> str:
     """What the web page's session cookie holds: derived from the key, never the key itself."""
     return hmac.new(api_key.encode(), b"vdetect web session", hashlib.sha256).hexdigest()
 
 
-def valid_key(given: str | None, api_key: str) -> bool:
-    return given is not None and secrets.compare_digest(given.encode(), api_key.encode())
+def key_check(api_key: SecretStr | None):  # noqa: ANN201
+    """The check of `api.limits.ApiKeyGate`: the key in X-API-Key, or the session cookie; None: no key set."""
+    if api_key is None:
+        return None
+    key = api_key.get_secret_value().encode()
+    token = session_token(api_key.get_secret_value()).encode()
 
+    def accepts(header: str | None, session: str | None) -> bool:
+        by_header = header is not None and secrets.compare_digest(header.encode(), key)
+        return by_header or (session is not None and secrets.compare_digest(session.encode(), token))
 
-def require_api_key(
-    services: ServicesDep,
-    x_api_key: Annotated[str | None, Header()] = None,
-    session: Annotated[str | None, Cookie(alias=SESSION_COOKIE)] = None,
-) -> None:
-    """When API_KEY is set, endpoints that change data need it in the X-API-Key header (or the web
-    page's session cookie, which `POST /api/session` gives for the key)."""
-    expected = services.settings.api_key
-    if expected is None:
-        return
-    key = expected.get_secret_value()
-    if not (valid_key(x_api_key, key) or valid_key(session, session_token(key))):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid X-API-Key header is required")
-
-
-ApiKeyDep = Depends(require_api_key)
+    return accepts

@@ -1,9 +1,71 @@
-"""A request body larger than the upload limit is refused while it streams in, not after."""
+"""Limits applied before a request's body is read: the API key, concurrent uploads, the upload size."""
+
+import json
+from collections.abc import Callable
 
 from fastapi import HTTPException, status
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+OPEN_PATHS = {"/api", "/api/", "/api/health"}
+UPLOAD_PATHS = {"/api/upload_video"}
+RETRY_AFTER_S = 5
+
+
+async def refuse(send: Send, code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    """Answer at once, without reading the body (the connection is closed after the answer)."""
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": code,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"), *extra]})  # fmt: skip
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+class ApiKeyGate:
+    """ASGI middleware: with API_KEY set, every /api path but health needs the key (X-API-Key, or the
+    web page's session cookie), checked on the headers: 401 before a byte of the body is read."""
+
+    def __init__(self, app: ASGIApp, accepts: Callable[[str | None, str | None], bool] | None) -> None:
+        self.app, self.accepts = app, accepts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if self.accepts is None or scope["type"] != "http" or not path.startswith("/api") or path in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        session = cookie_parser(headers.get("cookie", "")).get(SESSION_COOKIE)
+        if not self.accepts(headers.get("x-api-key"), session):
+            await refuse(send, status.HTTP_401_UNAUTHORIZED, "a valid X-API-Key header is required",
+                         {"WWW-Authenticate": "X-API-Key"})  # fmt: skip
+            return
+        await self.app(scope, receive, send)
+
+
+class UploadSlots:
+    """ASGI middleware: at most `slots` uploads stream in at once; more get 503 with Retry-After at once,
+    instead of a pile of temporary files."""
+
+    def __init__(self, app: ASGIApp, slots: int) -> None:
+        self.app, self.free = app, slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in UPLOAD_PATHS or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.free <= 0:
+            await refuse(send, status.HTTP_503_SERVICE_UNAVAILABLE, "too many uploads at once; try again shortly",
+                         {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+            return
+        self.free -= 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.free += 1
+
+
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and fields around the file
+SESSION_COOKIE = "vdetect_session"
 
 
 def too_large(limit: int) -> HTTPException:
@@ -24,7 +86,7 @@ class BodySizeLimit:
         limit = self.max_bytes + MULTIPART_OVERHEAD
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            await self.refuse(send)
+            await refuse(send, status.HTTP_413_CONTENT_TOO_LARGE, too_large(self.max_bytes).detail)
             return
         received = 0
 
@@ -37,10 +99,3 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counted, send)
-
-    async def refuse(self, send: Send) -> None:
-        error = too_large(self.max_bytes)
-        body = f'{{"detail": "{error.detail}"}}'.encode()
-        await send({"type": "http.response.start", "status": error.status_code,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})

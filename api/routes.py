@@ -10,8 +10,9 @@ from fastapi.responses import StreamingResponse
 from pymongo import WriteConcern
 from starlette.concurrency import iterate_in_threadpool
 
-from api.deps import SESSION_COOKIE, ApiKeyDep, Services, ServicesDep, session_token
+from api.deps import Services, ServicesDep, session_token
 from api.jobs import JobView, after_cursor, cursor_of, views
+from api.limits import SESSION_COOKIE
 from api.live import GONE
 from api.schemas import Accepted, Cleaned, Health, Operations, ResultPending, ResultReady, VideoRequest
 from api.validation import (
@@ -60,7 +61,7 @@ async def enqueue(services: Services, event_id: str, bucket: str, key: str, call
     log.info("job enqueued", event_id=event_id, bucket=bucket, object=key)
 
 
-@router.post("/upload_video", dependencies=[ApiKeyDep])
+@router.post("/upload_video")
 async def upload_video(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="the video")],
@@ -90,7 +91,7 @@ async def upload_video(
     return Accepted(event_id=event_id)
 
 
-@router.post("/request", dependencies=[ApiKeyDep])
+@router.post("/request")
 async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
@@ -234,10 +235,11 @@ async def job_events(services: ServicesDep, request: Request, event_id: str) -> 
     return event_stream(live_updates(services, request, event_id))
 
 
-@router.post("/session", status_code=status.HTTP_204_NO_CONTENT, dependencies=[ApiKeyDep])
+@router.post("/session", status_code=status.HTTP_204_NO_CONTENT)
 async def session(services: ServicesDep, request: Request, response: Response) -> None:
-    """Exchange the X-API-Key header for an HttpOnly session cookie (the web page's sign-in), so the
-    browser's uploads, event streams and video player work without the key in a URL."""
+    """Exchange the X-API-Key header (checked, like every /api path, before the request is read) for an
+    HttpOnly session cookie: the web page's sign-in, so the browser's uploads, event streams and video
+    player work without the key in a URL."""
     if (key := services.settings.api_key) is not None:
         response.set_cookie(SESSION_COOKIE, session_token(key.get_secret_value()), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/api")  # fmt: skip
@@ -291,7 +293,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int]:
     return start, end
 
 
-@router.delete("/cleanup/all", dependencies=[ApiKeyDep])
+@router.delete("/cleanup/all")
 async def cleanup_all(services: ServicesDep) -> Cleaned:
     # each deleted job leaves as a `deleted` event (outbox relay): the runner forgets it
     jobs = (await services.outbox.delete_many({})).deleted_count

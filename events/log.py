@@ -5,6 +5,9 @@ import sys
 
 import structlog
 
+# Tracebacks as JSON, without local variables: a frame's locals may hold settings, URIs with passwords,
+# keys (structlog's `dict_tracebacks` prints them all).
+TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
 SHARED = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
@@ -20,7 +23,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             foreign_pre_chain=[*SHARED, structlog.stdlib.add_logger_name],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.dict_tracebacks,
+                TRACEBACKS,
                 structlog.processors.JSONRenderer(),
             ],
         )
@@ -33,7 +36,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     structlog.configure(
         processors=[
             *SHARED,
-            structlog.processors.dict_tracebacks,
+            TRACEBACKS,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
 
     # API.
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
-    api_key: SecretStr | None = Field(default=None, description="when set, required in X-API-Key to change data")
+    max_concurrent_uploads: int = Field(default=8, ge=1, description="more uploads at once get 503 with Retry-After")
+    api_key: SecretStr | None = Field(default=None, description="when set, every /api path but health needs it")
 
     # Webhooks: a signed POST to a job's callback_url when it ends.
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC key of the signature; unset: no webhooks")
@@ -83,10 +84,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """An empty value (compose's `${WEBHOOK_SECRET:-}`) means no secret, never an empty key."""
+        """An empty value (compose's `${WEBHOOK_SECRET:-}`) means no secret: never an empty key that an
+        empty header would match."""
         return None if value == "" else value
 
     @property

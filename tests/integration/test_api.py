@@ -182,12 +182,15 @@ def test_limits_are_enforced(strict_client: TestClient, settings, send, code, me
     response = send(strict_client)
     assert response.status_code == code
     assert message in response.json()["detail"]
-    assert strict_client.get("/api/status/all").json()["total"] == 0
+    assert strict_client.get("/api/status/all", headers=KEY).json()["total"] == 0
     assert not list(settings.storage_dir.rglob("*.mp4"))
 
 
-def test_reads_need_no_key_and_a_valid_key_lets_an_upload_through(strict_client: TestClient) -> None:
-    assert strict_client.get("/api/status/all").status_code == 200
+def test_every_api_path_but_health_needs_the_key_and_a_valid_key_lets_an_upload_through(strict_client) -> None:
+    assert strict_client.get("/api/status/all").status_code == 401
+    assert strict_client.get("/api/health").status_code == 200
+    assert strict_client.get("/api/status/all", headers=KEY).status_code == 200
+    assert strict_client.get("/api/status/all", headers={"X-API-Key": ""}).status_code == 401
     small = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000
     response = strict_client.post("/api/upload_video", files={"file": ("v.mp4", small)}, headers=KEY)
     assert response.status_code == 200

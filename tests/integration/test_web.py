@@ -1,6 +1,8 @@
 """The web page's sign-in and the video endpoint, against a real API server (uvicorn) on real
 SecantusDB and Tansu, driven by Debian's chromium through Playwright."""
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,17 +15,17 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from tests.servers import bikes_video
-from vdetect.harness import free_port
+from vdetect.harness import free_port, wait_until
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 KEY = "s3cret-web"
 
 
-@pytest.fixture
-def keyed_api(settings) -> Iterator[str]:
-    """The API with API_KEY set, served by uvicorn on a free port."""
+@contextlib.contextmanager
+def serving(settings) -> Iterator[str]:
+    """The API served by uvicorn on a free port, in a thread."""
     port = free_port()
-    app = create_app(settings.model_copy(update={"api_key": SecretStr(KEY)}))
+    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -35,6 +37,45 @@ def keyed_api(settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(15)
+
+
+@pytest.fixture
+def keyed_api(settings) -> Iterator[str]:
+    """The API with API_KEY set, at most one upload at a time."""
+    with serving(settings.model_copy(update={"api_key": SecretStr(KEY), "max_concurrent_uploads": 1})) as url:
+        yield url
+
+
+def raw_upload(url: str, headers: str, body_sent: bytes = b"") -> socket.socket:
+    """Start a 100 MB upload by hand: its headers, then only `body_sent` of its body."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /api/upload_video HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Type: multipart/form-data;"
+                 f" boundary=b\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n".encode() + body_sent)  # fmt: skip
+    return sock
+
+
+def test_without_the_key_a_100_mb_upload_is_refused_before_its_body_is_read(keyed_api: str) -> None:
+    with raw_upload(keyed_api, "") as sock:  # not one byte of the body sent
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401") and b"X-API-Key" in answer
+    for path in ("/api/status/all", f"/api/jobs/{'0' * 8}-0000-4000-8000-{'0' * 12}/events", "/api/jobs/events"):
+        assert httpx.get(f"{keyed_api}{path}").status_code == 401, path  # reads need the key too
+    assert httpx.get(f"{keyed_api}/api/health").status_code == 200
+    assert httpx.get(f"{keyed_api}/api/status/all", headers={"X-API-Key": KEY}).status_code == 200
+
+
+def test_uploads_beyond_the_concurrency_limit_get_503_with_retry_after(keyed_api: str) -> None:
+    def upload() -> httpx.Response:
+        return httpx.post(f"{keyed_api}/api/upload_video", headers={"X-API-Key": KEY},
+                          files={"file": ("v.mp4", bikes_video().read_bytes())})  # fmt: skip
+
+    with raw_upload(keyed_api, f"X-API-Key: {KEY}\r\n", b"--b\r\n") as slow:  # streaming in, slowly
+        second = wait_until(lambda: (answer := upload()).status_code == 503 and answer, 10, "the slot taken")
+        assert second.headers["retry-after"] == "5" and "too many uploads" in second.json()["detail"]
+        slow.close()
+    third = wait_until(lambda: (answer := upload()).status_code != 503 and answer, 10, "a free slot")
+    assert third.status_code == 200
 
 
 def browser():
@@ -49,17 +90,18 @@ def test_the_page_asks_for_the_key_once_and_keeps_it_in_an_http_only_cookie(keye
     try:
         page = chromium.new_page()
         page.goto(f"{keyed_api}/")
-        page.set_input_files("#file", str(bikes_video()))
-        page.wait_for_selector("#key-dialog[open]")  # the upload was refused: the page asks for the key
+        page.wait_for_selector("#key-dialog[open]")  # the job list was refused: the page asks for the key
         page.fill("#key", "wrong")
         page.click("#key-form button")
         page.wait_for_function("() => document.querySelector('#key-error').textContent !== ''")
         page.fill("#key", KEY)
         page.click("#key-form button")
+        page.set_input_files("#file", str(bikes_video()))
         page.wait_for_function("() => document.querySelector('.upload .state').textContent === 'queued'")
         assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts never see it
         (cookie,) = page.context.cookies()
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and KEY not in cookie["value"]
+        page.wait_for_function("() => document.querySelector('#job-rows tr') !== null")
         page.set_input_files("#file", str(bikes_video()))  # asked once: the second upload just goes
         both_queued = "() => { const states = [...document.querySelectorAll('.upload .state')];" \
                       " return states.length === 2 && states.every(s => s.textContent === 'queued'); }"  # fmt: skip
