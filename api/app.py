@@ -6,13 +6,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, status
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api import projector
 from api.deps import Services, key_check
-from api.limits import ApiKeyGate, BodySizeLimit, UploadSlots
+from api.limits import ApiKeyGate, BodySizeLimit, SecurityHeaders, UploadSlots
 from api.live import JobFeed
 from api.projector import Projector
 from api.routes import router
@@ -21,6 +22,7 @@ from events.contracts import OUTBOX
 from events.log import get_logger
 from events.metrics import add_metrics_route
 from events.settings import Settings
+from events.storage import PermanentStorageError
 
 log = get_logger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -46,7 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with mongo_client(settings.mongo_uri, timeoutMS=DATABASE_TIMEOUT_S * 1000) as main:
             store = object_store(settings)
-            await store.ensure_bucket(settings.default_bucket)
+            for bucket in sorted(settings.bucket_allowlist):  # the operator's buckets, never a client's
+                try:
+                    await store.ensure_bucket(bucket)
+                except PermanentStorageError as error:  # a credential that may not create buckets
+                    log.warning("allowed bucket not created", bucket=bucket, reason=error.reason)
             outbox, stop = main[settings.main_db][OUTBOX], asyncio.Event()
             # change streams wait longer than a request may: their own client, without the request timeout
             async with mongo_client(settings.mongo_uri) as follower, asyncio.TaskGroup() as background:
@@ -70,6 +76,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UploadSlots, slots=settings.max_concurrent_uploads)
     app.add_middleware(ApiKeyGate, accepts=key_check(settings.api_key))
+    if settings.cors_allowlist:  # no cross-origin access unless CORS_ORIGINS names the origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(settings.cors_allowlist),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router, prefix="/api")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

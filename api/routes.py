@@ -1,6 +1,7 @@
 """The API's endpoints under /api."""
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -25,15 +26,14 @@ from api.validation import (
     looks_like_video,
 )
 from events import detection_file, webhooks
-from events.contracts import OutboxDocument, OutboxPayload, detection_key, input_key
+from events.contracts import OutboxDocument, OutboxPayload, detection_key, failure_key, input_key
 from events.jobstate import FINAL
 from events.log import get_logger
 from events.statuses import OutboxStatus
-from events.storage import ObjectStore
+from events.storage import ObjectStore, PermanentStorageError
 
 log = get_logger(__name__)
 router = APIRouter()
-CLEANED_PREFIXES = ("input/", "detection/", "failed/")
 MAX_PAGE = 1000
 KEEPALIVE_S = 15
 
@@ -80,8 +80,11 @@ async def upload_video(
     await services.outbox.database.command("ping")  # the database is down: 503 now, before storing the video
     event_id = str(uuid.uuid4())
     key = input_key(event_id)
-    await services.store.ensure_bucket(bucket)
-    size = await services.store.put_file(bucket, key, file.file, file.content_type or "video/mp4")
+    try:  # the API never creates a bucket a client named: the allowed ones exist from the start
+        size = await services.store.put_file(bucket, key, file.file, file.content_type or "video/mp4")
+    except PermanentStorageError as error:
+        log.error("upload refused by storage", bucket=bucket, reason=error.reason)
+        raise client_error(f"bucket {bucket!r} cannot be written to", status.HTTP_409_CONFLICT) from error
     try:
         await enqueue(services, event_id, bucket, key, callback_url or None)
     except BaseException:
@@ -293,13 +296,40 @@ def byte_range(header: str | None, size: int) -> tuple[int, int]:
     return start, end
 
 
+async def forget(services: Services, doc: dict[str, Any]) -> int:
+    """Remove one job: the objects the system wrote for it (its upload, result or failure; never a video
+    a client had stored itself and `request`ed), then its record. The record's deletion leaves as a
+    `deleted` event (outbox relay), and the runner forgets the job too. Returns how many objects went."""
+    event_id, bucket = doc["_id"], doc["payload"]["bucket"]
+    keys = [detection_key(event_id), failure_key(event_id)]
+    if doc["payload"]["object"] == input_key(event_id):
+        keys.append(input_key(event_id))
+    objects = 0
+    for key in keys:
+        with contextlib.suppress(PermanentStorageError):  # the bucket is gone: nothing of the job is left there
+            objects += await services.store.delete_prefix(bucket, key)
+    await services.outbox.delete_one({"_id": event_id})
+    return objects
+
+
+@router.delete("/jobs/{event_id}", responses={404: {"description": "unknown event id"}})
+async def delete_job(services: ServicesDep, event_id: str) -> Cleaned:
+    """Remove one job: its objects and its records."""
+    event_id = check_event_id(event_id)
+    doc = await services.outbox.find_one({"_id": event_id}, {"payload": 1})
+    if doc is None:
+        raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
+    objects = await forget(services, doc)
+    log.info("job deleted", event_id=event_id, objects_deleted=objects)
+    return Cleaned(jobs_deleted=1, objects_deleted=objects)
+
+
 @router.delete("/cleanup/all")
 async def cleanup_all(services: ServicesDep) -> Cleaned:
-    # each deleted job leaves as a `deleted` event (outbox relay): the runner forgets it
-    jobs = (await services.outbox.delete_many({})).deleted_count
-    objects = 0
-    for bucket in await services.store.buckets():
-        for prefix in CLEANED_PREFIXES:
-            objects += await services.store.delete_prefix(bucket, prefix)
+    """Remove every job the system knows, with its objects; nothing else in the buckets is touched."""
+    jobs = objects = 0
+    async for doc in services.outbox.find({}, {"payload": 1}):
+        objects += await forget(services, doc)
+        jobs += 1
     log.info("cleanup done", jobs_deleted=jobs, objects_deleted=objects)
     return Cleaned(jobs_deleted=jobs, objects_deleted=objects)

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,10 +18,29 @@ log = get_logger(__name__)
 ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_network(settings: Settings) -> None:
+    """A service that listens beyond this machine without API_KEY does not start (ALLOW_ANONYMOUS=true
+    says that is meant)."""
+    if not loopback(settings.bind_host) and settings.api_key is None and not settings.allow_anonymous:
+        log.error("refusing to start: listening on a network address without API_KEY", bind_host=settings.bind_host,
+                  fix="set API_KEY, or ALLOW_ANONYMOUS=true if anonymous access is meant")  # fmt: skip
+        sys.exit(2)
+
+
 def run_service(name: str, main: ServiceMain, settings: Settings | None = None) -> None:
     """Run `main(settings, stop)` until it returns; SIGTERM and SIGINT set `stop` (graceful shutdown)."""
     settings = settings or Settings()
     configure_logging(name, settings.log_level)
+    refuse_open_network(settings)
 
     async def runner() -> None:
         stop = asyncio.Event()

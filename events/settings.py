@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     minio_secure: bool = False
     minio_region: str | None = None
     default_bucket: str = "videos"
-    allowed_buckets: str = Field(default="", description="comma-separated; empty: any valid bucket name")
+    allowed_buckets: str = Field(
+        default="", description="comma-separated buckets clients may name; empty: DEFAULT_BUCKET"
+    )
 
     # Runner.
     frame_stride: int = Field(default=5, ge=1)
@@ -64,6 +66,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     max_concurrent_uploads: int = Field(default=8, ge=1, description="more uploads at once get 503 with Retry-After")
     api_key: SecretStr | None = Field(default=None, description="when set, every /api path but health needs it")
+    allow_anonymous: bool = Field(default=False, description="start on a network address without API_KEY")
+    cors_origins: str = Field(default="", description="comma-separated origins allowed cross-origin; empty: none")
 
     # Webhooks: a signed POST to a job's callback_url when it ends.
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC key of the signature; unset: no webhooks")
@@ -96,8 +100,13 @@ class Settings(BaseSettings):
         return self.runner_mongo_uri or self.mongo_uri
 
     @property
+    def cors_allowlist(self) -> set[str]:
+        return {origin.strip() for origin in self.cors_origins.split(",") if origin.strip()}
+
+    @property
     def bucket_allowlist(self) -> set[str]:
-        return {name.strip() for name in self.allowed_buckets.split(",") if name.strip()}
+        """The buckets clients may name: ALLOWED_BUCKETS, or only DEFAULT_BUCKET when it is empty."""
+        return {name.strip() for name in self.allowed_buckets.split(",") if name.strip()} or {self.default_bucket}
 
     @property
     def stall_check_interval_s(self) -> float:

@@ -17,10 +17,12 @@ def api() -> None:
 
     from api.app import create_app
     from events.log import configure_logging
+    from events.runtime import refuse_open_network
     from events.settings import Settings
 
     settings = Settings()
     configure_logging("api", settings.log_level)
+    refuse_open_network(settings)
     app = create_app(settings)
 
     class Server(uvicorn.Server):

@@ -32,6 +32,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         MAX_RESENDS="1",
         FRAME_STRIDE="1",
         CONF_THRESHOLD="0",  # every candidate box (about 650 a frame after NMS): a dense result from a short clip
+        ALLOWED_BUCKETS="videos,doomed",
         MAX_DETECTIONS="1000",
     ) as running:
         yield running

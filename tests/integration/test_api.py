@@ -26,7 +26,7 @@ from vdetect.harness import wait_until
 
 @pytest.fixture
 def client(settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings.model_copy(update={"allowed_buckets": "videos,clips"}))) as test_client:
         yield test_client
 
 
@@ -92,13 +92,24 @@ def test_request_enqueues_a_video_already_in_storage(client: TestClient, setting
         (lambda c: upload(c, content=b""), 400, "empty"),
         (lambda c: upload(c, content=b"%PDF-1.7 not a video at all"), 415, "not a video"),
         (lambda c: upload(c, bucket="Bad_Bucket"), 400, "bucket"),
+        (lambda c: upload(c, bucket="other"), 403, "not allowed on this server"),
         (lambda c: c.get("/api/result_video/not-a-uuid"), 422, "UUID"),
         (lambda c: c.get(f"/api/result_video/{uuid.uuid4()}"), 404, "no job"),
         (lambda c: c.post("/api/request", json={"object": "input/missing.mp4"}), 404, "does not exist"),
         (lambda c: c.post("/api/request", json={"object": "../../etc/passwd"}), 400, "invalid object key"),
         (lambda c: c.post("/api/upload_video", data={"bucket": "videos"}), 422, "file"),
     ],
-    ids=["empty", "not-video", "bad-bucket", "bad-id", "unknown-id", "missing-object", "bad-key", "no-file"],
+    ids=[
+        "empty",
+        "not-video",
+        "bad-bucket",
+        "other-bucket",
+        "bad-id",
+        "unknown-id",
+        "missing-object",
+        "bad-key",
+        "no-file",
+    ],
 )
 def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(client: TestClient, settings, send, code, message) -> None:
     response = send(client)
@@ -108,15 +119,25 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(client: TestClient, setti
     assert message in str(body["detail"])
     assert client.get("/api/status/all").json()["total"] == 0
     assert not list(settings.storage_dir.rglob("*.mp4"))
+    assert sorted(p.name for p in settings.storage_dir.iterdir()) == ["clips", "videos"]  # no bucket created
 
 
-def test_cleanup_removes_jobs_and_objects(client: TestClient, settings) -> None:
-    for _ in range(2):
-        upload(client)
+def test_cleanup_removes_jobs_and_objects_the_system_knows_and_nothing_else(client: TestClient, settings) -> None:
+    ids = [upload(client)["event_id"] for _ in range(3)]
+    foreign = settings.storage_dir / "videos" / "mine" / "keep.mp4"  # a client's own object, requested
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(bikes_video().read_bytes())
+    stray = settings.storage_dir / "videos" / "input" / "not-a-job.mp4"  # no job knows it
+    stray.write_bytes(b"x")
+    requested = client.post("/api/request", json={"object": "mine/keep.mp4"}).json()["event_id"]
+    assert client.delete(f"/api/jobs/{ids[0]}").json() == {"status": "ok", "jobs_deleted": 1, "objects_deleted": 1}
+    assert client.get(f"/api/result_video/{ids[0]}").status_code == 404
+    assert client.delete(f"/api/jobs/{ids[0]}").status_code == 404
     answer = client.delete("/api/cleanup/all").json()
-    assert answer == {"status": "ok", "jobs_deleted": 2, "objects_deleted": 2}
+    assert answer == {"status": "ok", "jobs_deleted": 3, "objects_deleted": 2}
     assert client.get("/api/status/all").json() == {"operations": [], "total": 0, "next": None}
-    assert not list(settings.storage_dir.rglob("*.mp4"))
+    assert client.get(f"/api/result_video/{requested}").status_code == 404
+    assert sorted(settings.storage_dir.rglob("*.mp4")) == sorted([foreign, stray])  # only what jobs wrote went
 
 
 @pytest.fixture
@@ -289,3 +310,19 @@ def upload_without_secret(settings) -> dict:
         answer = upload(client, callback_url="https://93.184.215.14/hook")
     assert "WEBHOOK_SECRET" in answer["detail"]
     return answer
+
+
+def test_the_page_is_served_with_a_strict_content_security_policy_and_no_cors(client: TestClient, settings) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and '<script src="/static/app.js"' in page.text and "<script>" not in page.text
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert client.get("/static/app.js").headers["x-content-type-options"] == "nosniff"
+    preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/api/upload_video", headers=preflight).headers
+    allowed = settings.model_copy(update={"cors_origins": "https://app.example"})
+    with TestClient(create_app(allowed)) as cors_client:
+        answer = cors_client.options("/api/upload_video", headers={**preflight, "Origin": "https://app.example"})
+        assert answer.headers["access-control-allow-origin"] == "https://app.example"
+        other = cors_client.options("/api/upload_video", headers=preflight)
+        assert "access-control-allow-origin" not in other.headers

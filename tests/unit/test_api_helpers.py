@@ -20,14 +20,17 @@ def test_elapsed_seconds_never_negative() -> None:
 
 
 @pytest.mark.parametrize("bucket", ["videos", "my-bucket.2024", "abc"])
-def test_valid_buckets_pass(bucket: str) -> None:
-    assert check_bucket(bucket) == bucket
+def test_valid_allowed_buckets_pass_and_others_are_refused_without_naming_the_allowed(bucket: str) -> None:
+    assert check_bucket(bucket, {bucket}) == bucket
+    with pytest.raises(HTTPException) as error:
+        check_bucket(bucket, {"secret-bucket-name"})
+    assert error.value.status_code == 403 and "secret-bucket-name" not in error.value.detail
 
 
 @pytest.mark.parametrize("bucket", ["", "ab", "Videos", "a_b", "../etc", "-abc", "a..b", "x" * 64])
 def test_invalid_buckets_are_refused(bucket: str) -> None:
     with pytest.raises(HTTPException) as error:
-        check_bucket(bucket)
+        check_bucket(bucket, {bucket})
     assert error.value.status_code == 400 and "bucket" in error.value.detail
 
 
