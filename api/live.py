@@ -59,7 +59,6 @@ class JobFeed:
     def __init__(self, jobs: AsyncCollection) -> None:
         self.jobs = jobs
         self.listeners: set[Listener] = set()
-        self.following = asyncio.Event()
         self.closed = False
 
     def close(self) -> None:
@@ -93,7 +92,6 @@ class JobFeed:
                 async with await self.jobs.watch(
                     PIPELINE, full_document="updateLookup", resume_after=token, max_await_time_ms=AWAIT_MS
                 ) as stream:
-                    self.following.set()
                     while not stop.is_set() and stream.alive:
                         if (change := await stream.try_next()) is not None:
                             self.dispatch(change)

@@ -34,7 +34,6 @@ STATE_FIELDS = set(JobState.model_fields) - {"id", "payload", "created_at", "cal
 class Projector:
     def __init__(self, jobs: AsyncCollection) -> None:
         self.jobs = jobs
-        self.applied = 0
 
     async def project(self, events: list[JobEvent]) -> None:
         """Apply a batch: per job, one read and at most one write in the usual case."""
@@ -55,7 +54,6 @@ class Projector:
             if after == before:
                 return
             if await self._write(before, after):
-                self.applied += 1
                 if after is not None and (before is None or before.status != after.status):
                     metrics.JOBS.labels(status=after.status.value).inc()
                 return

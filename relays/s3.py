@@ -90,6 +90,14 @@ def progress_event(job: RunnerPrediction) -> JobEvent:
     return JobEvent(event_id=job.id, type=kind, frames_total=total, frames_done=job.received_frames)
 
 
+def outcome_event(job: RunnerPrediction, error: str | None = None) -> JobEvent:
+    """`ready` for a written result; `failed` with the runner's reason, or `error` (storage refused it)."""
+    if job.status == RunnerStatus.PREDICTABLE and error is None:
+        return JobEvent(event_id=job.id, type=JobEventType.READY, frames_total=job.total_frames,
+                        frames_done=job.received_frames)  # fmt: skip
+    return JobEvent(event_id=job.id, type=JobEventType.FAILED, error=error or job.error or "unknown error")
+
+
 class Throttle:
     """At most one progress event per job per interval, and none that repeats the last one; a change
     inside the interval is held back and published when it ends (by `flush`), so the latest progress
@@ -178,12 +186,6 @@ def exporter(
     async def write_failure(job: RunnerPrediction, location: StorageLocation) -> None:
         failure = FailureFile(event_id=job.id, error=job.error or "unknown error", failed_at=job.failed_at or utcnow())
         await store.put_bytes(location.bucket, location.object, failure.to_bytes(), "application/json")
-
-    def outcome_event(job: RunnerPrediction, error: str | None = None) -> JobEvent:
-        if job.status == RunnerStatus.PREDICTABLE and error is None:
-            return JobEvent(event_id=job.id, type=JobEventType.READY, frames_total=job.total_frames,
-                            frames_done=job.received_frames)  # fmt: skip
-        return JobEvent(event_id=job.id, type=JobEventType.FAILED, error=error or job.error or "unknown error")
 
     async def export(doc: dict[str, Any]) -> None:
         job = RunnerPrediction.model_validate(doc)
