@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with mongo_client(settings.mongo_uri, timeoutMS=DATABASE_TIMEOUT_S * 1000) as main:
+        async with mongo_client(**settings.mongo(), timeoutMS=DATABASE_TIMEOUT_S * 1000) as main:
             store = object_store(settings)
             for bucket in sorted(settings.bucket_allowlist):  # the operator's buckets, never a client's
                 try:
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     log.warning("allowed bucket not created", bucket=bucket, reason=error.reason)
             outbox, stop = main[settings.main_db][OUTBOX], asyncio.Event()
             # change streams wait longer than a request may: their own client, without the request timeout
-            async with mongo_client(settings.mongo_uri) as follower, asyncio.TaskGroup() as background:
+            async with mongo_client(**settings.mongo()) as follower, asyncio.TaskGroup() as background:
                 feed = JobFeed(follower[settings.main_db][OUTBOX])
                 app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed)
                 tasks = [

@@ -3,7 +3,7 @@
 # `${VAR:?}` in compose only checks that a value is set; `cp .env.example .env` would otherwise run
 # with the example's passwords. Each required secret must be set, not a placeholder, 16+ characters.
 status=0
-for name in API_KEY MONGO_ROOT_PASSWORD MONGO_APP_PASSWORD MINIO_ROOT_PASSWORD GRAFANA_ADMIN_PASSWORD; do
+for name in API_KEY MONGO_ROOT_PASSWORD MONGO_APP_PASSWORD MINIO_ROOT_PASSWORD MINIO_APP_PASSWORD GRAFANA_ADMIN_PASSWORD; do
   value=$(printenv "$name")
   case "$value" in
     "") echo "secrets-check: $name is not set in .env" >&2; status=1 ;;

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -13,6 +13,7 @@ from aiokafka.errors import (
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownMemberIdError,
+    for_code,
 )
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from minio import Minio
@@ -30,8 +31,8 @@ OFFSETS_TIMEOUT_S = 5
 
 
 @asynccontextmanager
-async def mongo_client(uri: str, **options: Any) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(uri, tz_aware=True, serverSelectionTimeoutMS=10_000, **options)
+async def mongo_client(host: str, **options: Any) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(host, tz_aware=True, serverSelectionTimeoutMS=10_000, **options)
     try:
         await on_startup(client.admin.command)("ping")
         yield client
@@ -172,19 +173,44 @@ async def commit(consumer: AIOKafkaConsumer) -> None:
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the pipeline's topics if they are missing (idempotent)."""
+    """Create the pipeline's topics if they are missing (idempotent). A topic the broker refuses
+    (`create_topics` answers with an error code per topic, it does not raise) raises TopicsRefused."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await on_startup(admin.start)()
     try:
         existing = set(await admin.list_topics())
         missing = [settings.topic(name) for name in topics.ALL if settings.topic(name) not in existing]
-        if missing:
-            new = [NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1) for name in missing]
-            with suppress(TopicAlreadyExistsError):  # another service created them first
-                await admin.create_topics(new)
-            log.info("kafka topics created", topics=missing, partitions=settings.kafka_partitions)
+        if not missing:
+            return
+        replicas = settings.kafka_replication_factor
+        partitions = settings.kafka_partitions
+        new = [NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in missing]
+        if refused := refused_topics(await admin.create_topics(new)):
+            raise TopicsRefused(refused)
+        log.info(
+            "kafka topics created",
+            topics=missing,
+            partitions=settings.kafka_partitions,
+            replication_factor=replicas,
+        )
     finally:
         await admin.close()
+
+
+class TopicsRefused(RuntimeError):
+    def __init__(self, refused: dict[str, str]) -> None:
+        self.refused = refused
+        super().__init__("the broker refused to create topics: " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
+
+
+def refused_topics(answer: Any) -> dict[str, str]:
+    """The topics a CreateTopics answer refused, with the error (an existing topic is no refusal:
+    another service created it first). The answer's rows are (topic, code) or (topic, code, message)."""
+    refused = {}
+    for topic, code, *message in answer.topic_errors:
+        if code and for_code(code) is not TopicAlreadyExistsError:
+            refused[topic] = f"{for_code(code).__name__}: {message[0] if message and message[0] else 'no message'}"
+    return refused
 
 
 def object_store(settings: Settings) -> ObjectStore:

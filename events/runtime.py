@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from events.log import configure_logging, get_logger
 from events.settings import Settings
@@ -27,6 +28,18 @@ def loopback(host: str) -> bool:
         return False
 
 
+def load_settings() -> Settings:
+    """The settings from the environment; a wrong value ends the process with a message naming the
+    setting and what was wrong (exit 2), never a traceback and never the value (it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        for problem in error.errors(include_url=False, include_input=False):
+            setting = "_".join(str(part) for part in problem["loc"]).upper()
+            print(f"invalid setting {setting}: {problem['msg']}", file=sys.stderr)
+        sys.exit(2)
+
+
 def refuse_open_network(settings: Settings) -> None:
     """A service that listens beyond this machine without API_KEY does not start (ALLOW_ANONYMOUS=true
     says that is meant)."""
@@ -38,7 +51,7 @@ def refuse_open_network(settings: Settings) -> None:
 
 def run_service(name: str, main: ServiceMain, settings: Settings | None = None) -> None:
     """Run `main(settings, stop)` until it returns; SIGTERM and SIGINT set `stop` (graceful shutdown)."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     configure_logging(name, settings.log_level)
     refuse_open_network(settings)
 

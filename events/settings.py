@@ -1,11 +1,15 @@
 """All configuration, from environment variables (the original names kept: MONGO_URI, MINIO_ENDPOINT, ...)."""
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from events import topics
+
+TOPIC_PREFIX = re.compile(r"[a-zA-Z0-9._-]*")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "inference" / "models" / "yolov10n.onnx"
 
 
@@ -13,8 +17,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     # MongoDB: the API and the outbox relay use MONGO_URI, the runner and the S3 relay RUNNER_MONGO_URI.
-    mongo_uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
-    runner_mongo_uri: str | None = Field(default=None, description="defaults to MONGO_URI")
+    # Credentials go best in MONGO_USERNAME/MONGO_PASSWORD: passed to the client as they are, so a
+    # password needs no URL-encoding (a `+`, `/`, `@`, `:` or `%` in a URI breaks it).
+    mongo_uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
+    runner_mongo_uri: SecretStr | None = Field(default=None, description="defaults to MONGO_URI")
+    mongo_username: str | None = None
+    mongo_password: SecretStr | None = None
     main_db: str = "main_db"
     runner_db: str = "runner_db"
 
@@ -23,6 +31,7 @@ class Settings(BaseSettings):
     kafka_idempotence: bool = False
     kafka_topic_prefix: str = ""
     kafka_partitions: int = Field(default=4, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1, description="replicas of each topic `topics` creates")
     kafka_session_timeout_ms: int = 10_000
 
     # Object storage: a local directory (local stack) or any S3 endpoint (MinIO).
@@ -88,16 +97,33 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("webhook_secret", "api_key", mode="before")
+    @field_validator("webhook_secret", "api_key", "mongo_username", "mongo_password", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """An empty value (compose's `${WEBHOOK_SECRET:-}`) means no secret: never an empty key that an
         empty header would match."""
         return None if value == "" else value
 
-    @property
-    def runner_mongo(self) -> str:
-        return self.runner_mongo_uri or self.mongo_uri
+    def mongo(self, runner: bool = False) -> dict[str, Any]:
+        """The arguments of a MongoDB client: `mongo_client(**settings.mongo())`. `runner`: the runner's
+        database server (RUNNER_MONGO_URI, by default MONGO_URI)."""
+        uri = (self.runner_mongo_uri if runner and self.runner_mongo_uri else self.mongo_uri).get_secret_value()
+        credentials: dict[str, Any] = {}
+        if self.mongo_username is not None:
+            credentials["username"] = self.mongo_username
+        if self.mongo_password is not None:
+            credentials["password"] = self.mongo_password.get_secret_value()
+        return {"host": uri, **credentials}
+
+    @field_validator("kafka_topic_prefix")
+    @classmethod
+    def _legal_topic_names(cls, prefix: str) -> str:
+        """Kafka topic names are at most 249 of [a-zA-Z0-9._-]; some brokers (Tansu) accept any name."""
+        if not TOPIC_PREFIX.fullmatch(prefix):
+            raise ValueError("a topic prefix may hold only letters, digits, '.', '_' and '-'")
+        if len(prefix) + max(map(len, topics.ALL)) > 249:
+            raise ValueError("topic names would be longer than 249 characters")
+        return prefix
 
     @property
     def cors_allowlist(self) -> set[str]:

@@ -142,7 +142,7 @@ def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
     async with (
-        mongo_client(settings.mongo_uri) as client,
+        mongo_client(**settings.mongo()) as client,
         kafka_producer(settings) as producer,
         group_offsets(settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP) as runner,
     ):

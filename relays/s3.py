@@ -232,7 +232,7 @@ def build(
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
-    async with mongo_client(settings.runner_mongo) as client, kafka_producer(settings) as producer:
+    async with mongo_client(**settings.mongo(runner=True)) as client, kafka_producer(settings) as producer:
         publish = job_event_publisher(producer, settings)
         throttle = Throttle(publish)
         relay = build(client[settings.runner_db], object_store(settings), publish, throttle, settings)

@@ -167,7 +167,7 @@ def build(db: AsyncDatabase, deliveries: Deliveries, settings: Settings) -> Rela
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     timeout = httpx.Timeout(settings.webhook_timeout_s)
     async with (
-        mongo_client(settings.mongo_uri) as client,
+        mongo_client(**settings.mongo()) as client,
         httpx.AsyncClient(timeout=timeout, follow_redirects=False) as http,
     ):
         db = client[settings.main_db]

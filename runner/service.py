@@ -315,7 +315,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(settings.preprocess_workers, mp_context=spawn) as pool:
         async with (
-            mongo_client(settings.runner_mongo) as client,
+            mongo_client(**settings.mongo(runner=True)) as client,
             kafka_producer(settings) as producer,
             kafka_consumer(
                 settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP, 1, max_poll_interval_ms=JOB_POLL_INTERVAL_MS

@@ -57,7 +57,7 @@ def settings(tmp_path: Path, mongo_server: Server, kafka_server: Server) -> Sett
 
 @pytest.fixture
 async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient]:
-    async with mongo_client(settings.mongo_uri) as client:
+    async with mongo_client(**settings.mongo()) as client:
         yield client
 
 
@@ -122,8 +122,8 @@ async def serving(service):
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a service process these settings."""
     return {
-        "MONGO_URI": settings.mongo_uri,
-        "RUNNER_MONGO_URI": settings.runner_mongo,
+        "MONGO_URI": settings.mongo()["host"],
+        "RUNNER_MONGO_URI": settings.mongo(runner=True)["host"],
         "MAIN_DB": settings.main_db,
         "RUNNER_DB": settings.runner_db,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,

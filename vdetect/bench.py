@@ -160,7 +160,7 @@ async def relay_latency(settings: Settings, store: DirectoryStore, count: int) -
     await ensure_topics(settings)
     stop = asyncio.Event()
     async with (
-        mongo_client(settings.mongo_uri) as client,
+        mongo_client(**settings.mongo()) as client,
         kafka_producer(settings) as producer,
         kafka_consumer(settings, topics.OUTBOX_EVENTS, f"bench-{uuid.uuid4().hex}") as consumer,
     ):

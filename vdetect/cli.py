@@ -17,10 +17,9 @@ def api() -> None:
 
     from api.app import create_app
     from events.log import configure_logging
-    from events.runtime import refuse_open_network
-    from events.settings import Settings
+    from events.runtime import load_settings, refuse_open_network
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging("api", settings.log_level)
     refuse_open_network(settings)
     app = create_app(settings)
@@ -84,16 +83,34 @@ def inference() -> None:
 
 @app.command()
 def topics() -> None:
-    """Create the Kafka topics if they are missing (KAFKA_PARTITIONS partitions each), then exit."""
+    """Create the Kafka topics if they are missing (KAFKA_PARTITIONS partitions and KAFKA_REPLICATION_FACTOR
+    replicas each), then exit; exit 1 if the broker refuses one."""
     import asyncio
 
-    from events.clients import ensure_topics
-    from events.log import configure_logging
-    from events.settings import Settings
+    from events.clients import TopicsRefused, ensure_topics
+    from events.log import configure_logging, get_logger
+    from events.runtime import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging("topics", settings.log_level)
-    asyncio.run(ensure_topics(settings))
+    try:
+        asyncio.run(ensure_topics(settings))
+    except TopicsRefused as refused:
+        get_logger("topics").error("kafka refused to create topics", refused=refused.refused)
+        raise typer.Exit(1) from None
+
+
+@app.command("storage-init")
+def storage_init() -> None:
+    """Create the buckets and the application's MinIO user, limited to them (needs MINIO_ROOT_USER and
+    MINIO_ROOT_PASSWORD; the user is MINIO_ACCESS_KEY / MINIO_SECRET_KEY), then exit."""
+    from events.log import configure_logging
+    from events.runtime import load_settings
+    from vdetect.provision import RootCredentials, provision_storage
+
+    settings = load_settings()
+    configure_logging("storage-init", settings.log_level)
+    provision_storage(settings, RootCredentials())  # type: ignore[call-arg]
 
 
 @app.command()

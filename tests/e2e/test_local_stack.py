@@ -269,7 +269,7 @@ def test_replaying_the_job_events_rebuilds_the_same_read_model(stack: Stack, tmp
     settings = stack_settings(stack)
 
     async def replay() -> tuple[dict, dict]:
-        async with mongo_client(settings.mongo_uri) as client:
+        async with mongo_client(**settings.mongo()) as client:
             live = {doc["_id"]: JobState.model_validate(doc) async for doc in client[settings.main_db][OUTBOX].find()}
             rebuilt = client["replayed"][OUTBOX]
             await rebuilt.drop()
@@ -300,7 +300,7 @@ def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stac
     settings = stack_settings(stack)
 
     async def runner_db_is_empty() -> bool:  # the runner forgot the jobs too, told by `deleted` events
-        async with mongo_client(settings.mongo_uri) as client:
+        async with mongo_client(**settings.mongo()) as client:
             db = client[settings.runner_db]
             return await db[PREDICTIONS].count_documents({}) == 0 and await db[FRAMES].count_documents({}) == 0
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from pymongo.asynchronous.collection import AsyncCollection
 
 from events import topics
@@ -122,15 +123,15 @@ def own_mongo(tmp_path: Path) -> Iterator[Server]:
 
 
 async def test_relay_resumes_from_its_token_across_a_database_restart(settings, kafka_topics, own_mongo, tmp_path):
-    settings = settings.model_copy(update={"mongo_uri": mongo_uri(own_mongo)})
+    settings = settings.model_copy(update={"mongo_uri": SecretStr(mongo_uri(own_mongo))})
     first, second = [new_event() for _ in range(2)], [new_event() for _ in range(2)]
     with relay("outbox-relay", settings, tmp_path / "relay.log") as process:
-        async with mongo_client(settings.mongo_uri) as client:
+        async with mongo_client(**settings.mongo()) as client:
             outbox = client[settings.main_db][OUTBOX]
             await outbox.insert_many(first)
             await eventually(lambda: counted(outbox, RELAYED, 2))
         own_mongo.restart()
-        async with mongo_client(settings.mongo_uri) as client:
+        async with mongo_client(**settings.mongo()) as client:
             outbox = client[settings.main_db][OUTBOX]
             await outbox.insert_many(second)
             await eventually(lambda: counted(outbox, RELAYED, 4), timeout=60)
@@ -144,9 +145,9 @@ async def test_relay_resumes_from_its_token_across_a_database_restart(settings, 
 async def test_an_unusable_token_is_recovered_by_a_sweep_with_no_loss(
     settings, kafka_topics, own_mongo, tmp_path, damage
 ):
-    settings = settings.model_copy(update={"mongo_uri": mongo_uri(own_mongo)})
+    settings = settings.model_copy(update={"mongo_uri": SecretStr(mongo_uri(own_mongo))})
     log = tmp_path / "relay.log"
-    async with mongo_client(settings.mongo_uri) as client:
+    async with mongo_client(**settings.mongo()) as client:
         db = client[settings.main_db]
         with relay("outbox-relay", settings, log) as first:
             await following(db, first)

@@ -11,12 +11,13 @@ import yaml
 from events.clients import producer_options
 from events.settings import Settings
 from vdetect.cli import app
+from vdetect.provision import RootCredentials, app_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 DCLINT = ROOT / "node_modules" / ".bin" / "dclint"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-OURS = {name: service for name, service in SERVICES.items() if service.get("build")}
+OURS = {name: service for name, service in SERVICES.items() if service.get("image") == "vdetect:latest"}
 COMMANDS = {command.name or command.callback.__name__.replace("_", "-") for command in app.registered_commands}
 
 
@@ -39,7 +40,8 @@ def test_the_validator_does_catch_a_broken_compose_file(tmp_path: Path) -> None:
 
 
 def test_every_service_of_ours_runs_a_vdetect_subcommand() -> None:
-    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "webhook-relay", "runner", "inference", "kafka-init"}
+    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "webhook-relay", "runner", "inference", "kafka-init",
+                         "minio-init"}  # fmt: skip
     for name, service in OURS.items():
         assert service["command"][0] in COMMANDS, name
         check = service.get("healthcheck", {}).get("test")
@@ -48,7 +50,7 @@ def test_every_service_of_ours_runs_a_vdetect_subcommand() -> None:
 
 
 def test_every_environment_variable_of_our_services_is_a_setting() -> None:
-    fields = set(Settings.model_fields)
+    fields = set(Settings.model_fields) | set(RootCredentials.model_fields)
     for name, service in OURS.items():
         unknown = {key for key in service["environment"] if key.lower() not in fields}
         assert not unknown, f"{name} sets variables no code reads: {unknown}"
@@ -88,7 +90,8 @@ def test_kafka_settings_differ_between_apache_kafka_and_tansu_only_in_idempotenc
     assert kafka["acks"] == tansu["acks"] == "all"
     assert {k for k in kafka if kafka[k] != tansu[k]} == {"enable_idempotence"}
     assert OURS["api"]["environment"]["KAFKA_IDEMPOTENCE"] == "true"
-    assert SERVICES["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    for broker in ("kafka1", "kafka2", "kafka3"):
+        assert SERVICES[broker]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
 def test_the_image_builds_from_files_that_exist() -> None:
@@ -129,7 +132,8 @@ def test_compose_refuses_the_example_secrets_before_anything_starts() -> None:
     refused = subprocess.run(["sh", str(CHECK)], env=env, capture_output=True, text=True, timeout=10)
     assert refused.returncode == 1 and "placeholder" in refused.stderr and "API_KEY" in refused.stderr
     real = {name: "A-real-secret-0123456789" for name in ("API_KEY", "MONGO_ROOT_PASSWORD", "MONGO_APP_PASSWORD",
-                                                          "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}  # fmt: skip
+                                                          "MINIO_ROOT_PASSWORD", "MINIO_APP_PASSWORD",
+                                                          "GRAFANA_ADMIN_PASSWORD")}  # fmt: skip
     accepted = subprocess.run(["sh", str(CHECK)], env={**env, **real}, capture_output=True, text=True, timeout=10)
     assert accepted.returncode == 0, accepted.stderr
     short = subprocess.run(["sh", str(CHECK)], env={**env, **real, "API_KEY": "short"}, capture_output=True,
@@ -145,3 +149,45 @@ def test_no_password_is_on_a_command_line() -> None:
         for part in (service.get("command") or []) + (service.get("entrypoint") or []):
             assert "PASSWORD" not in part and "SECRET" not in part, (name, part)
     assert "process.env.MONGO_ROOT_PASSWORD" in (ROOT / "replica-set" / "init.js").read_text()
+
+
+def test_only_one_service_builds_the_image() -> None:
+    """Six services building one tag in parallel can fail with "image already exists"."""
+    builders = [name for name, service in SERVICES.items() if "build" in service]
+    assert builders == ["api"]
+    assert all(service["pull_policy"] == "never" for name, service in OURS.items() if name != "api")
+
+
+def test_no_service_of_ours_holds_a_root_credential() -> None:
+    """Mongo: the app user (readWrite on main_db and runner_db only); MinIO: the app user, limited to
+    its buckets. Only the one-shot init services see root credentials."""
+    for name, service in OURS.items():
+        env = service["environment"]
+        assert "ROOT" not in env["MONGO_USERNAME"] + env["MONGO_PASSWORD"], name
+        assert "@" not in env["MONGO_URI"] and "ROOT" not in env["MONGO_URI"], name  # no credentials in the URI
+        assert env["MINIO_ACCESS_KEY"] == "${MINIO_APP_USER:?set MINIO_APP_USER in .env}", name
+        assert "ROOT" not in env["MINIO_SECRET_KEY"], name
+        if name != "minio-init":
+            assert not any("ROOT" in key or "ROOT" in str(value) for key, value in env.items()), name
+    init = (ROOT / "replica-set" / "init.js").read_text()
+    assert '{ role: "readWrite", db: "main_db" }' in init and '{ role: "readWrite", db: "runner_db" }' in init
+    assert init.count("role:") == 2  # no other role
+
+
+def test_the_application_storage_policy_reaches_only_its_buckets() -> None:
+    policy = app_policy({"videos", "archive"})
+    resources = [resource for statement in policy["Statement"] for resource in statement["Resource"]]
+    assert sorted(resources) == ["arn:aws:s3:::archive", "arn:aws:s3:::archive/*", "arn:aws:s3:::videos",
+                                 "arn:aws:s3:::videos/*"]  # fmt: skip
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert actions == {"s3:GetBucketLocation", "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+
+
+def test_topics_get_three_replicas_on_three_brokers() -> None:
+    assert all(service["environment"]["KAFKA_REPLICATION_FACTOR"] == 3 for service in OURS.values())
+    brokers = {name for name in SERVICES if name.startswith("kafka") and name != "kafka-init"}
+    assert len(brokers) == 3
+    assert len(OURS["api"]["environment"]["KAFKA_BOOTSTRAP_SERVERS"].split(",")) == 3
+    ids = {SERVICES[name]["environment"]["CLUSTER_ID"] for name in brokers}
+    assert len(ids) == 1 and "MkU3OEVBNTcwNTJENDM2Qk" not in ids.pop()  # one cluster, not the image's default

@@ -5,8 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from aiokafka.protocol.admin import CreateTopicsResponse_v0, CreateTopicsResponse_v1
 
+from events.clients import refused_topics
 from events.runtime import loopback
+from events.settings import Settings
 
 
 @pytest.mark.parametrize("service", ["api", "runner", "outbox-relay", "inference"])
@@ -21,3 +24,32 @@ def test_a_service_on_a_network_address_without_a_key_refuses_to_start(service: 
 def test_loopback_addresses_need_no_key() -> None:
     assert loopback("127.0.0.1") and loopback("::1") and loopback("localhost")
     assert not loopback("0.0.0.0") and not loopback("10.0.0.5") and not loopback("api.example.com")
+
+
+def test_a_wrong_setting_names_the_setting_never_its_value() -> None:
+    env = {**os.environ, "KAFKA_PARTITIONS": "many", "KAFKA_TOPIC_PREFIX": "jobs/secret-prefix-value"}
+    started = subprocess.run([sys.executable, "-m", "vdetect", "topics"], env=env, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert started.returncode == 2
+    assert "invalid setting KAFKA_PARTITIONS" in started.stderr and "KAFKA_TOPIC_PREFIX" in started.stderr
+    assert "Traceback" not in started.stderr and "secret-prefix-value" not in started.stderr + started.stdout
+
+
+def test_refused_topics_are_read_from_the_answer_codes() -> None:
+    """aiokafka's create_topics does not raise: the answer holds a code per topic."""
+    v0 = CreateTopicsResponse_v0(topic_errors=[("a", 0), ("b", 37), ("c", 36)])
+    assert refused_topics(v0) == {"b": "InvalidPartitionsError: no message"}
+    v1 = CreateTopicsResponse_v1(topic_errors=[("a", 38, "replication factor: 3 larger than available brokers: 1")])
+    assert refused_topics(v1) == {
+        "a": "InvalidReplicationFactorError: replication factor: 3 larger than available brokers: 1"
+    }
+    assert refused_topics(CreateTopicsResponse_v1(topic_errors=[("a", 0, None), ("b", 36, "exists")])) == {}
+
+
+def test_mongo_credentials_go_to_the_client_as_they_are() -> None:
+    """A password with URI metacharacters needs no encoding: it is a client argument, not part of the URI."""
+    password = "p+ss/w@rd:100%"
+    settings = Settings(mongo_uri="mongodb://db:27017/?replicaSet=rs0", mongo_username="app", mongo_password=password)
+    assert settings.mongo() == {"host": "mongodb://db:27017/?replicaSet=rs0", "username": "app", "password": password}
+    assert password not in repr(settings) and password not in str(settings.model_dump())
+    assert Settings(mongo_password="").mongo() == {"host": "mongodb://127.0.0.1:27017/?directConnection=true"}
