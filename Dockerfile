@@ -1,7 +1,7 @@
 # One image for every service: `docker run vdetect <api|outbox-relay|s3-relay|runner|inference|topics>`.
 # The default model (inference/models/yolov10n.onnx) is installed inside, as package data.
 
-FROM python:3.11-slim AS build
+FROM python:3.11.13-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -15,7 +15,7 @@ COPY runner ./runner
 COPY vdetect ./vdetect
 RUN pip install .
 
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin vdetect
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

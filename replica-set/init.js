@@ -1,10 +1,27 @@
 // Idempotent replica-set init, run by the one-shot `mongo-init` service (mongosh, as the root user,
 // whose credentials come from the environment: never on a command line).
-db.getSiblingDB("admin").auth(process.env.MONGO_ROOT_USER, process.env.MONGO_ROOT_PASSWORD);
 // 1. initiate rs0 with the three members if it is not initiated yet;
-// 2. wait for a primary;
-// 3. create the application user and the indexes the services rely on (both idempotent).
+// 2. wait for a writable primary and connect to it (after a full restart mongo1 may be a secondary);
+// 3. create or update the application user and create the indexes (both idempotent).
+const rootUser = process.env.MONGO_ROOT_USER;
+const rootPassword = process.env.MONGO_ROOT_PASSWORD;
 const members = ["mongo1:27017", "mongo2:27017", "mongo3:27017"];
+
+function authenticate(database) {
+  try {
+    database.getSiblingDB("admin").auth(rootUser, rootPassword);
+  } catch (error) {
+    // The image creates the root user from MONGO_INITDB_ROOT_* on the first start only; a password
+    // changed in .env later is not applied (README, "Rotating the MongoDB passwords").
+    print(
+      "mongo-init: the root user cannot sign in. If MONGO_ROOT_PASSWORD was changed in .env after the " +
+        "first start, change it in MongoDB first (db.changeUserPassword), as the README says.",
+    );
+    throw error;
+  }
+}
+
+authenticate(db);
 
 function initiated() {
   try {
@@ -22,20 +39,29 @@ if (!initiated()) {
   print("replica set rs0 already initiated");
 }
 
-for (let tries = 0; ; tries++) {
-  const hello = db.adminCommand({ hello: 1 });
-  if (hello.isWritablePrimary) break;
-  if (hello.primary) {
-    print(`primary is ${hello.primary}`);
-    break;
+// A member that is not primary cannot take writes: wait until some member says it is the writable
+// primary, and write through a connection to that member (not through mongo1, which may be secondary).
+function writablePrimary() {
+  for (let tries = 0; tries <= 120; tries++) {
+    const hello = db.adminCommand({ hello: 1 });
+    if (hello.isWritablePrimary) return db;
+    if (hello.primary) {
+      const primary = new Mongo(hello.primary).getDB("admin");
+      authenticate(primary);
+      if (primary.adminCommand({ hello: 1 }).isWritablePrimary) {
+        print(`primary is ${hello.primary}`);
+        return primary;
+      }
+    }
+    sleep(1000);
   }
-  if (tries > 120) throw new Error("no primary after 120 s");
-  sleep(1000);
+  throw new Error("no writable primary after 120 s");
 }
 
+const primary = writablePrimary();
 const appUser = process.env.MONGO_APP_USER;
 const appPassword = process.env.MONGO_APP_PASSWORD;
-const admin = db.getSiblingDB("admin");
+const admin = primary.getSiblingDB("admin");
 const roles = [
   { role: "readWrite", db: "main_db" },
   { role: "readWrite", db: "runner_db" },
@@ -50,9 +76,9 @@ if (admin.getUser(appUser) === null) {
 
 // Sweeps and the stall checks look jobs up by status and age; status/all pages by (created_at, _id),
 // optionally of one status; the webhook relay's sweep finds pending deliveries.
-db.getSiblingDB("main_db").outbox.createIndex({ status: 1, relayed_at: 1 });
-db.getSiblingDB("main_db").outbox.createIndex({ created_at: 1, _id: 1 });
-db.getSiblingDB("main_db").outbox.createIndex({ status: 1, created_at: 1, _id: 1 });
-db.getSiblingDB("main_db").outbox.createIndex({ webhook: 1 }, { sparse: true });
-db.getSiblingDB("runner_db").runner_predictions.createIndex({ status: 1, updated_at: 1 });
+primary.getSiblingDB("main_db").outbox.createIndex({ status: 1, relayed_at: 1 });
+primary.getSiblingDB("main_db").outbox.createIndex({ created_at: 1, _id: 1 });
+primary.getSiblingDB("main_db").outbox.createIndex({ status: 1, created_at: 1, _id: 1 });
+primary.getSiblingDB("main_db").outbox.createIndex({ webhook: 1 }, { sparse: true });
+primary.getSiblingDB("runner_db").runner_predictions.createIndex({ status: 1, updated_at: 1 });
 print("replica set ready");
