@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -62,12 +62,39 @@ async def kafka_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
         await producer.stop()
 
 
+class Membership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Whether a consumer has joined its group: an assignment has arrived, even an empty one (a
+    consumer beyond the topic's partitions is a member with nothing to do, not an unready one)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.joined = True
+
+
+class Consumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """A consumer of one topic that knows whether it has joined its group (`joined`)."""
+
+    def __init__(self, topic: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.membership = Membership()
+        self.subscribe([topic], listener=self.membership)
+
+    @property
+    def joined(self) -> bool:
+        return self.membership.joined
+
+
 @asynccontextmanager
 async def kafka_consumer(
     settings: Settings, topic: str, group_id: str, max_poll_records: int = 100, **options: Any
-) -> AsyncIterator[AIOKafkaConsumer]:
+) -> AsyncIterator[Consumer]:
     """At-least-once: no auto-commit, the caller commits after it has finished a message."""
-    consumer = AIOKafkaConsumer(
+    consumer = Consumer(
         settings.topic(topic),
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"{settings.kafka_topic_prefix}{group_id}",

@@ -12,11 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from events import metrics
-from events.clients import commit, records
+from events.clients import Consumer, commit, records
 from events.retry import is_infrastructure
 
 T = TypeVar("T")
@@ -32,7 +31,7 @@ Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
 class Loop(Generic[T]):
     def __init__(
         self,
-        consumer: AIOKafkaConsumer,
+        consumer: Consumer,
         parse: Parse,
         handle: Handle,
         reject: Reject,
@@ -48,8 +47,9 @@ class Loop(Generic[T]):
         return records(await self.consumer.getmany(timeout_ms=500, max_records=self.max_records))
 
     @property
-    def assigned(self) -> bool:
-        return bool(self.consumer.assignment())
+    def joined(self) -> bool:
+        """Joined the consumer group (with partitions or without: a member beyond them waits its turn)."""
+        return self.consumer.joined
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

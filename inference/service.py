@@ -23,6 +23,7 @@ from events.clients import ensure_topics, kafka_consumer, kafka_producer, record
 from events.consume import Item, Loop
 from events.contracts import DetectedObject, InferenceResult, InferenceTask
 from events.deadletter import dead_letter
+from events.health import health_app
 from events.log import get_logger
 from events.runtime import http_server
 from events.settings import Settings
@@ -138,12 +139,9 @@ async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[Con
     return messages
 
 
-def health_app(detector: Detector, settings: Settings, stats: Stats, loop: Loop) -> FastAPI:
-    app = metrics.add_metrics_route(FastAPI(title="vdetect inference"))
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "service": SERVICE, "ready": loop.assigned}
+def inference_app(detector: Detector, settings: Settings, stats: Stats, loop: Loop) -> FastAPI:
+    """/health (ready: joined the workers' group) and /metrics, plus /data: the model and the counters."""
+    app = health_app(SERVICE, lambda: {"ready": loop.joined})
 
     @app.get("/data")
     @app.get("/api/data")
@@ -188,7 +186,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         worker = Worker(detector, producer, settings)
         loop = Loop(consumer, worker.parse, worker.detect, worker.reject, settings.inference_batch_size,
                     fetch=lambda: next_batch(consumer, settings))  # fmt: skip
-        async with http_server(health_app(detector, settings, worker.stats, loop), settings.bind_host,
+        async with http_server(inference_app(detector, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
             log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))
             await loop.run(stop)

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
@@ -66,6 +65,7 @@ DeleteHandler = Callable[[Any], Awaitable[None]]
 class RelayStats:
     changes: int = 0
     swept: int = 0
+    sweeps: int = 0  # sweeps finished: the relay follows its stream from then on
     tokens_lost: int = 0
     checkpoints: int = 0
     redeliveries: int = 0
@@ -82,16 +82,6 @@ def job_event_publisher(producer: AIOKafkaProducer, settings: Settings) -> Calla
     return publish
 
 
-def health_app(relay: "Relay") -> FastAPI:
-    app = metrics.add_metrics_route(FastAPI(title=f"vdetect {relay.name}"))
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "service": relay.name, **asdict(relay.stats)}
-
-    return app
-
-
 @dataclass
 class Relay:
     name: str
@@ -103,6 +93,10 @@ class Relay:
     checkpoint_interval: float
     on_delete: DeleteHandler | None = None  # the pipeline must match deletes for this to be called
     stats: RelayStats = field(default_factory=RelayStats)
+
+    def report(self) -> dict[str, Any]:
+        """The relay's counters, for its /health."""
+        return asdict(self.stats)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -136,6 +130,7 @@ class Relay:
         async for doc in self.collection.find(self.source_filter):
             await self.handle(doc)
             self.stats.swept += 1
+        self.stats.sweeps += 1
 
     async def _follow(self, token: dict[str, Any] | None, stop: asyncio.Event) -> None:
         async with await self.collection.watch(self.pipeline, resume_after=token, max_await_time_ms=AWAIT_MS) as stream:

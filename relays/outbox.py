@@ -35,13 +35,14 @@ from events.contracts import (
     utcnow,
 )
 from events.crash import crash_point
+from events.health import health_app
 from events.log import get_logger
 from events.retry import is_infrastructure, transient
 from events.runtime import http_server, wait_or_stop
 from events.settings import Settings
 from events.statuses import OutboxStatus
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, health_app, job_event_publisher
+from relays.follow import Relay, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "outbox-relay"
@@ -159,7 +160,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                     log.warning("looking for lost events failed, trying again later", error=str(error)[:200])
 
         async with (
-            http_server(health_app(relay), settings.bind_host, settings.outbox_relay_port),
+            http_server(health_app(relay.name, relay.report), settings.bind_host, settings.outbox_relay_port),
             asyncio.TaskGroup() as group,
         ):
             group.create_task(relay.run(stop))

@@ -42,6 +42,7 @@ from events.contracts import (
     utcnow,
 )
 from events.crash import crash_point
+from events.health import health_app
 from events.log import get_logger
 from events.retry import transient
 from events.runtime import http_server, wait_or_stop
@@ -49,7 +50,7 @@ from events.settings import Settings
 from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, health_app, job_event_publisher
+from relays.follow import Relay, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "s3-relay"
@@ -237,7 +238,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         throttle = Throttle(publish)
         relay = build(client[settings.runner_db], object_store(settings), publish, throttle, settings)
         async with (
-            http_server(health_app(relay), settings.bind_host, settings.s3_relay_port),
+            http_server(health_app(relay.name, relay.report), settings.bind_host, settings.s3_relay_port),
             asyncio.TaskGroup() as group,
         ):
             group.create_task(relay.run(stop))

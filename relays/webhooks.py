@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_ex
 from events import webhooks
 from events.clients import mongo_client
 from events.contracts import CHECKPOINTS, OUTBOX, JobState, utcnow
+from events.health import health_app
 from events.jobstate import FINAL
 from events.log import get_logger
 from events.retry import transient
@@ -30,7 +31,7 @@ from events.runtime import http_server
 from events.settings import Settings
 from events.statuses import OutboxStatus
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, health_app
+from relays.follow import Relay
 
 log = get_logger(__name__)
 NAME = "webhook-relay"
@@ -174,7 +175,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         deliveries = Deliveries(db[OUTBOX], http, settings)
         relay = build(db, deliveries, settings)
         try:
-            async with http_server(health_app(relay), settings.bind_host, settings.webhook_relay_port):
+            async with http_server(
+                health_app(relay.name, relay.report), settings.bind_host, settings.webhook_relay_port
+            ):
                 await relay.run(stop)
         finally:
             await deliveries.drain()

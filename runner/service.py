@@ -11,14 +11,14 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
-from fastapi import FastAPI
 
 from events import metrics, topics
 from events.clients import (
@@ -42,6 +42,7 @@ from events.contracts import (
     RunnerPrediction,
 )
 from events.deadletter import dead_letter
+from events.health import counters, health_app
 from events.log import get_logger
 from events.retry import is_infrastructure
 from events.runtime import http_server, wait_or_stop
@@ -293,23 +294,6 @@ class Runner:
         self.stats.dead_letters += 1
 
 
-def health_app(stats: Stats, loops: list[Loop]) -> FastAPI:
-    app = metrics.add_metrics_route(FastAPI(title="vdetect runner"))
-
-    @app.get("/health")
-    async def health() -> dict:
-        counters = {name: value for name, value in asdict(stats).items() if name != "started"}
-        return {
-            "status": "ok",
-            "service": SERVICE,
-            "ready": all(loop.assigned for loop in loops),  # jobs, results and deletions all reach this runner
-            **counters,
-            "uptime_seconds": round(time.monotonic() - stats.started, 3),
-        }
-
-    return app
-
-
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
     spawn = multiprocessing.get_context("spawn")
@@ -332,7 +316,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                      runner.dead_letter, 500),
                 Loop(events_consumer, parse_with(JobEvent.from_bytes), runner.forget_deleted, runner.dead_letter, 500),
             ]  # fmt: skip
-            async with http_server(health_app(runner.stats, loops), settings.bind_host, settings.runner_port):
+
+            def report() -> dict[str, Any]:  # ready: it has joined the groups of jobs, results and deletions
+                return {"ready": all(loop.joined for loop in loops), **counters(runner.stats)}
+
+            async with http_server(health_app(SERVICE, report), settings.bind_host, settings.runner_port):
                 log.info("runner ready")
                 async with asyncio.TaskGroup() as group:
                     for loop in loops:

@@ -26,7 +26,7 @@ import httpx
 import typer
 from pymongo import MongoClient
 
-from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_until, webhook_receiver
+from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_until, webhook_receiver
 
 VICTIMS = ("outbox-relay", "s3-relay", "webhook-relay", "runner", "inference")
 SECRET = "whsec-chaos"

@@ -103,6 +103,11 @@ async def eventually(check, timeout: float = 30, interval: float = 0.2):
     return result
 
 
+async def sweep_done(*relays) -> None:
+    """Wait until each relay has finished its start-up sweep: it follows its change stream from then on."""
+    await eventually(lambda: asyncio.sleep(0, all(relay.stats.sweeps for relay in relays)))
+
+
 async def counted(collection, query: dict, expected: int) -> bool:
     return await collection.count_documents(query) == expected
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vdetect.harness import free_port
 from vdetect.stack import executable, tansu_binary, wait_for_port
+from vdetect.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 S3RVER = ROOT / "node_modules" / ".bin" / "s3rver"

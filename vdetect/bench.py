@@ -57,7 +57,7 @@ from relays import outbox as outbox_relay
 from relays import s3 as s3_relay
 from relays.follow import job_event_publisher
 from runner.frames import encode_frame, sample_frames
-from vdetect.harness import (
+from vdetect.testing import (
     Receiver,
     Stack,
     follow,
@@ -366,8 +366,8 @@ def durable_insert_cost(folder: Path, count: int = 200) -> dict:
     """An upload's acknowledging write (w="majority", j=True) with and without SecantusDB's fsync per commit."""
     from pymongo import WriteConcern
 
-    from vdetect.harness import free_port
     from vdetect.stack import executable, wait_for_port
+    from vdetect.testing import free_port
 
     result = {}
     for name, extra in (("default", []), ("sync_on_commit", ["--sync-on-commit"])):

@@ -118,12 +118,14 @@ def health(
     port: Annotated[int, typer.Option(help="the service's HTTP port")] = 8080,
     path: Annotated[str, typer.Option(help="the health path")] = "/health",
 ) -> None:
-    """Exit 0 if the service on this machine answers its health check (for container healthchecks)."""
+    """Exit 0 if the service on this machine answers its health check and does not say `"ready": false`
+    (a consumer that has not joined its group yet); for container healthchecks."""
     import httpx
 
     try:
-        ok = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=4).status_code == 200
-    except httpx.HTTPError:
+        answer = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=4)
+        ok = answer.status_code == 200 and answer.json().get("ready", True) is not False
+    except (httpx.HTTPError, ValueError):
         ok = False
     raise typer.Exit(0 if ok else 1)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.servers import bikes_video, ultralytics_asset
-from vdetect.harness import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
+from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 STALL_TIMEOUT_S = 5

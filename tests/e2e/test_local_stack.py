@@ -21,7 +21,7 @@ from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState
 from events.settings import Settings
 from tests.conftest import read_topic
 from tests.servers import bikes_video
-from vdetect.harness import (
+from vdetect.testing import (
     Receiver,
     Stack,
     follow,

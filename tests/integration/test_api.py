@@ -21,7 +21,7 @@ from events.contracts import (
 )
 from relays.follow import job_event_publisher
 from tests.servers import bikes_video
-from vdetect.harness import wait_until
+from vdetect.testing import wait_until
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from events.settings import Settings
 from events.statuses import OutboxStatus
 from relays.follow import Relay
 from relays.outbox import NAME, resend_lost, send
-from tests.conftest import eventually, read_topic, serving
+from tests.conftest import eventually, read_topic, serving, sweep_done
 
 
 def new_event() -> OutboxDocument:
@@ -47,7 +47,7 @@ async def test_relay_publishes_old_and_new_events_keyed_by_id_and_marks_them_sen
     await db[OUTBOX].insert_many([e.to_mongo() for e in before])
     async with kafka_producer(settings) as producer, serving(outbox_relay(db, producer, settings)) as relay:
         after = [new_event() for _ in range(2)]
-        await asyncio.sleep(0.5)
+        await sweep_done(relay)
         for event in after:
             await db[OUTBOX].insert_one(event.to_mongo())
         ids = [e.id for e in before + after]
@@ -153,10 +153,10 @@ async def test_two_relays_at_once_change_each_status_once_and_lose_nothing(setti
     async with await db[OUTBOX].watch(pipeline, max_await_time_ms=200) as changes:
         async with (
             kafka_producer(settings) as producer,
-            serving(outbox_relay(db, producer, settings)),
-            serving(outbox_relay(db, producer, settings)),
+            serving(outbox_relay(db, producer, settings)) as first,
+            serving(outbox_relay(db, producer, settings)) as second,
         ):
-            await asyncio.sleep(0.5)
+            await sweep_done(first, second)
             await db[OUTBOX].insert_many([e.to_mongo() for e in events[:10]])
             for event in events[10:]:
                 await db[OUTBOX].insert_one(event.to_mongo())

@@ -25,7 +25,7 @@ from events.contracts import (
 )
 from events.statuses import RunnerStatus
 from relays.follow import Relay, job_event_publisher
-from tests.conftest import eventually, read_topic, serving
+from tests.conftest import eventually, read_topic, serving, sweep_done
 
 CAR = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.9)
 
@@ -69,7 +69,7 @@ async def test_predictable_jobs_are_written_once_and_marked_ready(settings, mong
     await with_frames(db, swept, streamed, other)
     published = Published()
     async with serving(s3_relay(db, store, settings, published)) as relay:
-        await asyncio.sleep(0.5)
+        await sweep_done(relay)
         await db[PREDICTIONS].update_one({"_id": streamed.id}, {"$set": {"status": "predictable"}})
         for job in (swept, streamed):
             await eventually(lambda job=job: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
@@ -148,8 +148,8 @@ async def test_a_failed_job_gets_its_reason_written_once(settings, mongo):
     job = finished_job()
     await with_frames(db, job)  # frames stored before the job failed
     published = Published()
-    async with serving(s3_relay(db, store, settings, published)):
-        await asyncio.sleep(0.5)
+    async with serving(s3_relay(db, store, settings, published)) as relay:
+        await sweep_done(relay)
         await db[PREDICTIONS].update_one(
             {"_id": job.id}, {"$set": {"status": "failed", "error": "no decodable frames", "failed_at": utcnow()}}
         )
@@ -173,7 +173,7 @@ async def test_a_job_whose_bucket_is_gone_fails_with_the_reason_and_the_relay_mo
     shutil.rmtree(settings.storage_dir / "doomed")  # deleted after the upload
     published = Published()
     async with serving(s3_relay(db, store, settings, published)) as relay:
-        await asyncio.sleep(0.5)
+        await sweep_done(relay)
         for job in (orphan, healthy):  # the broken job first: the relay must not stop at it
             await db[PREDICTIONS].update_one({"_id": job.id}, {"$set": {"status": "predictable"}})
         await eventually(lambda: db[PREDICTIONS].find_one({"_id": healthy.id, "status": "ready"}))

@@ -11,7 +11,7 @@ import httpx
 from pymongo import MongoClient
 
 from tests.conftest import RelayProcess, settings_env
-from vdetect.harness import free_port, wait_until
+from vdetect.testing import free_port, wait_until
 
 SECRETS = {
     "API_KEY": "key-7d1f0a9c3b5e-SECRET",
@@ -95,4 +95,4 @@ def test_no_secret_reaches_a_log_line_or_an_answer(settings, tmp_path: Path) -> 
         assert not leaks(text), f"{name} holds a secret"
     for answer in answers:
         assert not leaks(answer_text(answer)), f"{answer.request.method} {answer.request.url} answers a secret"
-    assert not leaks(str(settings_env(settings)))  # the harness itself holds none
+    assert not leaks(str(settings_env(settings)))  # the test helpers hold none

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from tests.servers import bikes_video
-from vdetect.harness import free_port, wait_until
+from vdetect.testing import free_port, wait_until
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 KEY = "s3cret-web"

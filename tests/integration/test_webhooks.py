@@ -14,7 +14,7 @@ from events import webhooks
 from events.contracts import OUTBOX, OutboxDocument, OutboxPayload
 from events.statuses import OutboxStatus
 from tests.conftest import counted, eventually, relay, serving
-from vdetect.harness import Receiver, webhook_receiver
+from vdetect.testing import Receiver, webhook_receiver
 
 SECRET = "whsec-test"
 

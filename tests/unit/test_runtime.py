@@ -1,15 +1,20 @@
 """Safe defaults: a service that would listen beyond this machine without an API key does not start."""
 
+import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiokafka.protocol.admin import CreateTopicsResponse_v0, CreateTopicsResponse_v1
+from typer.testing import CliRunner
 
 from events.clients import refused_topics
 from events.runtime import loopback
 from events.settings import Settings
+from vdetect.cli import app
 
 
 @pytest.mark.parametrize("service", ["api", "runner", "outbox-relay", "inference"])
@@ -53,3 +58,24 @@ def test_mongo_credentials_go_to_the_client_as_they_are() -> None:
     assert settings.mongo() == {"host": "mongodb://db:27017/?replicaSet=rs0", "username": "app", "password": password}
     assert password not in repr(settings) and password not in str(settings.model_dump())
     assert Settings(mongo_password="").mongo() == {"host": "mongodb://127.0.0.1:27017/?directConnection=true"}
+
+
+@pytest.mark.parametrize(("body", "code"), [({"status": "ok", "ready": True}, 0), ({"status": "ok"}, 0),
+                                            ({"status": "ok", "ready": False}, 1), ("not json", 1)])  # fmt: skip
+def test_the_health_command_fails_while_a_service_is_not_ready(body: object, code: int) -> None:
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            text = json.dumps(body) if isinstance(body, dict) else str(body)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(text.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        checked = CliRunner().invoke(app, ["health", "--port", str(port)])
+        server.shutdown()
+    assert checked.exit_code == code

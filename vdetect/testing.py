@@ -1,7 +1,8 @@
 """Drive a local stack from outside: start `vdetect up` on free ports, upload, wait for results,
 receive webhooks.
 
-Used by the end-to-end tests, the chaos script and the benchmark."""
+Used by the end-to-end tests, the chaos script and the benchmark; not by any service. Nothing here
+relies on `assert` (it works under `python -O`): a wait that runs out raises StillWaiting."""
 
 import contextlib
 import json
@@ -59,16 +60,23 @@ class Stack:
         return started[-1]["pid"]
 
 
+class StillWaiting(Exception):
+    """A condition did not come true in time."""
+
+
 def wait_until(check, timeout: float, what: str, poll: float = 0.5):
+    """Call `check` every `poll` seconds until it returns something true, and return that; StillWaiting
+    after `timeout` (a check may also raise AssertionError or an HTTP transport error to mean "not yet")."""
     for attempt in Retrying(
         stop=stop_after_delay(timeout),
         wait=wait_fixed(poll),
-        retry=retry_if_exception_type((AssertionError, httpx.TransportError)),
+        retry=retry_if_exception_type((StillWaiting, AssertionError, httpx.TransportError)),
         reraise=True,
     ):
         with attempt:
             result = check()
-            assert result, f"still waiting for {what}"
+            if not result:
+                raise StillWaiting(f"still waiting for {what}")
     return result
 
 
