@@ -19,6 +19,7 @@ from api.projector import Projector
 from api.routes import router
 from events.clients import mongo_client, object_store
 from events.contracts import OUTBOX
+from events.indexes import MAIN_DB, ensure_indexes
 from events.log import get_logger
 from events.metrics import add_metrics_route
 from events.settings import Settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await store.ensure_bucket(bucket)
                 except PermanentStorageError as error:  # a credential that may not create buckets
                     log.warning("allowed bucket not created", bucket=bucket, reason=error.reason)
+            await ensure_indexes(main[settings.main_db], MAIN_DB)
             outbox, stop = main[settings.main_db][OUTBOX], asyncio.Event()
             # change streams wait longer than a request may: their own client, without the request timeout
             async with mongo_client(**settings.mongo()) as follower, asyncio.TaskGroup() as background:

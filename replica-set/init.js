@@ -2,7 +2,7 @@
 // whose credentials come from the environment: never on a command line).
 // 1. initiate rs0 with the three members if it is not initiated yet;
 // 2. wait for a writable primary and connect to it (after a full restart mongo1 may be a secondary);
-// 3. create or update the application user and create the indexes (both idempotent).
+// 3. create or update the application user (idempotent). The services create their indexes.
 const rootUser = process.env.MONGO_ROOT_USER;
 const rootPassword = process.env.MONGO_ROOT_PASSWORD;
 const members = ["mongo1:27017", "mongo2:27017", "mongo3:27017"];
@@ -74,11 +74,5 @@ if (admin.getUser(appUser) === null) {
   print(`user ${appUser} updated`);
 }
 
-// Sweeps and the stall checks look jobs up by status and age; status/all pages by (created_at, _id),
-// optionally of one status; the webhook relay's sweep finds pending deliveries.
-primary.getSiblingDB("main_db").outbox.createIndex({ status: 1, relayed_at: 1 });
-primary.getSiblingDB("main_db").outbox.createIndex({ created_at: 1, _id: 1 });
-primary.getSiblingDB("main_db").outbox.createIndex({ status: 1, created_at: 1, _id: 1 });
-primary.getSiblingDB("main_db").outbox.createIndex({ webhook: 1 }, { sparse: true });
-primary.getSiblingDB("runner_db").runner_predictions.createIndex({ status: 1, updated_at: 1 });
+// The indexes are created by the services themselves when they start (events/indexes.py).
 print("replica set ready");

@@ -43,6 +43,7 @@ from events.contracts import (
 )
 from events.deadletter import dead_letter
 from events.health import counters, health_app
+from events.indexes import RUNNER_DB, ensure_indexes
 from events.log import get_logger
 from events.retry import is_infrastructure
 from events.runtime import http_server, wait_or_stop
@@ -309,6 +310,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
         ):
             db = client[settings.runner_db]
+            await ensure_indexes(db, RUNNER_DB)
             runner = Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks)
             loops = [
                 Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),

@@ -16,6 +16,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from events.clients import ensure_topics, mongo_client, records
+from events.indexes import MAIN_DB, RUNNER_DB, ensure_indexes
 from events.settings import Settings
 from tests.servers import Server, running, secantus, tansu
 
@@ -58,6 +59,8 @@ def settings(tmp_path: Path, mongo_server: Server, kafka_server: Server) -> Sett
 @pytest.fixture
 async def mongo(settings: Settings) -> AsyncIterator[AsyncMongoClient]:
     async with mongo_client(**settings.mongo()) as client:
+        await ensure_indexes(client[settings.main_db], MAIN_DB)
+        await ensure_indexes(client[settings.runner_db], RUNNER_DB)
         yield client
 
 

@@ -18,6 +18,7 @@ from api.projector import Projector
 from events import topics
 from events.clients import mongo_client
 from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState
+from events.indexes import MAIN_DB, RUNNER_DB
 from events.settings import Settings
 from tests.conftest import read_topic
 from tests.servers import bikes_video
@@ -265,7 +266,7 @@ def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> 
     assert operation["status_code"] == "failed" and operation["error"] == answer["error"]
 
 
-def test_replaying_the_job_events_rebuilds_the_same_read_model(stack: Stack, tmp_path) -> None:
+def test_replaying_the_job_events_rebuilds_the_same_read_model_and_the_indexes_exist(stack: Stack, tmp_path) -> None:
     settings = stack_settings(stack)
 
     async def replay() -> tuple[dict, dict]:
@@ -277,9 +278,17 @@ def test_replaying_the_job_events_rebuilds_the_same_read_model(stack: Stack, tmp
             messages = await read_topic(settings, topics.JOB_EVENTS, 4 * count)  # at least accepted, sent...
             await Projector(rebuilt).project([JobEvent.from_bytes(m.value) for m in messages])
             replayed = {doc["_id"]: JobState.model_validate(doc) async for doc in rebuilt.find()}
-            return live, replayed
+            indexes = {
+                name: set(await client[database][collection].index_information())
+                for name, database, collection in (("main", settings.main_db, OUTBOX),
+                                                   ("runner", settings.runner_db, PREDICTIONS))
+            }  # fmt: skip
+            return live, replayed, indexes
 
-    live, replayed = asyncio.run(replay())
+    live, replayed, indexes = asyncio.run(replay())
+    # the API and the runner created their indexes when they started (events/indexes.py)
+    assert indexes["main"] >= {model.document["name"] for model in MAIN_DB[OUTBOX]}
+    assert indexes["runner"] >= {model.document["name"] for model in RUNNER_DB[PREDICTIONS]}
     assert {state.status for state in live.values()} == {"ready", "failed"}  # both endings are replayed
     assert replayed == live
     print(f"\nreplay: {len(live)} jobs rebuilt from job_events, identical to the read model")
