@@ -4,16 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ULTRALYTICS_ASSETS := ultralytics==8.4.190
 
-.PHONY: up test test-fast bench clean
+.PHONY: up test test-fast lint bench clean
 
 up: $(VENV)/.run-deps
 	$(VENV)/bin/vdetect up
 
-test: $(VENV)/.test-deps $(VENV)/.system-deps node_modules/.installed
+test: lint $(VENV)/.system-deps node_modules/.installed
 	$(PY) -m pytest
 
-test-fast: $(VENV)/.test-deps $(VENV)/.system-deps node_modules/.installed
+test-fast: lint $(VENV)/.system-deps node_modules/.installed
 	$(PY) -m pytest -m "not e2e"
+
+# Lint, format and types: part of `make test`, so CI enforces them.
+lint: $(VENV)/.test-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The figures of the README's Performance section (Ultralytics: see there).
 bench: $(VENV)/.test-deps

@@ -31,8 +31,8 @@ OFFSETS_TIMEOUT_S = 5
 
 
 @asynccontextmanager
-async def mongo_client(host: str, **options: Any) -> AsyncIterator[AsyncMongoClient]:
-    client: AsyncMongoClient = AsyncMongoClient(host, tz_aware=True, serverSelectionTimeoutMS=10_000, **options)
+async def mongo_client(host: str, **options: Any) -> AsyncIterator[AsyncMongoClient[Any]]:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(host, tz_aware=True, serverSelectionTimeoutMS=10_000, **options)
     try:
         await on_startup(client.admin.command)("ping")
         yield client

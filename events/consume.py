@@ -19,10 +19,10 @@ from events.clients import Consumer, commit, records
 from events.retry import is_infrastructure
 
 T = TypeVar("T")
-Item = tuple[ConsumerRecord, T]
+Item = tuple[ConsumerRecord[bytes, bytes], T]
 Fetch = Callable[[], Awaitable[list[ConsumerRecord]]]
 Parse = Callable[[list[ConsumerRecord]], Awaitable[list[T | Exception]]]
-Handle = Callable[[list[Item]], Awaitable[None]]
+Handle = Callable[[list[Item[T]]], Awaitable[None]]
 # (message, its parsed form or None if it did not parse, the error)
 LAG_INTERVAL_S = 2.0
 Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
@@ -32,9 +32,9 @@ class Loop(Generic[T]):
     def __init__(
         self,
         consumer: Consumer,
-        parse: Parse,
-        handle: Handle,
-        reject: Reject,
+        parse: Parse[T],
+        handle: Handle[T],
+        reject: Reject[T],
         max_records: int,
         fetch: Fetch | None = None,
     ) -> None:
@@ -80,7 +80,7 @@ class Loop(Generic[T]):
             metrics.CONSUMER_LAG.labels(topic=topic, group=group).set(behind)
 
     async def handle_batch(self, messages: list[ConsumerRecord]) -> None:
-        items: list[Item] = []
+        items: list[Item[T]] = []
         for message, parsed in zip(messages, await self.parse(messages), strict=True):
             if isinstance(parsed, Exception):
                 await self.reject(message, None, parsed)
@@ -90,7 +90,7 @@ class Loop(Generic[T]):
             await isolate(items, self.handle, self.reject)
 
 
-async def isolate(items: list[Item], handle: Handle, reject: Reject) -> None:
+async def isolate(items: list[Item[T]], handle: Handle[T], reject: Reject[T]) -> None:
     """Handle the batch; if that fails (not for infrastructure), handle the items one by one and reject
     each that still fails. Handlers are idempotent, so items handled before the failure are safe."""
     try:
@@ -111,7 +111,7 @@ async def isolate(items: list[Item], handle: Handle, reject: Reject) -> None:
             await reject(item[0], item[1], error)
 
 
-def parse_with(contract: Callable[[bytes], T]) -> Parse:
+def parse_with(contract: Callable[[bytes], T]) -> Parse[T]:
     """A parser for small JSON messages, each parsed on the event loop."""
 
     async def parse(messages: list[ConsumerRecord]) -> list[T | Exception]:

@@ -6,7 +6,7 @@ Kafka messages are JSON (`to_bytes` / `Model.model_validate_json`); documents go
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +36,7 @@ class Contract(BaseModel):
     def from_bytes(cls, data: bytes) -> Self:
         return cls.model_validate_json(data)
 
-    def to_mongo(self) -> dict:
+    def to_mongo(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
@@ -176,7 +176,7 @@ class FrameDocument(Contract):
         return f"{job}:{frame:010d}"
 
     @staticmethod
-    def range_of(job: str) -> dict:
+    def range_of(job: str) -> dict[str, Any]:
         """The `_id` filter of every frame of `job` (':' sorts just before ';')."""
         return {"_id": {"$gte": f"{job}:", "$lt": f"{job};"}}
 

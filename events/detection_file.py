@@ -8,7 +8,7 @@ small header; the reader parses any key order (ijson, incremental, C backend).
 import json
 from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import ijson
 
@@ -32,7 +32,7 @@ def open_object(head: dict[str, Any]) -> bytes:
     return compact(head)[:-1] + b',"prediction":['
 
 
-async def write(out: BinaryIO, head: dict[str, Any], frames: AsyncIterable[dict[str, Any]]) -> int:
+async def write(out: IO[bytes], head: dict[str, Any], frames: AsyncIterable[dict[str, Any]]) -> int:
     """Write the detection file to `out` (a buffered file) from frame documents in frame order;
     returns how many frames."""
     out.write(open_object(head))

@@ -2,6 +2,8 @@
 ask for them. The API creates those of `main_db` when it starts, the runner those of `runner_db`; the
 local stack, compose and the tests get them that way, with nothing else to run."""
 
+from typing import Any
+
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -26,7 +28,7 @@ RUNNER_DB = {
 }
 
 
-async def ensure_indexes(db: AsyncDatabase, indexes: dict[str, list[IndexModel]]) -> None:
+async def ensure_indexes(db: AsyncDatabase[Any], indexes: dict[str, list[IndexModel]]) -> None:
     """Create the indexes that are missing (an existing index with the same keys and options is kept)."""
     for collection, models in indexes.items():
         names = await db[collection].create_indexes(models)

@@ -18,6 +18,7 @@ estimate is replaced by the exact count when the video has been read; a late red
 """
 
 from datetime import datetime
+from typing import Any
 
 from events.contracts import JobEvent, JobEventType, JobState
 from events.statuses import OutboxStatus
@@ -34,6 +35,7 @@ def apply(state: JobState | None, event: JobEvent) -> JobState | None:
         return JobState.accepted(event) if event.type == JobEventType.ACCEPTED else None
     if state.status in FINAL or event.type == JobEventType.ACCEPTED:
         return state
+    moved: dict[str, Any]
     match event.type:
         case JobEventType.SENT:
             moved = {"status": OutboxStatus.SENT} if state.status == OutboxStatus.NEW else {}
@@ -49,7 +51,7 @@ def apply(state: JobState | None, event: JobEvent) -> JobState | None:
     return _moved(state, event, moved)
 
 
-def _progress(state: JobState, event: JobEvent) -> dict:
+def _progress(state: JobState, event: JobEvent) -> dict[str, Any]:
     started_at = state.started_at or event.at
     total = state.frames_total
     done = max(state.frames_done, event.frames_done or 0)
@@ -76,7 +78,7 @@ def eta(started_at: datetime, now: datetime, done: int, total: int | None) -> fl
     return round(max(total - done, 0) * elapsed / done, 1)
 
 
-def _moved(state: JobState, event: JobEvent, changes: dict) -> JobState:
+def _moved(state: JobState, event: JobEvent, changes: dict[str, Any]) -> JobState:
     changed = {name: value for name, value in changes.items() if getattr(state, name) != value}
     if not changed or set(changed) == {"eta_seconds"}:  # a duplicate: the ETA alone does not move a job
         return state

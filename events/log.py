@@ -4,11 +4,12 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 # Tracebacks as JSON, without local variables: a frame's locals may hold settings, URIs with passwords,
 # keys (structlog's `dict_tracebacks` prints them all).
 TRACEBACKS = structlog.processors.ExceptionRenderer(structlog.tracebacks.ExceptionDictTransformer(show_locals=False))
-SHARED = [
+SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -48,4 +49,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

@@ -5,7 +5,7 @@ import contextlib
 import ipaddress
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -75,12 +75,12 @@ class _EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its host service."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
 @contextlib.asynccontextmanager
-async def http_server(app: FastAPI, host: str, port: int):
+async def http_server(app: FastAPI, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
     """Serve `app` (health and data endpoints) beside a service's main loop."""
     server = _EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
     task = asyncio.create_task(server.serve())

@@ -13,16 +13,17 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from minio import Minio
 from minio.error import S3Error
 
+R = TypeVar("R")
 COPY_CHUNK = 1024 * 1024
 RANGE_CHUNK = 256 * 1024
 S3_PART_SIZE = 16 * 1024 * 1024
@@ -175,7 +176,9 @@ class S3Store:
     def __init__(self, client: Minio) -> None:
         self.client = client
 
-    async def _call(self, bucket: str, key: str | None, function, *args, **kwargs):
+    async def _call(
+        self, bucket: str, key: str | None, function: Callable[..., R], *args: Any, **kwargs: Any
+    ) -> R | None:
         """Run a blocking SDK call in a thread; a missing object is None, a permanent refusal raises."""
         try:
             return await asyncio.to_thread(function, *args, **kwargs)

@@ -92,6 +92,10 @@ def decode(
     boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - fit.pad_x) / fit.scale).clip(0, fit.width)
     boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - fit.pad_y) / fit.scale).clip(0, fit.height)
     return [
-        Detection(class_id=int(c), box=tuple(round(float(v), 1) for v in box), conf=round(float(s), 4))
+        Detection(
+            class_id=int(c),
+            box=(round(float(box[0]), 1), round(float(box[1]), 1), round(float(box[2]), 1), round(float(box[3]), 1)),
+            conf=round(float(s), 4),
+        )  # fmt: skip
         for box, c, s in zip(boxes, class_ids[keep], confs[keep], strict=True)
     ]

@@ -184,7 +184,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         ) as consumer,
     ):
         worker = Worker(detector, producer, settings)
-        loop = Loop(consumer, worker.parse, worker.detect, worker.reject, settings.inference_batch_size,
+        loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, settings.inference_batch_size,
                     fetch=lambda: next_batch(consumer, settings))  # fmt: skip
         async with http_server(inference_app(detector, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip

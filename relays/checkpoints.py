@@ -1,5 +1,6 @@
 """Resume tokens, one per relay, kept in MongoDB beside the collection the relay watches."""
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -10,7 +11,7 @@ from events.retry import transient
 
 class TokenStore(Protocol):
     async def load(self, relay: str) -> dict[str, Any] | None: ...
-    async def save(self, relay: str, token: dict[str, Any]) -> None: ...
+    async def save(self, relay: str, token: Mapping[str, Any]) -> None: ...
     async def clear(self, relay: str) -> None: ...
 
 
@@ -24,7 +25,7 @@ class MongoTokenStore:
         return doc["token"] if doc else None
 
     @transient
-    async def save(self, relay: str, token: dict[str, Any]) -> None:
+    async def save(self, relay: str, token: Mapping[str, Any]) -> None:
         await self.collection.update_one(
             {"_id": relay}, {"$set": {"token": token, "updated_at": utcnow()}}, upsert=True
         )

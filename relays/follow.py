@@ -25,7 +25,7 @@ the other's side effect is a duplicate that downstream consumers ignore. One ins
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -136,7 +136,8 @@ class Relay:
         async with await self.collection.watch(self.pipeline, resume_after=token, max_await_time_ms=AWAIT_MS) as stream:
             log.info("change stream opened", relay=self.name, resumed=token is not None)
             await self.sweep()
-            saved, saved_at = token, time.monotonic()
+            saved: Mapping[str, Any] | None = token
+            saved_at = time.monotonic()
             while not stop.is_set() and stream.alive:
                 change = await stream.try_next()
                 if change is not None:

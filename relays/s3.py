@@ -148,6 +148,7 @@ def exporter(
 ):
     @transient
     async def mark_exported(job: RunnerPrediction, location: StorageLocation) -> None:
+        condition: dict[str, Any]
         if job.status == RunnerStatus.PREDICTABLE:
             condition = {"status": PREDICTABLE}
             update = {"status": RunnerStatus.READY.value, "ready_at": utcnow(), "output_s3": location.to_mongo()}

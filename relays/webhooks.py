@@ -100,7 +100,7 @@ class Deliveries:
             retry=retry_if_result(lambda outcome: outcome == "retry"),
             retry_error_callback=lambda _state: "failed",
         )
-        outcome = await retrying(self.attempt, job, body, delivery)
+        outcome: str = await retrying(self.attempt, job, body, delivery)
         await self.finish(job.id, outcome)
 
     async def attempt(self, job: JobState, body: bytes, delivery: str) -> str:

@@ -1,7 +1,7 @@
 """Pure frame work: sampling a video, scaling to the model's size, the design's preprocessing, JPEG encoding."""
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +64,7 @@ def video_info(path: Path, stride: int) -> tuple[int | None, float | None]:
     return (-(-count // stride) if count > 0 else None), (round(fps, 3) if 0 < fps < 1000 else None)
 
 
-def sample_frames(path: Path, stride: int, max_side: int | None = None) -> Iterator[Frame]:
+def sample_frames(path: Path, stride: int, max_side: int | None = None) -> Generator[Frame, None, None]:
     """Yield every `stride`-th frame, reading the video once, in order, scaled down to `max_side`.
 
     Frames in between are grabbed (demuxed and decoded) but never converted, so memory holds one frame.

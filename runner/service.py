@@ -180,9 +180,8 @@ class Runner:
             if total == 0:
                 raise VideoError("the video has no decodable frames")
         except (VideoError, FileNotFoundError, PermanentStorageError) as error:
-            if isinstance(error, FileNotFoundError):
-                error = f"video not found in storage: {bucket}/{key}"
-            await self.fail(event_id, str(error))
+            missing = isinstance(error, FileNotFoundError)
+            await self.fail(event_id, f"video not found in storage: {bucket}/{key}" if missing else str(error))
             return
         log.info(
             "frames published", total_frames=total, skipped=len(skip), seconds=round(time.monotonic() - started, 3)
@@ -312,7 +311,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             db = client[settings.runner_db]
             await ensure_indexes(db, RUNNER_DB)
             runner = Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks)
-            loops = [
+            loops: list[Loop[Any]] = [
                 Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),
                 Loop(results_consumer, parse_with(InferenceResult.from_bytes), runner.store_items,
                      runner.dead_letter, 500),

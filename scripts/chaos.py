@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -48,8 +48,11 @@ def watch_progress(stack: Stack, seen: dict[str, list[float]], done: threading.E
 
 
 def read_model(stack: Stack) -> dict[str, str]:
+    client: MongoClient[dict[str, Any]]
     with MongoClient(f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true") as client:
-        return {doc["_id"]: doc["status"] for doc in client["main_db"]["outbox"].find({}, {"status": 1})}
+        docs: list[dict[str, Any]] = list(client["main_db"]["outbox"].find({}, {"status": 1}))
+        found = {doc["_id"]: doc["status"] for doc in docs}
+        return found
 
 
 def bikes() -> Path:
@@ -130,10 +133,10 @@ def main(
         "lost": sum(event_id not in known for event_id in accepted),
         "duplicated": sum(written[event_id] > 1 for event_id in accepted) + len(known - set(accepted)),
         "stuck": sum(answer is None for answer in answers.values()),
-        "failed": sum(bool(answer) and answer["status"] == "failed" for answer in answers.values()),
+        "failed": sum(answer is not None and answer["status"] == "failed" for answer in answers.values()),
         "failures": [answer.get("error") for answer in answers.values() if answer and answer["status"] == "failed"],
         "wrong": sum(
-            bool(answer)
+            answer is not None
             and answer["status"] == "ready"
             and [f["frame"] for f in answer["prediction"]] != expected_frames
             for answer in answers.values()

@@ -6,6 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from vdetect.stack import executable, tansu_binary, wait_for_port
 from vdetect.testing import free_port
 
@@ -94,3 +97,11 @@ def ultralytics_asset(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("ultralytics' assets are missing: run `make test` (it installs the wheel, no deps)")
     return Path(next(iter(spec.submodule_search_locations))) / "assets" / name
+
+
+def photo(name: str) -> np.ndarray:
+    """One of Ultralytics' photos, decoded (BGR)."""
+    image = cv2.imread(str(ultralytics_asset(name)))
+    if image is None:
+        raise FileNotFoundError(ultralytics_asset(name))
+    return image

@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -84,10 +85,10 @@ print(json.dumps({"frames": frames, "seconds": time.perf_counter() - started}))
 
 def sampled_frames(video: Path, settings: Settings) -> list[np.ndarray]:
     """The frames inference receives: sampled, scaled, preprocessed, JPEG-encoded, decoded again."""
-    frames = []
+    frames: list[np.ndarray] = []
     for frame in sample_frames(video, settings.frame_stride, settings.model_input_size):
         jpeg = np.frombuffer(base64.b64decode(encode_frame(frame.image, settings.jpeg_quality)), np.uint8)
-        frames.append(cv2.imdecode(jpeg, cv2.IMREAD_COLOR))
+        frames.append(cv2.imdecode(jpeg, cv2.IMREAD_COLOR))  # type: ignore[arg-type]
     return frames
 
 
@@ -196,7 +197,9 @@ def live_latency(stack: Stack, receiver: Receiver, samples: int, endings: int = 
     """On the running stack, jobs staged in its databases (their video is never read): a change of
     `received_frames` in `runner_db` -> the SSE message that shows it (S3 relay, job_events, projector,
     read model change stream); a job's end in `runner_db` -> its final SSE message, and -> its webhook."""
-    client = MongoClient(f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true", tz_aware=True)
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true", tz_aware=True
+    )
     outbox, jobs = client["main_db"][OUTBOX], client["runner_db"][PREDICTIONS]
 
     def stage() -> tuple[str, list[tuple[float, dict]], threading.Thread]:
@@ -271,7 +274,7 @@ def long_video(video: Path, folder: Path, loops: int) -> Path:
         frames.append(item[1])
     height, width = frames[0].shape[:2]
     path = folder / f"long_x{loops}.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (width, height))
     for _ in range(loops):
         for frame in frames:
             writer.write(frame)

@@ -110,7 +110,7 @@ def storage_init() -> None:
 
     settings = load_settings()
     configure_logging("storage-init", settings.log_level)
-    provision_storage(settings, RootCredentials())  # type: ignore[call-arg]
+    provision_storage(settings, RootCredentials())
 
 
 @app.command()

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.servers import bikes_video, ultralytics_asset
+from tests.servers import bikes_video, photo
 from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -46,20 +46,20 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     while (read := source.read())[0]:
         frames.append(read[1])
     long = folder / "bikes-x2.mp4"  # 500 frames of 640x272
-    writer = cv2.VideoWriter(str(long), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 272))
+    writer = cv2.VideoWriter(str(long), cv2.VideoWriter.fourcc(*"mp4v"), 25, (640, 272))
     for frame in frames * 2:
         writer.write(frame)
     writer.release()
     eight_k = folder / "8k.mp4"  # the bus photo in the middle of a 7680x4320 frame
-    bus = cv2.resize(cv2.imread(str(ultralytics_asset("bus.jpg"))), (3240, 4320))
+    bus = cv2.resize(photo("bus.jpg"), (3240, 4320))
     canvas = np.full((4320, 7680, 3), 90, np.uint8)
     canvas[:, 2220:5460] = bus
-    writer = cv2.VideoWriter(str(eight_k), cv2.VideoWriter_fourcc(*"mp4v"), 10, (7680, 4320))
+    writer = cv2.VideoWriter(str(eight_k), cv2.VideoWriter.fourcc(*"mp4v"), 10, (7680, 4320))
     for _ in range(2):
         writer.write(canvas)
     writer.release()
     short = folder / "short.mp4"  # the first 40 frames of bikes.mp4
-    writer = cv2.VideoWriter(str(short), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 272))
+    writer = cv2.VideoWriter(str(short), cv2.VideoWriter.fourcc(*"mp4v"), 25, (640, 272))
     for frame in frames[:40]:
         writer.write(frame)
     writer.release()

@@ -269,7 +269,7 @@ def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> 
 def test_replaying_the_job_events_rebuilds_the_same_read_model_and_the_indexes_exist(stack: Stack, tmp_path) -> None:
     settings = stack_settings(stack)
 
-    async def replay() -> tuple[dict, dict]:
+    async def replay() -> tuple[dict, dict, dict]:
         async with mongo_client(**settings.mongo()) as client:
             live = {doc["_id"]: JobState.model_validate(doc) async for doc in client[settings.main_db][OUTBOX].find()}
             rebuilt = client["replayed"][OUTBOX]

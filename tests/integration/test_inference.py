@@ -12,7 +12,7 @@ from events.consume import Loop
 from events.contracts import DeadLetter, InferenceResult, InferenceTask
 from inference.service import Worker, build_detector, next_batch
 from tests.conftest import read_topic
-from tests.servers import ultralytics_asset
+from tests.servers import photo
 
 
 def task(event_id: str, frame: int, image: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
@@ -21,10 +21,6 @@ def task(event_id: str, frame: int, image: np.ndarray, size: tuple[int, int] | N
     width, height = size or (None, None)
     encoded = base64.b64encode(jpeg.tobytes()).decode()
     return InferenceTask(event_id=event_id, frame=frame, image=encoded, width=width, height=height).to_bytes()
-
-
-def photo(name: str) -> np.ndarray:
-    return cv2.imread(str(ultralytics_asset(name)))
 
 
 class RaisesOnTinyFrames:

@@ -56,9 +56,9 @@ async def test_relay_publishes_old_and_new_events_keyed_by_id_and_marks_them_sen
     messages = await read_topic(settings, topics.OUTBOX_EVENTS, 5)
     assert sorted(m.key.decode() for m in messages) == sorted(ids)
     for message in messages:
-        event = OutboxEvent.from_bytes(message.value)
-        assert event.event_id == message.key.decode()
-        assert event.payload.object == f"input/{event.event_id}.mp4"
+        sent = OutboxEvent.from_bytes(message.value)
+        assert sent.event_id == message.key.decode()
+        assert sent.payload.object == f"input/{sent.event_id}.mp4"
     assert await db[CHECKPOINTS].find_one({"_id": NAME}) is not None
     # each job's first events, in order: accepted (with the job, for a replay), then sent
     job_events = [JobEvent.from_bytes(m.value) for m in await read_topic(settings, topics.JOB_EVENTS, 10)]

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,7 @@ def upload(settings, path=None, content: bytes | None = None) -> OutboxEvent:
     )
 
 
-async def job(runner: Runner, event_id: str) -> dict:
+async def job(runner: Runner, event_id: str) -> Any:
     return await runner.jobs.collection.find_one({"_id": event_id})
 
 

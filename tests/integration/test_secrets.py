@@ -5,6 +5,7 @@ is searched for each secret."""
 
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -37,6 +38,7 @@ def answer_text(answer: httpx.Response) -> str:
 
 def test_no_secret_reaches_a_log_line_or_an_answer(settings, tmp_path: Path) -> None:
     user = f"app-{uuid.uuid4().hex[:8]}"
+    mongo: MongoClient[dict[str, Any]]
     with MongoClient(settings.mongo()["host"]) as mongo:
         mongo.admin.command("createUser", user, pwd=SECRETS["MONGO_PASSWORD"], roles=["readWrite"])
     env = {**SECRETS, "MONGO_USERNAME": user, "LOG_LEVEL": "DEBUG", "STORAGE_BACKEND": "dir"}

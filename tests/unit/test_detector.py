@@ -2,13 +2,12 @@
 
 from collections import Counter
 
-import cv2
 import pytest
 
 from events.settings import Settings
 from inference.coco import COCO_NAMES
 from inference.detector import OnnxDetector, class_names
-from tests.servers import ultralytics_asset
+from tests.servers import photo
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def test_default_model_has_coco_names(detector: OnnxDetector) -> None:
 
 
 def test_bus_photo_shows_a_bus_and_people(detector: OnnxDetector) -> None:
-    image = cv2.imread(str(ultralytics_asset("bus.jpg")))
+    image = photo("bus.jpg")
     (objects,) = detector.detect([image])
     classes = Counter(o.class_name for o in objects)
     assert classes["bus"] == 1
@@ -36,14 +35,14 @@ def test_bus_photo_shows_a_bus_and_people(detector: OnnxDetector) -> None:
 
 
 def test_zidane_photo_shows_two_people(detector: OnnxDetector) -> None:
-    (objects,) = detector.detect([cv2.imread(str(ultralytics_asset("zidane.jpg")))])
+    (objects,) = detector.detect([photo("zidane.jpg")])
     people = [o for o in objects if o.class_name == "person"]
     assert len(people) == 2
     assert all(o.box[2] <= 1280 and o.box[3] <= 720 for o in objects)
 
 
 def test_a_batch_gives_the_same_detections_as_single_frames(detector: OnnxDetector) -> None:
-    bus, zidane = (cv2.imread(str(ultralytics_asset(n))) for n in ("bus.jpg", "zidane.jpg"))
+    bus, zidane = (photo(n) for n in ("bus.jpg", "zidane.jpg"))
     batched = detector.detect([bus, zidane])
     single = [detector.detect([bus])[0], detector.detect([zidane])[0]]
     for got, want in zip(batched, single, strict=True):

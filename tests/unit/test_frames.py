@@ -19,7 +19,7 @@ def test_every_fifth_frame_of_a_real_video_is_sampled_in_order() -> None:
 
 
 def write_video(path, width: int, height: int, frames: int = 3) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 10, (width, height))
     assert writer.isOpened()
     rng = np.random.default_rng(0)
     for _ in range(frames):

@@ -1,5 +1,8 @@
 """The upload limit stops reading a body as soon as it is passed, with no declared length."""
 
+from collections.abc import MutableMapping
+from typing import Any
+
 from fastapi import FastAPI, Request
 
 from api.limits import BodySizeLimit
@@ -21,9 +24,9 @@ async def test_a_body_over_the_limit_is_refused_while_it_streams() -> None:
         pulled += 1
         return {"type": "http.request", "body": b"\x00" * CHUNK, "more_body": pulled < 1000}  # 64 MB offered
 
-    sent: list[dict] = []
+    sent: list[MutableMapping[str, Any]] = []
 
-    async def send(message: dict) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {
