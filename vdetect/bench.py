@@ -21,10 +21,12 @@ Figures printed (and returned as one JSON line):
 
 import asyncio
 import base64
+import itertools
 import json
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +152,127 @@ def pipeline(stack: Stack, video: Path) -> dict:
         raise RuntimeError(f"benchmark job failed: {answer.get('error')}")
     frames = len(answer["prediction"])
     return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2)}
+
+
+def hd_video(source: Path, folder: Path, seconds: int) -> Path:
+    """Phone footage: 1080p H.264 at 30 fps, about 16 Mbit/s. The bundled clip, looped, upscaled, with a
+    little temporal noise so it compresses like a camera's sensor output (Debian's ffmpeg, libx264)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError("the HD case needs Debian's ffmpeg: `make bench` installs it")
+    path = folder / f"hd_1080p30_{seconds}s.mp4"
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(source), "-t", str(seconds),
+                    "-vf", "scale=1920:1080:flags=bicubic,fps=30,noise=alls=10:allf=t", "-c:v", "libx264",
+                    "-preset", "veryfast", "-b:v", "16M", "-maxrate", "20M", "-bufsize", "32M", "-pix_fmt", "yuv420p",
+                    str(path)], check=True)  # fmt: skip
+    return path
+
+
+def one_process(video: Path, settings: Settings) -> dict:
+    """The script a user would write: one loop that reads every frame, keeps every FRAME_STRIDE-th and
+    detects on it (the detector letterboxes it; ONNX Runtime uses every core)."""
+    detector = build_detector(settings)
+    capture = cv2.VideoCapture(str(video))
+    ok, first = capture.read()
+    detector.detect([first])  # warm-up, outside the timing
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    started, index, frames = time.perf_counter(), 0, 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if index % settings.frame_stride == 0:
+            detector.detect([frame])
+            frames += 1
+        index += 1
+    seconds = time.perf_counter() - started
+    capture.release()
+    return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2)}
+
+
+def _ms(seconds: float, frames: int) -> float:
+    return round(1000 * seconds / max(frames, 1), 2)
+
+
+def stage_costs(video: Path, settings: Settings, limit: int = 60) -> dict:
+    """CPU milliseconds of one sampled frame in each stage of the runner and of inference, each stage
+    timed alone on this video (one thread each, as in the stack's processes): decoding the stride's
+    frames and scaling the sampled one, preprocessing and JPEG encoding, JPEG decoding in inference,
+    the model (batches of INFERENCE_BATCH_SIZE, one thread)."""
+    started = time.process_time()
+    sampled = sample_frames(video, settings.frame_stride, settings.model_input_size)
+    scaled = [frame.image for frame in itertools.islice(sampled, limit)]
+    decode = time.process_time() - started
+    started = time.process_time()
+    encoded = [encode_frame(image, settings.jpeg_quality) for image in scaled]
+    encode = time.process_time() - started
+    started = time.process_time()
+    decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(text), np.uint8), cv2.IMREAD_COLOR) for text in encoded]
+    jpeg_decode = time.process_time() - started
+    single = Settings(**{**settings.model_dump(), "inference_threads": 1})
+    model = timed_detection(decoded, single)  # type: ignore[arg-type]
+    frames = len(scaled)
+    return {
+        "frames": frames,
+        "message_kib": round(sum(map(len, encoded)) / frames / 1024, 1),
+        "decode_and_scale_ms": _ms(decode, frames),
+        "preprocess_and_encode_ms": _ms(encode, frames),
+        "jpeg_decode_ms": _ms(jpeg_decode, frames),
+        "model_ms": _ms(model, frames),
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) of a process and every process below it (a process pool's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return sum(times.get(member, 0.0) for member in tree)
+
+
+PROCESSES = ("runner", "inference", "inference-1", "api", "outbox-relay", "s3-relay", "webhook-relay",
+             "secantusdb", "tansu")  # fmt: skip
+
+
+def pipeline_with_cpu(stack: Stack, video: Path) -> dict:
+    """The pipeline on `video`, with the CPU each process of the stack spent, per sampled frame."""
+    pids = {name: stack.pid(name) for name in PROCESSES if any(
+        line.get("process") == name for line in stack.lines() if line.get("event") == "process started")}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = pipeline(stack, video)
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    result["cpu_ms_per_frame"] = {name: _ms(seconds, result["frames"]) for name, seconds in spent.items()}
+    result["cpu_ms_per_frame"]["total"] = _ms(sum(spent.values()), result["frames"])
+    return result
+
+
+def many_jobs(stack: Stack, video: Path, count: int) -> dict:
+    """`count` uploads at once: aggregate frames per second, and how long each job took."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(count) as pool:
+        ids = list(pool.map(lambda _: upload(stack.api, video), range(count)))
+        answers = list(pool.map(lambda event_id: (wait_finished(event_id, stack.api, poll=0.05),
+                                                  time.perf_counter() - started), ids))  # fmt: skip
+    seconds = time.perf_counter() - started
+    if any(answer["status"] != "ready" for answer, _ in answers):
+        raise RuntimeError("a benchmark job failed")
+    frames = sum(len(answer["prediction"]) for answer, _ in answers)
+    return {"jobs": count, "frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2),
+            "job_seconds": [round(took, 1) for _, took in answers]}  # fmt: skip
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -410,25 +534,42 @@ def run(
     large_frames: int = 43_200,
     large_objects: int = 50,
     live_samples: int = 20,
+    hd_seconds: int = 20,
+    jobs_at_once: int = 4,
+    device: str = "auto",
 ) -> dict:
     """The throughput figures come from the video played `measure_loops` times (fixed costs of a job,
     such as the upload and the relays, are then small beside the frames); the end-to-end time of the
     video itself is reported too."""
-    settings = Settings()
-    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
+    settings = Settings(inference_device=device)
+    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                "providers": build_detector(settings).session.get_providers()}}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vdetect-bench-") as tmp:
         measured = long_video(video, Path(tmp), measure_loops) if measure_loops > 1 else video
         report["video"] = {"name": video.name, "measured_as": measured.name}
         report["detector_alone"] = detector_alone(measured, settings)
         report["detector_alone_per_core"] = detector_per_core(measured, os.cpu_count() or 1)
         report["ultralytics"] = ultralytics(measured, python or sys.executable, weights or str(settings.model_path))
+        hd = hd_video(video, Path(tmp), hd_seconds) if hd_seconds else None
+        if hd is not None:
+            report["hd"] = {
+                "video": {"name": hd.name, "mbit_per_s": round(hd.stat().st_size * 8 / hd_seconds / 1e6, 1)},
+                "detector_alone": detector_alone(hd, settings),
+                "one_process": one_process(hd, settings),
+                "stages": stage_costs(hd, settings),
+                "ultralytics": ultralytics(hd, python or sys.executable, weights or str(settings.model_path)),
+            }
         with (
             webhook_receiver(BENCH_SECRET) as receiver,
-            local_stack(Path(tmp) / "stack", WEBHOOK_SECRET=BENCH_SECRET, WEBHOOK_ALLOW_PRIVATE="true") as stack,
+            local_stack(Path(tmp) / "stack", WEBHOOK_SECRET=BENCH_SECRET, WEBHOOK_ALLOW_PRIVATE="true",
+                        INFERENCE_DEVICE=device) as stack,  # fmt: skip
         ):
             pipeline(stack, video)  # warm-up: consumer groups joined, models loaded
             report["end_to_end_short_video"] = pipeline(stack, video)
-            report["pipeline"] = pipeline(stack, measured)
+            report["pipeline"] = pipeline_with_cpu(stack, measured)
+            if hd is not None:
+                report["hd"]["pipeline"] = pipeline_with_cpu(stack, hd)
+            report["many_jobs"] = {"one": pipeline(stack, video), "at_once": many_jobs(stack, video, jobs_at_once)}
             isolated = Settings(
                 mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
                 main_db="bench_main",
@@ -453,4 +594,12 @@ def run(
     }
     if report["ultralytics"]:
         report["ratios"]["pipeline_vs_ultralytics"] = round(pipeline_fps / report["ultralytics"]["fps"], 3)
+    many = report["many_jobs"]
+    report["ratios"]["jobs_at_once_vs_one"] = round(many["at_once"]["fps"] / many["one"]["fps"], 3)
+    if hd is not None:
+        hd_fps = report["hd"]["pipeline"]["fps"]
+        report["ratios"]["hd_pipeline_vs_detector"] = round(hd_fps / report["hd"]["detector_alone"]["fps"], 3)
+        report["ratios"]["hd_pipeline_vs_one_process"] = round(hd_fps / report["hd"]["one_process"]["fps"], 3)
+        if report["hd"]["ultralytics"]:
+            report["ratios"]["hd_pipeline_vs_ultralytics"] = round(hd_fps / report["hd"]["ultralytics"]["fps"], 3)
     return report

