@@ -73,7 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     for task in tasks:  # at least once: events being applied are applied again after a restart
                         task.cancel()
 
-    app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan)
+    # The reference is GET /openapi.json (every endpoint, with examples). No /docs page: Swagger UI loads
+    # its scripts from a CDN, which a self-hosted machine may not reach and the page's CSP refuses.
+    app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan,
+                  version="1.0", docs_url=None, redoc_url=None)  # fmt: skip
     # the last added runs first: the key, then the number of uploads at once, then the upload's size
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UploadSlots, slots=settings.max_concurrent_uploads)

@@ -15,7 +15,17 @@ from api.deps import Services, ServicesDep, session_token
 from api.jobs import JobView, after_cursor, cursor_of, views
 from api.limits import SESSION_COOKIE
 from api.live import GONE
-from api.schemas import Accepted, Cleaned, Health, Operations, ResultPending, ResultReady, VideoRequest
+from api.schemas import (
+    EVENT_STREAM_EXAMPLE,
+    Accepted,
+    Cleaned,
+    Health,
+    Operations,
+    Problem,
+    ResultPending,
+    ResultReady,
+    VideoRequest,
+)
 from api.validation import (
     PROBE_BYTES,
     check_bucket,
@@ -33,7 +43,15 @@ from events.statuses import OutboxStatus
 from events.storage import ObjectStore, PermanentStorageError
 
 log = get_logger(__name__)
-router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "X-API-Key missing or wrong (when API_KEY is set)"},
+    503: {"model": Problem, "description": "the database is unreachable; try again after Retry-After seconds"},
+}
+router = APIRouter(responses=ERRORS)
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "unknown event id"}}
+SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"example": EVENT_STREAM_EXAMPLE}}, "description": "Server-Sent Events"}
+}
 MAX_PAGE = 1000
 KEEPALIVE_S = 15
 
@@ -61,7 +79,16 @@ async def enqueue(services: Services, event_id: str, bucket: str, key: str, call
     log.info("job enqueued", event_id=event_id, bucket=bucket, object=key)
 
 
-@router.post("/upload_video")
+@router.post(
+    "/upload_video",
+    responses={
+        400: {"model": Problem, "description": "an empty file, a bad bucket name or callback URL"},
+        403: {"model": Problem, "description": "a bucket outside ALLOWED_BUCKETS"},
+        409: {"model": Problem, "description": "the bucket cannot be written to"},
+        413: {"model": Problem, "description": "larger than MAX_UPLOAD_BYTES"},
+        415: {"model": Problem, "description": "not a video container"},
+    },
+)
 async def upload_video(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="the video")],
@@ -94,7 +121,12 @@ async def upload_video(
     return Accepted(event_id=event_id)
 
 
-@router.post("/request")
+@router.post(
+    "/request",
+    responses={400: {"model": Problem, "description": "a bad key, bucket name or callback URL"},
+               403: {"model": Problem, "description": "a bucket outside ALLOWED_BUCKETS"},
+               404: {"model": Problem, "description": "no such object in storage"}},
+)  # fmt: skip
 async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
@@ -107,7 +139,7 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     return Accepted(event_id=event_id)
 
 
-@router.get("/status/all")
+@router.get("/status/all", responses={400: {"model": Problem, "description": "an invalid `after` cursor"}})
 async def status_all(
     services: ServicesDep,
     status_filter: Annotated[OutboxStatus | None, Query(alias="status", description="only jobs in this status")] = None,
@@ -146,7 +178,7 @@ async def stream_ready(store: ObjectStore, bucket: str, key: str, head: dict[str
 @router.get(
     "/result_video/{event_id}",
     response_model=ResultReady | ResultPending,
-    responses={404: {"description": "unknown event id"}},
+    responses={**NOT_FOUND, 422: {"model": Problem, "description": "the id is not a UUID"}},
 )
 async def result_video(services: ServicesDep, event_id: str) -> StreamingResponse | ResultPending:
     """The result (its prediction streamed: it may be hundreds of MB) or where the job stands."""
@@ -219,7 +251,7 @@ def event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
 
-@router.get("/jobs/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/jobs/events", response_class=StreamingResponse, responses=SSE)
 async def all_job_events(services: ServicesDep, request: Request) -> StreamingResponse:
     """Live status and progress of every job (Server-Sent Events): the jobs in progress first."""
     return event_stream(live_updates(services, request, None))
@@ -228,7 +260,7 @@ async def all_job_events(services: ServicesDep, request: Request) -> StreamingRe
 @router.get(
     "/jobs/{event_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "unknown event id"}},
+    responses={**SSE, **NOT_FOUND},
 )
 async def job_events(services: ServicesDep, request: Request, event_id: str) -> StreamingResponse:
     """Live status and progress of one job (Server-Sent Events); the stream ends after ready or failed."""
@@ -238,7 +270,12 @@ async def job_events(services: ServicesDep, request: Request, event_id: str) -> 
     return event_stream(live_updates(services, request, event_id))
 
 
-@router.post("/session", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/session",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={204: {"description": "the session cookie is set", "headers": {"Set-Cookie": {
+        "description": "vdetect_session=...; HttpOnly; SameSite=strict; Path=/api", "schema": {"type": "string"}}}}},
+)  # fmt: skip
 async def session(services: ServicesDep, request: Request, response: Response) -> None:
     """Exchange the X-API-Key header (checked, like every /api path, before the request is read) for an
     HttpOnly session cookie: the web page's sign-in, so the browser's uploads, event streams and video
@@ -251,8 +288,10 @@ async def session(services: ServicesDep, request: Request, response: Response) -
 @router.get(
     "/video/{event_id}",
     response_class=StreamingResponse,
-    responses={206: {"description": "the requested byte range"}, 404: {"description": "unknown event id"},
-               416: {"description": "a range outside the video"}},
+    responses={200: {"content": {"video/mp4": {"example": "(the video's bytes)"}}, "description": "the whole video"},
+               206: {"content": {"video/mp4": {"example": "(bytes 0-1023 of the video)"}},
+                     "description": "the requested byte range (`Range: bytes=0-1023`)"},
+               **NOT_FOUND, 416: {"model": Problem, "description": "a range outside the video"}},
 )  # fmt: skip
 async def video(
     services: ServicesDep, event_id: str, range_header: Annotated[str | None, Header(alias="Range")] = None
@@ -312,7 +351,7 @@ async def forget(services: Services, doc: dict[str, Any]) -> int:
     return objects
 
 
-@router.delete("/jobs/{event_id}", responses={404: {"description": "unknown event id"}})
+@router.delete("/jobs/{event_id}", responses=NOT_FOUND)
 async def delete_job(services: ServicesDep, event_id: str) -> Cleaned:
     """Remove one job: its objects and its records."""
     event_id = check_event_id(event_id)

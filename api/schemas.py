@@ -1,24 +1,40 @@
 """What the API shows: request and response bodies (not the same thing as the event contracts)."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.contracts import FramePrediction
 
+JOB = "6f1c2a9e-3b7d-4c41-9a55-0d2e8b7f4c10"
+PROGRESS = {"frames_total": 50, "frames_done": 20, "progress": 0.4, "eta_seconds": 3.1}
+
+
+def example(**values: Any) -> ConfigDict:
+    """The model's example in the OpenAPI document."""
+    return ConfigDict(json_schema_extra={"examples": [values]})
+
 
 class Health(BaseModel):
+    model_config = example(status="ok", service="api")
+
     status: Literal["ok"] = "ok"
     service: str = "api"
 
 
 class Accepted(BaseModel):
+    model_config = example(status="ok", event_id=JOB)
+
     status: Literal["ok"] = "ok"
     event_id: str
 
 
 class VideoRequest(BaseModel):
     """Process a video that is already in storage."""
+
+    model_config = example(
+        bucket="videos", object="uploads/street.mp4", callback_url="https://example.com/hooks/vdetect"
+    )
 
     bucket: str | None = Field(default=None, description="defaults to DEFAULT_BUCKET")
     object: str = Field(min_length=1, max_length=1024, description="the video's key in the bucket")
@@ -42,12 +58,25 @@ class Operation(JobProgress):
 
 
 class Operations(BaseModel):
+    model_config = example(
+        operations=[{"video_id": JOB, "status_code": "sent", "status_description": "processing",
+                     "processing_time_seconds": 4.2, "processing_time_formatted": "4s", "error": None, **PROGRESS}],
+        total=1,
+        next="MjAyNi0xMS0yOFQyMzowMDowMC4wMDBafDZmMWMyYTll",
+    )  # fmt: skip
+
     operations: list[Operation]
     total: int = Field(description="how many operations this answer lists")
     next: str | None = Field(default=None, description="cursor of the next page (pass it as `after`), or null")
 
 
 class ResultReady(BaseModel):
+    model_config = example(
+        status="ready", event_id=JOB, fps=25.0, processing_time_seconds=9.8, processing_time_formatted="9s",
+        prediction=[{"frame": 0, "objects": [{"class": "person", "box": [412.0, 96.5, 470.2, 270.0], "conf": 0.91}]},
+                    {"frame": 5, "objects": []}],
+    )  # fmt: skip
+
     status: Literal["ready"] = "ready"
     event_id: str
     fps: float | None = Field(default=None, description="the video's frame rate: frame N is at N / fps seconds")
@@ -57,6 +86,9 @@ class ResultReady(BaseModel):
 
 
 class ResultPending(JobProgress):
+    model_config = example(status="sent", event_id=JOB, status_description="processing", processing_time_seconds=4.2,
+                           processing_time_formatted="4s", error=None, **PROGRESS)  # fmt: skip
+
     status: str
     event_id: str
     status_description: str
@@ -66,6 +98,20 @@ class ResultPending(JobProgress):
 
 
 class Cleaned(BaseModel):
+    model_config = example(status="ok", jobs_deleted=1, objects_deleted=2)
+
     status: Literal["ok"] = "ok"
     jobs_deleted: int
     objects_deleted: int
+
+
+class Problem(BaseModel):
+    """Every error answer: a message saying what was wrong."""
+
+    model_config = example(detail="the uploaded file is not a video container")
+    detail: str | list[dict[str, object]]
+
+
+EVENT_STREAM_EXAMPLE = (
+    'event: status\ndata: {"status": "sent", "event_id": "' + JOB + '", "frames_total": 50, "frames_done": 20, ...}\n\n'
+)

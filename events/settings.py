@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
     max_detections: int = Field(default=300, ge=1, description="at most this many boxes per frame, best first")
     inference_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
+    inference_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu); auto: CUDA if present"
+    )
     inference_batch_size: int = Field(default=4, ge=1)
     inference_batch_wait_ms: int = Field(default=10, ge=0, description="how long to wait to fill a batch")
 

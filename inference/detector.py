@@ -31,6 +31,25 @@ def class_names(metadata: dict[str, str], count: int) -> tuple[str, ...]:
     return ordered
 
 
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def execution_providers(device: str, available: list[str] | None = None) -> list[str]:
+    """ONNX Runtime's providers for INFERENCE_DEVICE. `cpu`: the CPU. `cuda`: the GPU (onnxruntime-gpu,
+    `pip install 'vdetect[gpu]'`), an error if this ONNX Runtime cannot use it. `auto`: the GPU when this
+    ONNX Runtime has CUDA, the CPU otherwise. The CPU stays listed after CUDA for operators CUDA lacks."""
+    available = ort.get_available_providers() if available is None else available
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        raise RuntimeError("INFERENCE_DEVICE=cuda, but this ONNX Runtime has no CUDA provider: install "
+                           "onnxruntime-gpu in place of onnxruntime (pip install 'vdetect[gpu]')")  # fmt: skip
+    return [CPU]
+
+
 class OnnxDetector:
     def __init__(
         self,
@@ -39,13 +58,14 @@ class OnnxDetector:
         iou_threshold: float = 0.45,
         threads: int = 0,
         max_detections: int = 300,
+        device: str = "cpu",
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(model_path), options, providers=execution_providers(device))
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         metadata = self.session.get_modelmeta().custom_metadata_map

@@ -171,6 +171,7 @@ def build_detector(settings: Settings) -> Detector:
         settings.iou_threshold,
         settings.inference_threads,
         settings.max_detections,
+        settings.inference_device,
     )
 
 

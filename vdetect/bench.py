@@ -56,6 +56,7 @@ from events.contracts import (
 )
 from events.settings import Settings
 from events.storage import DirectoryStore
+from inference.detector import execution_providers
 from inference.service import build_detector
 from relays import outbox as outbox_relay
 from relays import s3 as s3_relay
@@ -250,8 +251,11 @@ PROCESSES = ("runner", "inference", "inference-1", "api", "outbox-relay", "s3-re
 
 def pipeline_with_cpu(stack: Stack, video: Path) -> dict:
     """The pipeline on `video`, with the CPU each process of the stack spent, per sampled frame."""
-    pids = {name: stack.pid(name) for name in PROCESSES if any(
-        line.get("process") == name for line in stack.lines() if line.get("event") == "process started")}
+    pids = {
+        name: stack.pid(name)
+        for name in PROCESSES
+        if any(line.get("process") == name for line in stack.lines() if line.get("event") == "process started")
+    }
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     result = pipeline(stack, video)
     spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
@@ -542,8 +546,9 @@ def run(
     such as the upload and the relays, are then small beside the frames); the end-to-end time of the
     video itself is reported too."""
     settings = Settings(inference_device=device)
-    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                "providers": build_detector(settings).session.get_providers()}}  # fmt: skip
+    providers = execution_providers(settings.inference_device)
+    on_gpu = "CUDAExecutionProvider" in providers
+    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "providers": providers}}
     with tempfile.TemporaryDirectory(prefix="vdetect-bench-") as tmp:
         measured = long_video(video, Path(tmp), measure_loops) if measure_loops > 1 else video
         report["video"] = {"name": video.name, "measured_as": measured.name}
@@ -561,8 +566,13 @@ def run(
             }
         with (
             webhook_receiver(BENCH_SECRET) as receiver,
-            local_stack(Path(tmp) / "stack", WEBHOOK_SECRET=BENCH_SECRET, WEBHOOK_ALLOW_PRIVATE="true",
-                        INFERENCE_DEVICE=device) as stack,  # fmt: skip
+            local_stack(
+                Path(tmp) / "stack",
+                inference_workers=1 if on_gpu else 0,  # one worker feeds the GPU
+                WEBHOOK_SECRET=BENCH_SECRET,
+                WEBHOOK_ALLOW_PRIVATE="true",
+                INFERENCE_DEVICE=device,
+            ) as stack,
         ):
             pipeline(stack, video)  # warm-up: consumer groups joined, models loaded
             report["end_to_end_short_video"] = pipeline(stack, video)

@@ -6,7 +6,7 @@ import pytest
 
 from events.settings import Settings
 from inference.coco import COCO_NAMES
-from inference.detector import OnnxDetector, class_names
+from inference.detector import CPU, CUDA, OnnxDetector, class_names, execution_providers
 from tests.servers import photo
 
 
@@ -54,3 +54,12 @@ def test_a_batch_gives_the_same_detections_as_single_frames(detector: OnnxDetect
 def test_class_names_keep_a_custom_models_names() -> None:
     assert class_names({"names": "{0: 'helmet', 1: 'vest'}"}, 2) == ("helmet", "vest")
     assert class_names({}, 3) == ("0", "1", "2")
+
+
+def test_the_gpu_is_used_when_asked_for_or_when_present() -> None:
+    on_gpu = ["TensorrtExecutionProvider", CUDA, CPU]
+    assert execution_providers("cpu", on_gpu) == [CPU]
+    assert execution_providers("auto", on_gpu) == execution_providers("cuda", on_gpu) == [CUDA, CPU]
+    assert execution_providers("auto", [CPU]) == [CPU]
+    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
+        execution_providers("cuda", [CPU])
