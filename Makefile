@@ -9,11 +9,14 @@ ULTRALYTICS_ASSETS := ultralytics==8.4.190
 up: $(VENV)/.run-deps
 	$(VENV)/bin/vdetect up
 
+# Two pytest workers, a test file each at a time (a file's servers and stack stay in one worker).
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+
 test: lint $(VENV)/.system-deps node_modules/.installed
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: lint $(VENV)/.system-deps node_modules/.installed
-	$(PY) -m pytest -m "not e2e"
+	$(PYTEST) -m "not e2e"
 
 # Lint, format and types: part of `make test`, so CI enforces them.
 lint: $(VENV)/.test-deps
