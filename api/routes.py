@@ -115,7 +115,7 @@ async def upload_video(
     try:
         await enqueue(services, event_id, bucket, key, callback_url or None)
     except BaseException:
-        await services.store.delete_prefix(bucket, key)  # leave nothing behind
+        await services.store.delete(bucket, key)  # leave nothing behind
         raise
     log.info("video uploaded", event_id=event_id, bytes=size)
     return Accepted(event_id=event_id)
@@ -132,7 +132,7 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     key = check_object_key(body.object)
     if body.callback_url:
         await check_callback_url(body.callback_url, services.settings)
-    if await services.store.modified_at(bucket, key) is None:
+    if not await services.store.exists(bucket, key):
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     event_id = str(uuid.uuid4())
     await enqueue(services, event_id, bucket, key, body.callback_url or None)
@@ -346,7 +346,7 @@ async def forget(services: Services, doc: dict[str, Any]) -> int:
     objects = 0
     for key in keys:
         with contextlib.suppress(PermanentStorageError):  # the bucket is gone: nothing of the job is left there
-            objects += await services.store.delete_prefix(bucket, key)
+            objects += await services.store.delete(bucket, key)
     await services.outbox.delete_one({"_id": event_id})
     return objects
 

@@ -55,14 +55,24 @@ def _from_s3(error: S3Error, bucket: str, key: str | None) -> Exception:
 
 
 class ObjectStore(Protocol):
+    """Objects in buckets. A missing object is None (or False), never an error; a bucket that cannot
+    be used raises PermanentStorageError; an unreachable store raises what `events.retry` retries."""
+
     async def ensure_bucket(self, bucket: str) -> None: ...
     async def put_file(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> int: ...
     async def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
+    async def put_if_absent(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> bool:
+        """Write the object unless it exists; True if this call wrote it."""
+        ...
+
+    async def exists(self, bucket: str, key: str) -> bool: ...
+    async def delete(self, bucket: str, key: str) -> bool:
+        """Remove one object; True if it was there."""
+        ...
+
     async def get_bytes(self, bucket: str, key: str) -> bytes | None: ...
     async def modified_at(self, bucket: str, key: str) -> datetime | None: ...
     async def list_prefix(self, bucket: str, prefix: str) -> dict[str, datetime]: ...
-    async def delete_prefix(self, bucket: str, prefix: str) -> int: ...
-    async def buckets(self) -> list[str]: ...
     async def size(self, bucket: str, key: str) -> int | None: ...
     def read_range(self, bucket: str, key: str, start: int, length: int) -> AsyncIterator[bytes]: ...
     def local_copy(self, bucket: str, key: str) -> AbstractAsyncContextManager[Path]:
@@ -89,7 +99,9 @@ class DirectoryStore:
     async def ensure_bucket(self, bucket: str) -> None:
         await asyncio.to_thread((self.root / bucket).mkdir, parents=True, exist_ok=True)
 
-    def _write_atomically(self, path: Path, fileobj: BinaryIO) -> int:
+    def _write_atomically(self, path: Path, fileobj: BinaryIO, replace: bool = True) -> int | None:
+        """Write a temporary file, then move it into place in one step: readers see the whole object or
+        none. `replace=False`: link it into place, which fails if the object exists (None)."""
         path.parent.mkdir(parents=True, exist_ok=True)  # folders inside the bucket only: it exists
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
@@ -97,17 +109,36 @@ class DirectoryStore:
                 shutil.copyfileobj(fileobj, out, COPY_CHUNK)
                 size = out.tell()
             os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
+            if replace:
+                os.replace(tmp, path)
+                return size
+            try:
+                os.link(tmp, path)  # atomic, and refuses an existing name
+            except FileExistsError:
+                return None
+            return size
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
-        return size
 
     async def put_file(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> int:
-        return await asyncio.to_thread(self._write_atomically, self._path(bucket, key), fileobj)
+        return await asyncio.to_thread(self._write_atomically, self._path(bucket, key), fileobj) or 0
 
     async def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         await asyncio.to_thread(self._write_atomically, self._path(bucket, key), BytesIO(data))
+
+    async def put_if_absent(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> bool:
+        path = self._path(bucket, key)
+        return await asyncio.to_thread(self._write_atomically, path, fileobj, False) is not None
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        return await asyncio.to_thread(self._path(bucket, key).is_file)
+
+    async def delete(self, bucket: str, key: str) -> bool:
+        try:
+            await asyncio.to_thread(self._path(bucket, key).unlink)
+        except FileNotFoundError:
+            return False
+        return True
 
     async def get_bytes(self, bucket: str, key: str) -> bytes | None:
         try:
@@ -138,15 +169,6 @@ class DirectoryStore:
             return found
 
         return await asyncio.to_thread(scan)
-
-    async def delete_prefix(self, bucket: str, prefix: str) -> int:
-        keys = await self.list_prefix(bucket, prefix)
-        for key in keys:
-            await asyncio.to_thread(self._path(bucket, key).unlink, missing_ok=True)
-        return len(keys)
-
-    async def buckets(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     async def size(self, bucket: str, key: str) -> int | None:
         try:
@@ -235,14 +257,23 @@ class S3Store:
         except PermanentStorageError:
             return {}
 
-    async def delete_prefix(self, bucket: str, prefix: str) -> int:
-        keys = await self.list_prefix(bucket, prefix)
-        for key in keys:
-            await self._call(bucket, key, self.client.remove_object, bucket, key)
-        return len(keys)
+    async def exists(self, bucket: str, key: str) -> bool:
+        return await self._call(bucket, key, self.client.stat_object, bucket, key) is not None
 
-    async def buckets(self) -> list[str]:
-        return [b.name for b in await asyncio.to_thread(self.client.list_buckets)]
+    async def delete(self, bucket: str, key: str) -> bool:
+        """S3 answers a delete of a missing object with success: ask first, to say whether it was there."""
+        if not await self.exists(bucket, key):
+            return False
+        await self._call(bucket, key, self.client.remove_object, bucket, key)
+        return True
+
+    async def put_if_absent(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> bool:
+        """Checked, then written: MinIO's SDK cannot send `If-None-Match: *` (it would make it user
+        metadata), so two writers racing may both write. The callers write the same bytes either way."""
+        if await self.exists(bucket, key):
+            return False
+        await self.put_file(bucket, key, fileobj, content_type)
+        return True
 
     async def size(self, bucket: str, key: str) -> int | None:
         stat = await self._call(bucket, key, self.client.stat_object, bucket, key)

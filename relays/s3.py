@@ -18,6 +18,7 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from io import BytesIO
 from typing import Any
 
 import structlog
@@ -173,7 +174,7 @@ def exporter(
             yield doc
 
     @transient
-    async def write_detection(job: RunnerPrediction, location: StorageLocation) -> None:
+    async def write_detection(job: RunnerPrediction, location: StorageLocation) -> bool:
         """Stream the frame documents into a spooled file, then upload it: memory stays flat."""
         header = DetectionHeader(event_id=job.id, total_frames=job.total_frames or 0, fps=job.fps,
                                  created_at=job.created_at, completed_at=utcnow())  # fmt: skip
@@ -181,13 +182,15 @@ def exporter(
             frames_written = await detection_file.write(out, header.model_dump(mode="json"), sorted_frames(job.id))
             size = out.tell()
             out.seek(0)
-            await store.put_file(location.bucket, location.object, out, "application/json")  # type: ignore[arg-type]
+            written = await store.put_if_absent(location.bucket, location.object, out, "application/json")  # type: ignore[arg-type]
         log.info("detection file assembled", frames=frames_written, bytes=size)
+        return written
 
     @transient
-    async def write_failure(job: RunnerPrediction, location: StorageLocation) -> None:
+    async def write_failure(job: RunnerPrediction, location: StorageLocation) -> bool:
         failure = FailureFile(event_id=job.id, error=job.error or "unknown error", failed_at=job.failed_at or utcnow())
-        await store.put_bytes(location.bucket, location.object, failure.to_bytes(), "application/json")
+        return await store.put_if_absent(location.bucket, location.object, BytesIO(failure.to_bytes()),
+                                         "application/json")  # fmt: skip
 
     async def export(doc: dict[str, Any]) -> None:
         job = RunnerPrediction.model_validate(doc)
@@ -199,8 +202,8 @@ def exporter(
         location = StorageLocation(bucket=job.bucket, object=(detection_key if predictable else failure_key)(job.id))
         with structlog.contextvars.bound_contextvars(event_id=job.id):
             try:
-                if await transient(store.modified_at)(location.bucket, location.object) is None:
-                    await (write_detection if predictable else write_failure)(job, location)
+                # written once: a replayed change (after a crash) finds the object there and writes nothing
+                if await (write_detection if predictable else write_failure)(job, location):
                     log.info("job outcome written", status=job.status.value, object=location.object)
                     crash_point("after_side_effect")
                 else:

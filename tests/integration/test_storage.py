@@ -43,13 +43,17 @@ async def test_store_writes_reads_lists_and_deletes(store: ObjectStore) -> None:
     assert await store.modified_at("videos", "detection/missing.json") is None
     assert await store.modified_at("videos", "detection/a.json") is not None
     assert set(await store.list_prefix("videos", "detection/")) == {"detection/a.json"}
-    assert "videos" in await store.buckets()
+    assert await store.exists("videos", "detection/a.json") and not await store.exists("videos", "detection/b.json")
+    # written once: a second writer finds the object and leaves it as it is
+    assert await store.put_if_absent("videos", "detection/b.json", BytesIO(b"first"), "application/json")
+    assert not await store.put_if_absent("videos", "detection/b.json", BytesIO(b"second"), "application/json")
+    assert await store.get_bytes("videos", "detection/b.json") == b"first"
     async with store.local_copy("videos", "input/a.mp4") as path:
         assert path.read_bytes() == big
     with pytest.raises(FileNotFoundError):
         async with store.local_copy("videos", "input/missing.mp4"):
             pass
-    assert await store.delete_prefix("videos", "input/") == 1
+    assert await store.delete("videos", "input/a.mp4") and not await store.delete("videos", "input/a.mp4")
     assert await store.list_prefix("videos", "input/") == {}
     assert await store.list_prefix("no-such-bucket", "input/") == {}
 
