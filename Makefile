@@ -25,7 +25,7 @@ lint: $(VENV)/.test-deps
 	$(PY) -m mypy
 
 # The figures of the README's Performance section (Ultralytics: see there).
-bench: $(VENV)/.test-deps
+bench: $(VENV)/.test-deps $(VENV)/.bench-deps
 	$(VENV)/bin/vdetect bench
 
 $(VENV)/bin/python:
@@ -48,6 +48,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(VENV)/.system-deps: | $(VENV)/bin/python
 	command -v chromium >/dev/null && command -v promtool >/dev/null || { $(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium prometheus; }
+	touch $@
+
+# Debian's ffmpeg (libx264) makes the benchmark's 1080p H.264 video.
+$(VENV)/.bench-deps: | $(VENV)/bin/python
+	command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends ffmpeg; }
 	touch $@
 
 # s3rver, the S3-compatible server the storage tests run against.
