@@ -56,6 +56,11 @@ MAX_PAGE = 1000
 KEEPALIVE_S = 15
 
 
+def webhook_rules(services: Services) -> tuple[bool, bool]:
+    """(webhooks enabled, private callback addresses allowed), from the settings."""
+    return services.settings.webhook_secret is not None, services.settings.webhook_allow_private
+
+
 @router.get("", include_in_schema=False)
 @router.get("/")
 @router.get("/health")
@@ -97,7 +102,7 @@ async def upload_video(
 ) -> Accepted:
     bucket = check_bucket(bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     if callback_url:
-        await check_callback_url(callback_url, services.settings)
+        await check_callback_url(callback_url, *webhook_rules(services))
     head = await file.read(PROBE_BYTES)
     if not head:
         raise client_error("the uploaded file is empty")
@@ -131,7 +136,7 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
     if body.callback_url:
-        await check_callback_url(body.callback_url, services.settings)
+        await check_callback_url(body.callback_url, *webhook_rules(services))
     if not await services.store.exists(bucket, key):
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     event_id = str(uuid.uuid4())

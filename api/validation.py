@@ -6,7 +6,6 @@ import uuid
 from fastapi import HTTPException, status
 
 from events import webhooks
-from events.settings import Settings
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
@@ -55,11 +54,12 @@ def looks_like_video(head: bytes) -> bool:
     )
 
 
-async def check_callback_url(url: str, settings: Settings) -> None:
-    """400 unless the server signs webhooks and `url` may receive them (no private networks: SSRF)."""
-    if settings.webhook_secret is None:
+async def check_callback_url(url: str, enabled: bool, allow_private: bool) -> None:
+    """400 unless the server signs webhooks (`enabled`: WEBHOOK_SECRET is set) and `url` may receive them
+    (no private networks unless `allow_private`: SSRF)."""
+    if not enabled:
         raise client_error("webhooks are not enabled on this server (WEBHOOK_SECRET is not set)")
     try:
-        await webhooks.check_callback_url(url, settings.webhook_allow_private)
+        await webhooks.check_callback_url(url, allow_private)
     except webhooks.RefusedURL as error:
         raise client_error(str(error)) from error

@@ -127,12 +127,12 @@ class Worker:
             log.error("frame failed in the detector", event_id=task.event_id, frame=task.frame, error=reason)
 
 
-async def next_batch(consumer: AIOKafkaConsumer, settings: Settings) -> list[ConsumerRecord]:
-    """Up to INFERENCE_BATCH_SIZE frames: what is there now, topped up for at most INFERENCE_BATCH_WAIT_MS."""
-    size = settings.inference_batch_size
+async def next_batch(consumer: AIOKafkaConsumer, size: int, wait_ms: int) -> list[ConsumerRecord]:
+    """Up to `size` frames (INFERENCE_BATCH_SIZE): what is there now, topped up for at most `wait_ms`
+    (INFERENCE_BATCH_WAIT_MS)."""
     messages = records(await consumer.getmany(timeout_ms=500, max_records=size))
-    if messages and len(messages) < size and settings.inference_batch_wait_ms > 0:
-        more = await consumer.getmany(timeout_ms=settings.inference_batch_wait_ms, max_records=size - len(messages))
+    if messages and len(messages) < size and wait_ms > 0:
+        more = await consumer.getmany(timeout_ms=wait_ms, max_records=size - len(messages))
         messages += records(more)
     if messages:
         structlog.contextvars.bind_contextvars(batch=len(messages))
@@ -185,8 +185,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         ) as consumer,
     ):
         worker = Worker(detector, producer, settings)
-        loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, settings.inference_batch_size,
-                    fetch=lambda: next_batch(consumer, settings))  # fmt: skip
+        size, wait_ms = settings.inference_batch_size, settings.inference_batch_wait_ms
+        loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, size,
+                                   fetch=lambda: next_batch(consumer, size, wait_ms))  # fmt: skip
         async with http_server(inference_app(detector, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
             log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))

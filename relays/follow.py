@@ -33,13 +33,12 @@ from aiokafka import AIOKafkaProducer
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-from events import metrics, topics
+from events import metrics
 from events.contracts import JobEvent
 from events.crash import crash_point
 from events.log import get_logger
 from events.retry import transient
 from events.runtime import wait_or_stop
-from events.settings import Settings
 from relays.checkpoints import TokenStore
 
 log = get_logger(__name__)
@@ -71,9 +70,8 @@ class RelayStats:
     redeliveries: int = 0
 
 
-def job_event_publisher(producer: AIOKafkaProducer, settings: Settings) -> Callable[[JobEvent], Awaitable[None]]:
-    """Publish a change of a job to `job_events`, keyed by the job (its events stay in order)."""
-    topic = settings.topic(topics.JOB_EVENTS)
+def job_event_publisher(producer: AIOKafkaProducer, topic: str) -> Callable[[JobEvent], Awaitable[None]]:
+    """Publish a change of a job to `topic` (`job_events`), keyed by the job (its events stay in order)."""
 
     @transient
     async def publish(event: JobEvent) -> None:

@@ -51,7 +51,9 @@ PENDING = {"status": OutboxStatus.NEW.value, "relayed_at": None}
 PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
 
-def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event: PublishEvent, settings: Settings):
+def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event: PublishEvent, topic: str):
+    """Handles a new outbox document: `accepted`, the job's event on `topic` (`outbox_events`), `sent`."""
+
     @transient
     async def mark(event_id: str, update: dict[str, Any]) -> None:
         # not conditional on the status: the projector may have moved it on from the events already
@@ -70,7 +72,7 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event
             await publish_event(JobEvent(event_id=entry.id, type=JobEventType.ACCEPTED, at=entry.created_at,
                                          payload=entry.payload, created_at=entry.created_at,
                                          callback_url=entry.callback_url))  # fmt: skip
-            sent = await send(producer, settings, entry)
+            sent = await send(producer, topic, entry)
             await publish_event(JobEvent(event_id=entry.id, type=JobEventType.SENT))
             crash_point("after_side_effect")
             await mark(entry.id, {"sent_to": sent})
@@ -87,12 +89,10 @@ def forgetter(publish_event: PublishEvent):
     return forget
 
 
-async def send(producer: AIOKafkaProducer, settings: Settings, entry: OutboxDocument) -> dict[str, int]:
-    """Publish the job's event; returns where it went, `{partition: offset}`."""
+async def send(producer: AIOKafkaProducer, topic: str, entry: OutboxDocument) -> dict[str, int]:
+    """Publish the job's event on `topic` (`outbox_events`); returns where it went, `{partition: offset}`."""
     event = OutboxEvent(event_id=entry.id, payload=entry.payload, created_at=entry.created_at)
-    metadata: RecordMetadata = await transient(producer.send_and_wait)(
-        settings.topic(topics.OUTBOX_EVENTS), event.to_bytes(), key=entry.id.encode()
-    )
+    metadata: RecordMetadata = await transient(producer.send_and_wait)(topic, event.to_bytes(), key=entry.id.encode())
     return {str(metadata.partition): metadata.offset}
 
 
@@ -116,7 +116,7 @@ async def resend_lost(
         if entry.sent_to and GroupOffsets.waiting(entry.sent_to, committed, ends):
             continue  # queued for the runner: a busy queue only delays a job
         with structlog.contextvars.bound_contextvars(event_id=entry.id):
-            sent = await send(producer, settings, entry)
+            sent = await send(producer, settings.topic(topics.OUTBOX_EVENTS), entry)
             await outbox.update_one(
                 {"_id": entry.id, "relayed_at": entry.relayed_at},
                 {"$set": {"relayed_at": utcnow(), "sent_to": sent}, "$inc": {"redeliveries": 1}},
@@ -127,13 +127,13 @@ async def resend_lost(
 
 
 def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> Relay:
-    publish_event = job_event_publisher(producer, settings)
+    publish_event = job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))
     return Relay(
         name=NAME,
         collection=db[OUTBOX],
         pipeline=PIPELINE,
         source_filter=PENDING,
-        handle=publisher(db[OUTBOX], producer, publish_event, settings),
+        handle=publisher(db[OUTBOX], producer, publish_event, settings.topic(topics.OUTBOX_EVENTS)),
         on_delete=forgetter(publish_event),
         tokens=MongoTokenStore(db[CHECKPOINTS]),
         checkpoint_interval=settings.relay_checkpoint_interval_s,

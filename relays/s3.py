@@ -25,7 +25,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from events import detection_file
+from events import detection_file, topics
 from events.clients import ensure_topics, kafka_producer, mongo_client, object_store
 from events.contracts import (
     CHECKPOINTS,
@@ -238,7 +238,7 @@ def build(
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
     async with mongo_client(**settings.mongo(runner=True)) as client, kafka_producer(settings) as producer:
-        publish = job_event_publisher(producer, settings)
+        publish = job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))
         throttle = Throttle(publish)
         relay = build(client[settings.runner_db], object_store(settings), publish, throttle, settings)
         async with (

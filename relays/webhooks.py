@@ -51,14 +51,15 @@ MAX_BACKOFF_S = 600
 CONCURRENT_DELIVERIES = 32
 
 
-def body_of(job: JobState, settings: Settings) -> bytes:
+def body_of(job: JobState, public_url: str) -> bytes:
+    """The webhook's JSON body; `result_url` on the API as receivers reach it (PUBLIC_URL)."""
     seconds = round(((job.finished_at or utcnow()) - job.created_at).total_seconds(), 3)
     return json.dumps({
         "event_id": job.id,
         "status": job.status.value,
         "error": job.error if job.status == OutboxStatus.FAILED else None,
         "processing_time_seconds": seconds,
-        "result_url": f"{settings.public_url.rstrip('/')}/api/result_video/{job.id}",
+        "result_url": f"{public_url.rstrip('/')}/api/result_video/{job.id}",
     }).encode()  # fmt: skip
 
 
@@ -87,7 +88,7 @@ class Deliveries:
 
     async def _deliver(self, job: JobState, attempts_before: int) -> None:
         assert job.callback_url is not None
-        body, delivery = body_of(job, self.settings), webhooks.delivery_id(job.id)
+        body, delivery = body_of(job, self.settings.public_url), webhooks.delivery_id(job.id)
         remaining = self.settings.webhook_max_attempts - attempts_before
         if remaining <= 0:
             await self.finish(job.id, "failed")

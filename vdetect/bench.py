@@ -295,7 +295,7 @@ async def relay_latency(settings: Settings, store: DirectoryStore, count: int) -
     ):
         main_db, runner_db = client[settings.main_db], client[settings.runner_db]
         await store.ensure_bucket("bench")
-        publish = job_event_publisher(producer, settings)
+        publish = job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))
         relays = [
             outbox_relay.build(main_db, producer, settings),
             s3_relay.build(runner_db, store, publish, s3_relay.Throttle(publish), settings),

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
+from events import topics
 from events.clients import ensure_topics, kafka_producer
 from events.contracts import (
     DetectedObject,
@@ -224,7 +225,7 @@ def publish(settings, *events: JobEvent) -> None:
         await ensure_topics(settings)
         async with kafka_producer(settings) as producer:
             for event in events:
-                await job_event_publisher(producer, settings)(event)
+                await job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))(event)
 
     asyncio.run(send())
 

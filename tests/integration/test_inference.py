@@ -39,7 +39,12 @@ class RaisesOnTinyFrames:
 async def run_worker(settings, worker: Worker, expected: int) -> tuple[dict, bool]:
     async with kafka_consumer(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as consumer:
         loop = Loop(
-            consumer, worker.parse, worker.detect, worker.reject, 8, fetch=lambda: next_batch(consumer, settings)
+            consumer,
+            worker.parse,
+            worker.detect,
+            worker.reject,
+            8,
+            fetch=lambda: next_batch(consumer, 8, settings.inference_batch_wait_ms),
         )
         stop = asyncio.Event()
         running = asyncio.create_task(loop.run(stop))

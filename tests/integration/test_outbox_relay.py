@@ -116,8 +116,9 @@ async def test_only_events_no_longer_queued_for_an_unstarted_job_are_sent_again(
     lost, skipped, queued, started, finished = (new_event() for _ in range(5))
     long_ago = utcnow() - timedelta(seconds=settings.stall_timeout_s + 60)
     async with kafka_producer(settings) as producer:
-        past = await send(producer, settings, skipped)  # the runner group committed past it, never started it
-        where = await send(producer, settings, queued)  # still waiting for the runner in the topic
+        topic = settings.topic(topics.OUTBOX_EVENTS)
+        past = await send(producer, topic, skipped)  # the runner group committed past it, never started it
+        where = await send(producer, topic, queued)  # still waiting for the runner in the topic
         gone = {partition: offset + 1000 for partition, offset in where.items()}  # the broker restarted empty
         sent_to = {lost.id: gone, skipped.id: past, queued.id: where, started.id: gone, finished.id: gone}
         for event in (lost, skipped, queued, started, finished):

@@ -96,7 +96,7 @@ async def test_progress_reaches_job_events_at_most_once_a_second_and_the_last_on
     job = RunnerPrediction(id=str(uuid.uuid4()), bucket="videos")
     published = Published()
     async with kafka_producer(settings) as producer:
-        to_kafka = job_event_publisher(producer, settings)
+        to_kafka = job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))
 
         async def publish(event: JobEvent) -> None:
             await to_kafka(event)
