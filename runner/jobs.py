@@ -11,11 +11,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from events.contracts import FrameDocument, InferenceResult, RunnerPrediction, utcnow
+from events.log import get_logger
 from events.retry import transient
 from events.statuses import RunnerStatus
 
 PROCESSING = {"status": RunnerStatus.PROCESSING.value}
 DUPLICATE_KEY = 11000
+log = get_logger(__name__)
 
 
 def _job(doc: dict | None) -> RunnerPrediction | None:
@@ -122,8 +124,18 @@ class Jobs:
 
     @transient
     async def complete(self, job: RunnerPrediction) -> bool:
-        """processing -> predictable; True for the one caller that won. The frames stay where they are:
-        the S3 relay streams them into the detection file."""
+        """processing -> predictable, if every frame's document is there; True for the one caller that
+        won. The frames stay where they are: the S3 relay streams them into the detection file.
+
+        The counter alone is not trusted: a database that restarted can lose writes it had acknowledged
+        (frame documents) and keep later ones (the counter's increment). Then the counter goes back to
+        what is stored, the job stays in processing, and the stall check sends the missing frames again."""
+        stored = await self.frames.count_documents(FrameDocument.range_of(job.id))
+        if job.total_frames is None or stored < job.total_frames:
+            await self.collection.update_one({"_id": job.id, **PROCESSING}, {"$set": {"received_frames": stored}})
+            log.warning("frame results lost by the database, counted again", stored=stored,
+                        expected=job.total_frames, lost_results=1)  # fmt: skip
+            return False
         outcome = await self.collection.update_one(
             {"_id": job.id, **PROCESSING},
             {"$set": {"status": RunnerStatus.PREDICTABLE.value, "completed_at": utcnow()}},

@@ -117,6 +117,24 @@ async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runn
     assert (await job(runner, event.event_id))["status"] == "predictable"
 
 
+async def test_a_job_is_not_complete_while_frame_documents_it_counted_are_missing(runner: Runner, settings):
+    """A database that restarted may lose acknowledged frame documents and keep the counter's increment:
+    the job then stays in processing with the counter set back to what is stored (the stall check
+    resends the missing frames), and completes once they are there."""
+    event = upload(settings, bikes_video())
+    await runner.start_job(event)
+    results = [InferenceResult(event_id=event.event_id, frame=f, objects=[]) for f in range(0, 250, 5)]
+    await runner.store_results(results[:-1])
+    await runner.jobs.frames.delete_many({"job": event.event_id, "frame": {"$in": [170, 230]}})  # lost
+    await runner.store_results(results[-1:])  # the counter says 50 of 50
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "processing" and doc["received_frames"] == BIKES_SAMPLED - 2
+    assert await runner.jobs.stored_frames(event.event_id) == frozenset(range(0, 250, 5)) - {170, 230}
+    await runner.store_results([r for r in results if r.frame in (170, 230)])  # sent again, detected again
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "predictable" and doc["received_frames"] == BIKES_SAMPLED
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 1000, "video"), (None, "not found")],
