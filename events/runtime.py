@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -89,6 +90,22 @@ async def http_server(app: FastAPI, host: str, port: int) -> AsyncIterator[uvico
     finally:
         server.should_exit = True
         await task
+
+
+STARTUP_TIMEOUT_S = 150.0  # longer than `events.retry.on_startup` waits for a server that is not up yet
+
+
+def startup_deadline(seconds: float = STARTUP_TIMEOUT_S) -> asyncio.TimerHandle:
+    """A service that has not become ready `seconds` after it started (a broker that accepted its
+    connections and never answered: seen with Tansu restarting) exits with status 1, so that its
+    supervisor starts it afresh. Cancel the returned handle once the service is ready."""
+
+    def stuck() -> None:
+        log.error("service did not become ready in time, exiting to be restarted", seconds=seconds)
+        sys.stdout.flush()
+        os._exit(1)
+
+    return asyncio.get_running_loop().call_later(seconds, stuck)
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:

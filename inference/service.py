@@ -25,7 +25,7 @@ from events.contracts import DetectedObject, InferenceResult, InferenceTask
 from events.deadletter import dead_letter
 from events.health import health_app
 from events.log import get_logger
-from events.runtime import http_server
+from events.runtime import http_server, startup_deadline
 from events.settings import Settings
 from inference.detector import Detector, OnnxDetector
 
@@ -176,6 +176,7 @@ def build_detector(settings: Settings) -> Detector:
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
+    deadline = startup_deadline()
     detector = build_detector(settings)
     await ensure_topics(settings)
     async with (
@@ -191,4 +192,5 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         async with http_server(inference_app(detector, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
             log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))
+            deadline.cancel()
             await loop.run(stop)

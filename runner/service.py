@@ -46,7 +46,7 @@ from events.health import counters, health_app
 from events.indexes import RUNNER_DB, ensure_indexes
 from events.log import get_logger
 from events.retry import is_infrastructure
-from events.runtime import http_server, wait_or_stop
+from events.runtime import http_server, startup_deadline, wait_or_stop
 from events.settings import Settings
 from events.storage import ObjectStore, PermanentStorageError
 from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
@@ -295,6 +295,7 @@ class Runner:
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
+    deadline = startup_deadline()
     await ensure_topics(settings)
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(settings.preprocess_workers, mp_context=spawn) as pool:
@@ -323,6 +324,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
             async with http_server(health_app(SERVICE, report), settings.bind_host, settings.runner_port):
                 log.info("runner ready")
+                deadline.cancel()
                 async with asyncio.TaskGroup() as group:
                     for loop in loops:
                         group.create_task(loop.run(stop))

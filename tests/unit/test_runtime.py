@@ -79,3 +79,13 @@ def test_the_health_command_fails_while_a_service_is_not_ready(body: object, cod
         checked = CliRunner().invoke(app, ["health", "--port", str(port)])
         server.shutdown()
     assert checked.exit_code == code
+
+
+def test_a_service_stuck_before_it_is_ready_exits_to_be_restarted() -> None:
+    """A startup that never ends (a broker that never answers) must not leave a live, useless process."""
+    stuck = "import asyncio\nfrom events.runtime import startup_deadline\nasync def main():\n" \
+            "    startup_deadline(0.3)\n    await asyncio.sleep(30)\nasyncio.run(main())\n"  # fmt: skip
+    ended = subprocess.run([sys.executable, "-c", stuck], capture_output=True, text=True, timeout=30)
+    assert ended.returncode == 1 and "did not become ready in time" in ended.stdout + ended.stderr
+    ready = stuck.replace("startup_deadline(0.3)", "startup_deadline(0.3).cancel()").replace("(30)", "(0.6)")
+    assert subprocess.run([sys.executable, "-c", ready], timeout=30).returncode == 0
