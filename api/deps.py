@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,7 +36,7 @@ def session_token(api_key: str) -> str:
     return hmac.new(api_key.encode(), b"vdetect web session", hashlib.sha256).hexdigest()
 
 
-def key_check(api_key: SecretStr | None):  # noqa: ANN201
+def key_check(api_key: SecretStr | None) -> Callable[[str | None, str | None], bool] | None:
     """The check of `api.limits.ApiKeyGate`: the key in X-API-Key, or the session cookie; None: no key set."""
     if api_key is None:
         return None

@@ -9,6 +9,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 OPEN_PATHS = {"/api", "/api/", "/api/health"}
+SESSION_COOKIE = "vdetect_session"  # the web page's session (api.deps.session_token)
 UPLOAD_PATHS = {"/api/upload_video"}
 RETRY_AFTER_S = 5
 
@@ -65,7 +66,6 @@ class UploadSlots:
 
 
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and fields around the file
-SESSION_COOKIE = "vdetect_session"
 
 
 def too_large(limit: int) -> HTTPException:

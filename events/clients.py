@@ -214,12 +214,7 @@ async def ensure_topics(settings: Settings) -> None:
         new = [NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in missing]
         if refused := refused_topics(await admin.create_topics(new)):
             raise TopicsRefused(refused)
-        log.info(
-            "kafka topics created",
-            topics=missing,
-            partitions=settings.kafka_partitions,
-            replication_factor=replicas,
-        )
+        log.info("kafka topics created", topics=missing, partitions=partitions, replication_factor=replicas)
     finally:
         await admin.close()
 
@@ -235,8 +230,9 @@ def refused_topics(answer: Any) -> dict[str, str]:
     another service created it first). The answer's rows are (topic, code) or (topic, code, message)."""
     refused = {}
     for topic, code, *message in answer.topic_errors:
-        if code and for_code(code) is not TopicAlreadyExistsError:
-            refused[topic] = f"{for_code(code).__name__}: {message[0] if message and message[0] else 'no message'}"
+        error = for_code(code) if code else None
+        if error is not None and error is not TopicAlreadyExistsError:
+            refused[topic] = f"{error.__name__}: {message[0] if message and message[0] else 'no message'}"
     return refused
 
 

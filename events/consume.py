@@ -24,8 +24,8 @@ Fetch = Callable[[], Awaitable[list[ConsumerRecord]]]
 Parse = Callable[[list[ConsumerRecord]], Awaitable[list[T | Exception]]]
 Handle = Callable[[list[Item[T]]], Awaitable[None]]
 # (message, its parsed form or None if it did not parse, the error)
-LAG_INTERVAL_S = 2.0
 Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
+LAG_INTERVAL_S = 2.0
 
 
 class Loop(Generic[T]):

@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from minio import Minio
 from minio.error import S3Error
@@ -59,9 +59,9 @@ class ObjectStore(Protocol):
     be used raises PermanentStorageError; an unreachable store raises what `events.retry` retries."""
 
     async def ensure_bucket(self, bucket: str) -> None: ...
-    async def put_file(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> int: ...
+    async def put_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str) -> int: ...
     async def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
-    async def put_if_absent(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> bool:
+    async def put_if_absent(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str) -> bool:
         """Write the object unless it exists; True if this call wrote it."""
         ...
 
@@ -99,9 +99,9 @@ class DirectoryStore:
     async def ensure_bucket(self, bucket: str) -> None:
         await asyncio.to_thread((self.root / bucket).mkdir, parents=True, exist_ok=True)
 
-    def _write_atomically(self, path: Path, fileobj: BinaryIO, replace: bool = True) -> int | None:
-        """Write a temporary file, then move it into place in one step: readers see the whole object or
-        none. `replace=False`: link it into place, which fails if the object exists (None)."""
+    def _write_atomically(self, path: Path, fileobj: IO[bytes], place: Callable[[str, Path], None] = os.replace) -> int:
+        """Write a temporary file, then put it in place in one step: readers see the whole object or none.
+        `place=os.link` refuses an existing object (FileExistsError)."""
         path.parent.mkdir(parents=True, exist_ok=True)  # folders inside the bucket only: it exists
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
@@ -109,26 +109,23 @@ class DirectoryStore:
                 shutil.copyfileobj(fileobj, out, COPY_CHUNK)
                 size = out.tell()
             os.chmod(tmp, 0o644)
-            if replace:
-                os.replace(tmp, path)
-                return size
-            try:
-                os.link(tmp, path)  # atomic, and refuses an existing name
-            except FileExistsError:
-                return None
+            place(tmp, path)
             return size
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    async def put_file(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> int:
-        return await asyncio.to_thread(self._write_atomically, self._path(bucket, key), fileobj) or 0
+    async def put_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str) -> int:
+        return await asyncio.to_thread(self._write_atomically, self._path(bucket, key), fileobj)
 
     async def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         await asyncio.to_thread(self._write_atomically, self._path(bucket, key), BytesIO(data))
 
-    async def put_if_absent(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> bool:
-        path = self._path(bucket, key)
-        return await asyncio.to_thread(self._write_atomically, path, fileobj, False) is not None
+    async def put_if_absent(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str) -> bool:
+        try:
+            await asyncio.to_thread(self._write_atomically, self._path(bucket, key), fileobj, os.link)
+        except FileExistsError:
+            return False
+        return True
 
     async def exists(self, bucket: str, key: str) -> bool:
         return await asyncio.to_thread(self._path(bucket, key).is_file)
@@ -217,7 +214,7 @@ class S3Store:
                 if error.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                     raise
 
-    async def put_file(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> int:
+    async def put_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str) -> int:
         await self._call(
             bucket, key, self.client.put_object, bucket, key, fileobj, -1, content_type=content_type,
             part_size=S3_PART_SIZE,
@@ -267,7 +264,7 @@ class S3Store:
         await self._call(bucket, key, self.client.remove_object, bucket, key)
         return True
 
-    async def put_if_absent(self, bucket: str, key: str, fileobj: BinaryIO, content_type: str) -> bool:
+    async def put_if_absent(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str) -> bool:
         """Checked, then written: MinIO's SDK cannot send `If-None-Match: *` (it would make it user
         metadata), so two writers racing may both write. The callers write the same bytes either way."""
         if await self.exists(bucket, key):

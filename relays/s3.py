@@ -182,7 +182,7 @@ def exporter(
             frames_written = await detection_file.write(out, header.model_dump(mode="json"), sorted_frames(job.id))
             size = out.tell()
             out.seek(0)
-            written = await store.put_if_absent(location.bucket, location.object, out, "application/json")  # type: ignore[arg-type]
+            written = await store.put_if_absent(location.bucket, location.object, out, "application/json")
         log.info("detection file assembled", frames=frames_written, bytes=size)
         return written
 
