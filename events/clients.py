@@ -180,13 +180,22 @@ async def group_offsets(settings: Settings, topic: str, group_id: str) -> AsyncI
         await consumer.stop()
 
 
+def next_offsets(messages: list[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """The offsets to commit once `messages` are done: past the last of them, per partition."""
+    offsets: dict[TopicPartition, int] = {}
+    for message in messages:
+        partition = TopicPartition(message.topic, message.partition)
+        offsets[partition] = max(offsets.get(partition, 0), message.offset + 1)
+    return offsets
+
+
 def records(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[ConsumerRecord]:
     """The messages of a `getmany` answer, partition after partition."""
     return [message for partition in batches.values() for message in partition]
 
 
-async def commit(consumer: AIOKafkaConsumer) -> None:
-    """Commit what was consumed.
+async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] | None = None) -> None:
+    """Commit what was consumed, or the given offsets (the next message to read, per partition).
 
     If the group rebalanced meanwhile, the commit is refused and the messages go to the partition's
     new owner: harmless, as every consumer is idempotent. A commit that does not finish in time
@@ -194,7 +203,7 @@ async def commit(consumer: AIOKafkaConsumer) -> None:
     stuck consumer is worse than a restarted one."""
     try:
         async with asyncio.timeout(COMMIT_TIMEOUT_S):
-            await consumer.commit()
+            await consumer.commit(offsets)
     except (CommitFailedError, UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError) as error:
         log.warning("commit refused after a rebalance; messages will be redelivered", error=type(error).__name__)
 

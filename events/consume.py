@@ -1,6 +1,9 @@
 """The one consume loop: fetch, parse, handle, isolate what fails, commit.
 
 At least once: offsets are committed only after every message of the batch was handled or rejected.
+A service whose handling ends with sends to Kafka may give `settle` (what waits for those sends to be
+acknowledged): the loop then handles the next batch while the last one settles and is committed, so
+the CPU does not idle through the round trips to the broker.
 A message whose handling raises is rejected alone (dead-lettered, and accounted for in its job by
 the service), and the loop goes on with the next one. Only infrastructure errors (MongoDB, Kafka or
 storage unreachable; `events.retry.is_infrastructure`), already retried where they happened, stop
@@ -10,12 +13,12 @@ the loop, so the process exits and is restarted rather than throwing work away.
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from events import metrics
-from events.clients import Consumer, commit, records
+from events.clients import Consumer, commit, next_offsets, records
 from events.retry import is_infrastructure
 
 T = TypeVar("T")
@@ -25,6 +28,8 @@ Parse = Callable[[list[ConsumerRecord]], Awaitable[list[T | Exception]]]
 Handle = Callable[[list[Item[T]]], Awaitable[None]]
 # (message, its parsed form or None if it did not parse, the error)
 Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
+# called right after a batch was handled: an awaitable that is done when that batch's sends are acknowledged
+Settle = Callable[[], Awaitable[Any]]
 LAG_INTERVAL_S = 2.0
 
 
@@ -37,8 +42,10 @@ class Loop(Generic[T]):
         reject: Reject[T],
         max_records: int,
         fetch: Fetch | None = None,
+        settle: Settle | None = None,
     ) -> None:
         self.consumer, self.parse, self.handle, self.reject = consumer, parse, handle, reject
+        self.settle = settle
         self.fetch = fetch or self.fetch_available
         self.max_records = max_records
         self.lag_measured_at = 0.0
@@ -52,12 +59,29 @@ class Loop(Generic[T]):
         return self.consumer.joined
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            messages = await self.fetch()
-            if messages:
-                await self.handle_batch(messages)
-                await commit(self.consumer)
-            await self.measure_lag()
+        settling: asyncio.Task[None] | None = None  # the last batch: its sends acknowledged, then committed
+        try:
+            while not stop.is_set():
+                messages = await self.fetch()
+                if messages:
+                    await self.handle_batch(messages)
+                    if self.settle is None:
+                        await commit(self.consumer)
+                    else:
+                        if settling is not None:
+                            await settling
+                        settling = asyncio.create_task(self.commit_settled(self.settle(), next_offsets(messages)))
+                await self.measure_lag()
+        except BaseException:
+            if settling is not None:
+                settling.cancel()  # not committed: the batch is delivered again (handlers are idempotent)
+            raise
+        if settling is not None:
+            await settling
+
+    async def commit_settled(self, settled: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
+        await settled
+        await commit(self.consumer, offsets)
 
     async def measure_lag(self) -> None:
         """`vdetect_consumer_lag`: messages in this consumer's partitions it has not consumed yet,

@@ -6,7 +6,10 @@ import ipaddress
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,6 +21,7 @@ from events.settings import Settings
 log = get_logger(__name__)
 
 ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
+T = TypeVar("T")
 
 
 def loopback(host: str) -> bool:
@@ -113,3 +117,48 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+_END = object()
+
+
+async def read_ahead(items: Iterator[T], depth: int) -> AsyncGenerator[T, None]:
+    """Iterate a blocking iterator (a video decoder) in a thread of its own, at most `depth` items ahead
+    of the consumer: the thread never waits for the event loop to ask for the next item, the event
+    loop never waits for the thread unless it is ahead. The iterator is closed in its thread when the
+    consumer stops early; an error it raises is raised to the consumer."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[object] = asyncio.Queue()
+    slots, stop = threading.Semaphore(depth), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                loop.call_soon_threadsafe(ready.put_nowait, item)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            loop.call_soon_threadsafe(ready.put_nowait, _Failed(error))
+        finally:
+            if isinstance(items, Generator):
+                items.close()
+            loop.call_soon_threadsafe(ready.put_nowait, _END)
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := await ready.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            slots.release()
+            yield cast(T, item)
+    finally:
+        stop.set()
+        slots.release()  # a producer waiting for a slot wakes, sees the stop and ends
+        await asyncio.to_thread(thread.join)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 from fastapi import FastAPI
 
 from events import metrics, topics
@@ -84,6 +84,7 @@ class Worker:
     producer: AIOKafkaProducer
     settings: Settings
     stats: Stats = field(default_factory=Stats)
+    sending: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)  # results not acknowledged yet
 
     async def parse(self, messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
         return await asyncio.to_thread(decode_all, messages)
@@ -109,11 +110,15 @@ class Worker:
         metrics.FRAMES.labels(stage="inferred").inc(len(tasks))
 
     async def publish(self, results: list[InferenceResult]) -> None:
+        """Send the results; `settle` waits for Kafka's acknowledgements (the next batch is detected meanwhile)."""
         topic = self.settings.topic(topics.INFERENCE_RESULTS)
-        deliveries = [
-            await self.producer.send(topic, result.to_bytes(), key=result.event_id.encode()) for result in results
-        ]
-        await asyncio.gather(*deliveries)
+        for result in results:
+            self.sending.append(await self.producer.send(topic, result.to_bytes(), key=result.event_id.encode()))
+
+    def settle(self) -> asyncio.Future[list[RecordMetadata]]:
+        """Done when every result sent so far is acknowledged (the consume loop commits the batch then)."""
+        sending, self.sending = self.sending, []
+        return asyncio.gather(*sending)
 
     async def reject(self, message: ConsumerRecord, decoded: Decoded | None, error: Exception) -> None:
         """Dead-letter the message; a frame that was decoded still gets a result, with the error."""
@@ -188,7 +193,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         worker = Worker(detector, producer, settings)
         size, wait_ms = settings.inference_batch_size, settings.inference_batch_wait_ms
         loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, size,
-                                   fetch=lambda: next_batch(consumer, size, wait_ms))  # fmt: skip
+                                   fetch=lambda: next_batch(consumer, size, wait_ms), settle=worker.settle)  # fmt: skip
         async with http_server(inference_app(detector, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
             log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))

@@ -1,7 +1,8 @@
 """Runner loops: jobs from `outbox_events` fan out to `inference_tasks`; `inference_results` are collected.
 
-Frames are published while the video is read: decoding runs in a thread, preprocessing and JPEG
-encoding in a process pool, with a bounded window in flight, so memory does not grow with video length.
+Frames are published while the video is read: decoding runs in a thread of its own, a few frames
+ahead of the event loop, preprocessing and JPEG encoding in a process pool, with a bounded window in
+flight, so memory does not grow with video length.
 """
 
 import asyncio
@@ -46,7 +47,7 @@ from events.health import counters, health_app
 from events.indexes import RUNNER_DB, ensure_indexes
 from events.log import get_logger
 from events.retry import is_infrastructure
-from events.runtime import http_server, startup_deadline, wait_or_stop
+from events.runtime import http_server, read_ahead, startup_deadline, wait_or_stop
 from events.settings import Settings
 from events.storage import ObjectStore, PermanentStorageError
 from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
@@ -125,8 +126,8 @@ class Runner:
             await self.jobs.expect(event_id, *await asyncio.to_thread(video_info, path, self.settings.frame_stride))
         frames = sample_frames(path, self.settings.frame_stride, self.settings.model_input_size)
         count = 0
-        try:
-            while (frame := await asyncio.to_thread(next, frames, None)) is not None:
+        async with contextlib.aclosing(read_ahead(frames, window)) as decoded:
+            async for frame in decoded:
                 count += 1
                 if frame.index in skip:
                     continue
@@ -134,11 +135,9 @@ class Runner:
                 pending.append((frame, encoding))
                 if len(pending) >= window:
                     await publish_oldest()
-            while pending:
-                await publish_oldest()
-            await delivered()
-        finally:
-            frames.close()
+        while pending:
+            await publish_oldest()
+        await delivered()
         self.stats.frames_published += count - len(skip)
         metrics.FRAMES.labels(stage="published").inc(count - len(skip))
         return count

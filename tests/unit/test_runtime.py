@@ -1,10 +1,13 @@
 """Safe defaults: a service that would listen beyond this machine without an API key does not start."""
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -12,7 +15,7 @@ from aiokafka.protocol.admin import CreateTopicsResponse_v0, CreateTopicsRespons
 from typer.testing import CliRunner
 
 from events.clients import refused_topics
-from events.runtime import loopback
+from events.runtime import loopback, read_ahead
 from events.settings import Settings
 from vdetect.cli import app
 
@@ -89,3 +92,37 @@ def test_a_service_stuck_before_it_is_ready_exits_to_be_restarted() -> None:
     assert ended.returncode == 1 and "did not become ready in time" in ended.stdout + ended.stderr
     ready = stuck.replace("startup_deadline(0.3)", "startup_deadline(0.3).cancel()").replace("(30)", "(0.6)")
     assert subprocess.run([sys.executable, "-c", ready], timeout=30).returncode == 0
+
+
+async def test_read_ahead_stays_at_most_depth_items_ahead_and_closes_the_iterator_when_stopped_early() -> None:
+    produced, closed = [], threading.Event()
+
+    def numbers() -> Iterator[int]:
+        try:
+            for i in range(100):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    seen = []
+    async with contextlib.aclosing(read_ahead(numbers(), 3)) as ahead:
+        async for number in ahead:
+            seen.append(number)
+            await asyncio.sleep(0.02)  # a slow consumer: the thread waits, it does not run away
+            assert len(produced) <= len(seen) + 4  # the item handed over, `depth` queued, one being made
+            if number == 5:
+                break
+    assert seen == [0, 1, 2, 3, 4, 5] and closed.is_set()  # closed in its own thread, before the exit
+
+
+async def test_read_ahead_raises_the_iterators_error_to_the_consumer() -> None:
+    def broken() -> Iterator[int]:
+        yield 1
+        raise ValueError("not a video")
+
+    seen = []
+    with pytest.raises(ValueError, match="not a video"):
+        async for number in read_ahead(broken(), 2):
+            seen.append(number)
+    assert seen == [1]
