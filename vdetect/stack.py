@@ -5,6 +5,7 @@ SIGTERM or Ctrl-C stops the services first (each gets SIGTERM and time to finish
 """
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -69,6 +70,14 @@ class Child:
         self.terminate()
         self.wait_stopped(time.monotonic() + STOP_GRACE_S)
 
+    def end_session(self) -> None:
+        """What a dead process left running in its session, such as a runner's process-pool workers after
+        a SIGKILL (they would wait for work forever), is sent SIGTERM. Python's resource tracker ignores it,
+        then cleans up after them and exits."""
+        if self.process:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM): it finishes its batch, commits and exits."""
         if self.process and self.process.poll() is None:
@@ -82,6 +91,7 @@ class Child:
                 log.warning("process did not stop in time, killed", process=self.name)
                 self.process.kill()
                 self.process.wait()
+            self.end_session()
         if self.log_file:
             self.log_file.close()
             self.log_file = None
@@ -99,6 +109,7 @@ class Child:
         code = self.process.poll() if self.process else None
         if code is None:
             return False
+        self.end_session()
         if now - self.started_at > HEALTHY_AFTER_S:
             self.restarts = 0
         delay = min(2**self.restarts, MAX_BACKOFF_S)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -316,11 +317,27 @@ def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stac
     wait_until(lambda: asyncio.run(runner_db_is_empty()), 30, "the runner to forget deleted jobs")
 
 
-def test_a_service_that_dies_is_restarted(stack: Stack) -> None:
+def session_members(session: int) -> set[int]:
+    """The processes of a session (`vdetect up` starts each service as a session leader)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                members.add(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return members
+
+
+def test_a_service_that_dies_is_restarted_and_leaves_no_process_behind(stack: Stack) -> None:
+    wait_ready(upload(stack.api, bikes_video()), stack.api)  # the runner has started its process pool
     old = stack.pid("runner")
+    pool = session_members(old) - {old}
+    assert any("spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() for pid in pool)  # a SIGKILL orphans them
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: stack.pid("runner") != old, 60, "runner restart")
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").status_code == 200, 60, "health")
+    wait_until(lambda: not session_members(old), 30, "the dead runner's pool workers to end")
 
 
 def test_sigterm_stops_the_whole_stack_cleanly(stack: Stack) -> None:
