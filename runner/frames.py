@@ -1,12 +1,19 @@
 """Pure frame work: sampling a video, scaling to the model's size, the design's preprocessing, JPEG encoding."""
 
 import base64
-from collections.abc import Generator
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
+from av.container import InputContainer
+from av.video.codeccontext import VideoCodecContext
+from av.video.stream import VideoStream
 
 BLUR_KSIZE = 3
 CONTRAST_ALPHA = 1.3
@@ -16,6 +23,10 @@ MAX_VIDEO_PIXELS = 8192 * 4608
 # A frame message stays well under Kafka's default message.max.bytes (1 MiB) with its JSON envelope.
 MAX_IMAGE_BYTES = 700 * 1024
 MIN_JPEG_QUALITY = 30
+NOT_A_VIDEO = "the file could not be opened as a video (not a video, or a codec the decoder lacks)"
+# Packets read ahead to know each one's display index before it is decoded: more than any codec
+# reorders (H.264 and HEVC hold at most 16 frames), a few MB of compressed video at most.
+REORDER_WINDOW = 32
 
 
 class VideoError(ValueError):
@@ -30,57 +41,134 @@ class Frame:
     height: int
 
 
-def fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Scale down so that the longer side is `max_side`, keeping the aspect (never up, never to 0 pixels)."""
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1:
-        return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size with the longer side `max_side`, keeping the aspect (never up, never to 0 pixels)."""
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def open_video(path: Path) -> cv2.VideoCapture:
+def open_video(path: Path) -> InputContainer:
     """Open a video the runner can handle; VideoError with the reason otherwise."""
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise VideoError("the file could not be opened as a video (not a video, or a codec the decoder lacks)")
-    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    if max(width, height) > MAX_VIDEO_SIDE or width * height > MAX_VIDEO_PIXELS:
-        capture.release()
-        raise VideoError(f"the video is {width}x{height} pixels, larger than the 8K the runner decodes")
-    return capture
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError):
+        raise VideoError(NOT_A_VIDEO) from None
+    try:
+        if not container.streams.video:
+            raise VideoError("the file has no video stream")
+        context = container.streams.video[0].codec_context
+        if context is None:
+            raise VideoError("the video's codec is one the decoder lacks")
+        width, height = context.width, context.height
+        if max(width, height) > MAX_VIDEO_SIDE or width * height > MAX_VIDEO_PIXELS:
+            raise VideoError(f"the video is {width}x{height} pixels, larger than the 8K the runner decodes")
+    except BaseException:
+        container.close()
+        raise
+    return container
 
 
 def video_info(path: Path, stride: int) -> tuple[int | None, float | None]:
     """(How many frames `sample_frames` will yield, frames per second), as the container tells: an
     estimate (some containers do not know, or are wrong), None where it does not say. VideoError if
     it is not a video the runner decodes."""
-    capture = open_video(path)
-    try:
-        count, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), float(capture.get(cv2.CAP_PROP_FPS))
-    finally:
-        capture.release()
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        count, rate = stream.frames, stream.guessed_rate or stream.average_rate
+    fps = float(rate) if rate else 0.0
     return (-(-count // stride) if count > 0 else None), (round(fps, 3) if 0 < fps < 1000 else None)
 
 
 def sample_frames(path: Path, stride: int, max_side: int | None = None) -> Generator[Frame, None, None]:
-    """Yield every `stride`-th frame, reading the video once, in order, scaled down to `max_side`.
+    """Yield every `stride`-th frame in display order, reading the video once, scaled down to `max_side`
+    and turned as the video's display matrix says (as players show it), with FFmpeg's threads.
 
-    Frames in between are grabbed (demuxed and decoded) but never converted, so memory holds one frame.
-    """
-    capture = open_video(path)
+    A frame between samples is never converted, and one that no other frame is decoded from (most
+    B-frames) is not even decoded (FFmpeg's `skip_frame`): a sampled frame's pixels are the same.
+    Memory holds the few packets and frames that the codec reorders."""
+    container = open_video(path)
     try:
-        index = 0
-        while capture.grab():
-            if index % stride == 0:
-                ok, image = capture.retrieve()
-                if ok and image is not None:
-                    height, width = image.shape[:2]
-                    yield Frame(index, fit(image, max_side) if max_side else image, width, height)
-            index += 1
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        last = -1
+        for index, decoded in _sampled(container, stream, stride):
+            if index > last:  # a timestamp given twice (a damaged file) yields one frame, not two
+                last = index
+                yield _frame(index, decoded, max_side)
     finally:
-        capture.release()
+        container.close()
+
+
+def _frame(index: int, decoded: av.VideoFrame, max_side: int | None) -> Frame:
+    """Scale (FFmpeg's area filter, straight from the decoder's pixels to BGR at the smaller size) and turn."""
+    width, height = decoded.width, decoded.height
+    to_width, to_height = scaled_size(width, height, max_side)
+    image: np.ndarray = decoded.to_ndarray(width=to_width, height=to_height, format="bgr24", interpolation="AREA")
+    turns = round((decoded.rotation or 0) / 90) % 4  # counterclockwise quarter turns
+    if turns:
+        image = np.ascontiguousarray(np.rot90(image, turns))
+        if turns % 2:
+            width, height = height, width
+    return Frame(index, image, width, height)
+
+
+def _sampled(container: InputContainer, stream: VideoStream, stride: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(Display index, frame) of every `stride`-th frame. A packet's display index is the rank of its
+    timestamp, known once REORDER_WINDOW later packets were read; with it the decoder is told before
+    each packet whether its frame may be skipped. A stream without timestamps is decoded whole."""
+    context = stream.codec_context
+    packets = (packet for packet in container.demux(stream) if packet.size)
+    first = next(packets, None)
+    if first is None:
+        return
+    if first.pts is None:
+        for shown, decoded in enumerate(frame for packet in itertools.chain([first], packets, [None])
+                                        for frame in _decode(context, packet)):  # fmt: skip
+            if shown % stride == 0:
+                yield shown, decoded
+        return
+    waiting: deque[av.Packet] = deque()  # read, not sent to the decoder yet
+    timestamps: list[int] = []  # a heap of the waiting packets' timestamps, not ranked yet
+    ranks: dict[int, int] = {}  # timestamp -> display index, of waiting packets and of sampled ones sent
+    ranked = 0
+    for packet in itertools.chain([first], packets, [None]):
+        if packet is not None:
+            waiting.append(packet)
+            if packet.pts is not None:
+                heapq.heappush(timestamps, packet.pts)
+        while timestamps and (packet is None or len(timestamps) > REORDER_WINDOW):
+            ranks[heapq.heappop(timestamps)] = ranked
+            ranked += 1
+        # the oldest packet goes to the decoder once its rank is known (or, for a damaged file that gives
+        # a timestamp twice, once too many packets wait behind it: decoded whole, it costs only time)
+        while waiting and (packet is None or waiting[0].pts is None or waiting[0].pts in ranks
+                           or len(waiting) > 2 * REORDER_WINDOW):  # fmt: skip
+            sent = waiting.popleft()
+            unwanted = (pts := sent.pts) is not None and pts in ranks and ranks[pts] % stride != 0
+            if pts is not None and unwanted:
+                del ranks[pts]  # its frame, decoded or skipped, is not wanted
+            context.skip_frame = "NONREF" if unwanted else "DEFAULT"
+            yield from _wanted(_decode(context, sent), ranks)
+    context.skip_frame = "DEFAULT"
+    yield from _wanted(_decode(context, None), ranks)
+
+
+def _wanted(frames: list[av.VideoFrame], ranks: dict[int, int]) -> Iterator[tuple[int, av.VideoFrame]]:
+    """The sampled frames among those the decoder gave, with their display index."""
+    for decoded in frames:
+        if decoded.pts is not None and (shown := ranks.pop(decoded.pts, None)) is not None:
+            for lost in [pts for pts, rank in ranks.items() if rank < shown]:
+                del ranks[lost]  # a sampled frame the decoder never gave (a damaged packet): forgotten
+            yield shown, decoded
+
+
+def _decode(context: VideoCodecContext, packet: av.Packet | None) -> list[av.VideoFrame]:
+    """The frames a packet completes (None: the decoder's last frames). A damaged packet loses its own
+    frame and the video goes on, as players do."""
+    try:
+        return context.decode(packet)
+    except av.FFmpegError:
+        return []
 
 
 def preprocess(frame: np.ndarray) -> np.ndarray:

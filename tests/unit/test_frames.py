@@ -1,11 +1,15 @@
 import base64
 import math
+import struct
+from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
 
-from runner.frames import MAX_IMAGE_BYTES, VideoError, encode_frame, fit, preprocess, sample_frames
+from runner import frames as frames_module
+from runner.frames import MAX_IMAGE_BYTES, VideoError, encode_frame, preprocess, sample_frames, scaled_size
 from tests.servers import bikes_video
 
 
@@ -33,8 +37,8 @@ def test_frames_are_scaled_down_to_the_model_size_keeping_their_aspect_and_origi
     frames = list(sample_frames(video, 1, 640))
     assert [f.image.shape for f in frames] == [(360, 640, 3)] * 2
     assert {(f.width, f.height) for f in frames} == {(1920, 1080)}
-    assert fit(np.zeros((2, 3000, 3), np.uint8), 640).shape == (1, 640, 3)  # never 0 pixels high
-    assert fit(np.zeros((100, 200, 3), np.uint8), 640).shape == (100, 200, 3)  # never scaled up
+    assert scaled_size(3000, 2, 640) == (640, 1)  # never 0 pixels high
+    assert scaled_size(200, 100, 640) == (200, 100)  # never scaled up
 
 
 def test_a_noisy_frame_message_stays_under_the_broker_limit() -> None:
@@ -65,3 +69,59 @@ def test_encoded_frame_is_base64_jpeg_of_the_preprocessed_frame() -> None:
     decoded = cv2.imdecode(np.frombuffer(base64.b64decode(encode_frame(frame, 95)), np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == frame.shape
     assert np.abs(decoded.astype(int) - preprocess(frame).astype(int)).mean() < 8
+
+
+def write_h264(path: Path, count: int, width: int = 64, height: int = 48) -> None:
+    """H.264 (x264's defaults: B-frames, some of them references) of frames that all differ."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(count):
+            image = np.full((height, width, 3), (i * 4) % 256, np.uint8)
+            image[:8, (i % 8) * 8 : (i % 8) * 8 + 8] = 255
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        out.mux(stream.encode(None))
+
+
+def decode_all(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("container", ["mp4", "h264"])  # h264: a raw stream, its packets carry no timestamps
+def test_sampled_frames_are_those_of_a_full_decode_and_frames_no_sample_needs_are_not_decoded(
+    tmp_path, monkeypatch, container: str
+) -> None:
+    video = tmp_path / f"bframes.{container}"
+    write_h264(video, 60)
+    with av.open(str(video)) as opened:
+        assert (next(opened.demux(video=0)).pts is None) == (container == "h264")
+    full = decode_all(video)
+    decode, decoded = frames_module._decode, [0]
+
+    def counting(context: av.VideoCodecContext, packet: av.Packet | None) -> list[av.VideoFrame]:
+        frames = decode(context, packet)
+        decoded[0] += len(frames)
+        return frames
+
+    monkeypatch.setattr(frames_module, "_decode", counting)
+    sampled = list(sample_frames(video, 5))
+    assert [frame.index for frame in sampled] == list(range(0, 60, 5))
+    assert all((frame.image == full[frame.index]).all() for frame in sampled)
+    if container == "mp4":
+        assert decoded[0] < 60  # B-frames no other frame refers to were skipped
+    else:
+        assert decoded[0] == 60  # without timestamps every frame is decoded
+
+
+def test_a_rotated_video_is_sampled_turned_as_players_show_it(tmp_path) -> None:
+    upright, turned = tmp_path / "upright.mp4", tmp_path / "turned.mp4"
+    write_h264(upright, 5, 64, 32)
+    data = upright.read_bytes()
+    matrix = data.index(b"tkhd") + 4 + 40  # the video track's display matrix (a version 0 header)
+    assert struct.unpack(">9I", data[matrix : matrix + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    rotation = struct.pack(">9I", 0, 0xFFFF0000, 0, 0x10000, 0, 0, 0, 0, 0x40000000)  # what `rotate=90` writes
+    turned.write_bytes(data[:matrix] + rotation + data[matrix + 36 :])
+    (frame,) = sample_frames(turned, 5)
+    assert (frame.width, frame.height) == (32, 64) and frame.image.shape == (64, 32, 3)
+    assert (frame.image == np.rot90(decode_all(upright)[0])).all()  # a quarter turn counterclockwise, as ffmpeg
