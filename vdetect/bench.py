@@ -5,6 +5,7 @@ Figures printed (and returned as one JSON line):
   from the same JPEGs inference receives), in batches of INFERENCE_BATCH_SIZE: one process using
   every core, and one single-threaded process per core (as the local stack runs it);
 - pipeline: frames/s from the upload request to `ready` on the local stack (after a warm-up job);
+- many jobs: 4 uploads at once against one job; a small job uploaded right after a big one;
 - Ultralytics: `predict(source=video, vid_stride=5)` on the same video and weights, when an
   interpreter with Ultralytics is given or found;
 - relay latency p50/p95: outbox insert -> Kafka publish; `predictable` -> detection file written;
@@ -286,6 +287,22 @@ def many_jobs(stack: Stack, video: Path, count: int) -> dict:
     frames = sum(len(answer["prediction"]) for answer, _ in answers)
     return {"jobs": count, "frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2),
             "job_seconds": [round(took, 1) for _, took in answers]}  # fmt: skip
+
+
+def small_behind_big(stack: Stack, big: Path, small: Path) -> dict:
+    """A small job uploaded right after a big one: how long each took, and the small one alone."""
+    alone = pipeline(stack, small)["seconds"]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lambda: (finished(stack.api, upload(stack.api, big)), time.perf_counter() - started))
+        time.sleep(1)  # the big job is being fanned out
+        second = pool.submit(lambda: (finished(stack.api, upload(stack.api, small)), time.perf_counter() - started))
+        (big_answer, big_seconds), (small_answer, small_seconds) = first.result(), second.result()
+    if big_answer["status"] != "ready" or small_answer["status"] != "ready":
+        raise RuntimeError("a benchmark job failed")
+    return {"big_frames": len(big_answer["prediction"]), "big_seconds": round(big_seconds, 1),
+            "small_frames": len(small_answer["prediction"]), "small_seconds": round(small_seconds - 1, 1),
+            "small_alone_seconds": round(alone, 1)}  # fmt: skip
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -592,7 +609,8 @@ def run(
             report["pipeline"] = pipeline_with_cpu(stack, measured)
             if hd is not None:
                 report["hd"]["pipeline"] = pipeline_with_cpu(stack, hd)
-            report["many_jobs"] = {"one": pipeline(stack, video), "at_once": many_jobs(stack, video, jobs_at_once)}
+            report["many_jobs"] = {"one": pipeline(stack, video), "at_once": many_jobs(stack, video, jobs_at_once),
+                                   "small_behind_big": small_behind_big(stack, measured, video)}  # fmt: skip
             isolated = Settings(
                 mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
                 main_db="bench_main",
