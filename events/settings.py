@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default=640, ge=32, description="frames are scaled down to this long side (the model's input) before sending"
     )
     preprocess_workers: int = Field(default=2, ge=1)
+    runner_active_jobs: int = Field(default=4, ge=1, description="jobs the runner fans out at once")
+    runner_frames_in_flight: int = Field(
+        default=64, ge=1, description="frames of one job published and not stored yet before the runner waits"
+    )
     stall_timeout_s: float = Field(
         default=120.0, gt=0, description="no progress for this long while none of the job's frames is in flight: resend"
     )

@@ -49,6 +49,7 @@ from events.log import get_logger
 from events.retry import is_infrastructure
 from events.runtime import http_server, read_ahead, startup_deadline, wait_or_stop
 from events.settings import Settings
+from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
 from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
 from runner.jobs import Jobs
@@ -56,7 +57,8 @@ from runner.jobs import Jobs
 log = get_logger(__name__)
 SERVICE = "runner"
 DELIVERY_BATCH = 256
-JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # one job may take long to fan out; its offset is committed after
+JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # the jobs loop may wait long for a free fan-out slot
+FLOW_CHECK_S = 2.0  # a fan-out waiting for room reads its job's progress this often (another runner's results)
 
 
 @dataclass
@@ -71,6 +73,21 @@ class Stats:
     waiting: int = 0  # quiet jobs whose frames were still queued or in process at the last check
     dead_letters: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+class JobOver(Exception):
+    """The job failed or was deleted while it was fanned out: the rest of its frames is not sent."""
+
+
+@dataclass
+class Flow:
+    """A job being fanned out: frames published and stored since it started, so that it stays at most
+    RUNNER_FRAMES_IN_FLIGHT frames ahead of inference and jobs fanned out together share the workers."""
+
+    stored_before: int  # the job's stored frames when this fan-out started (a resend's)
+    published: int = 0
+    stored: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -90,6 +107,32 @@ class Runner:
     tasks: GroupOffsets  # the inference workers' group on inference_tasks
     stats: Stats = field(default_factory=Stats)
     taken_at: dict[str, float] = field(default_factory=dict)  # job -> when its frames were seen all taken
+    flows: dict[str, Flow] = field(default_factory=dict)  # the jobs being fanned out
+    fanning: set[asyncio.Task[None]] = field(default_factory=set)  # fan-outs started by the jobs loop
+    slots: asyncio.Semaphore | None = None  # RUNNER_ACTIVE_JOBS fan-outs at once, once `run_fan_outs` runs
+    crash: BaseException | None = None
+    stopping: bool = False
+    crashed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_for_room(self, event_id: str, flow: Flow) -> None:
+        """Wait while RUNNER_FRAMES_IN_FLIGHT of the job's frames are published and not stored. Results this
+        runner stores wake it at once; another runner's are read from the job every FLOW_CHECK_S. After
+        STALL_TIMEOUT_S without progress it goes on: frames were lost, which the stall check mends."""
+        progress_at = time.monotonic()
+        while flow.published - flow.stored >= self.settings.runner_frames_in_flight:
+            stored, flow.changed = flow.stored, asyncio.Event()
+            try:
+                await asyncio.wait_for(flow.changed.wait(), FLOW_CHECK_S)
+            except TimeoutError:
+                job = await self.jobs.get(event_id)
+                if job is None or job.status != RunnerStatus.PROCESSING:
+                    raise JobOver from None
+                flow.stored = max(flow.stored, job.received_frames - flow.stored_before)
+            if flow.stored > stored:
+                progress_at = time.monotonic()
+            elif time.monotonic() - progress_at > self.settings.stall_timeout_s:
+                log.warning("no frame came back for a while, publishing on", waiting=flow.published - flow.stored)
+                return
 
     async def publish_frames(
         self, path: Path, event_id: str, sent: dict[int, int], skip: frozenset[int] = frozenset()
@@ -99,6 +142,7 @@ class Runner:
 
         Returns how many frames the video has at this stride (published or skipped)."""
         loop = asyncio.get_running_loop()
+        flow = self.flows[event_id] = Flow(stored_before=len(skip))
         topic, key = self.settings.topic(topics.INFERENCE_TASKS), event_id.encode()
         window = 2 * self.settings.preprocess_workers
         pending: deque[tuple[Frame, asyncio.Future[str]]] = deque()
@@ -126,29 +170,83 @@ class Runner:
             await self.jobs.expect(event_id, *await asyncio.to_thread(video_info, path, self.settings.frame_stride))
         frames = sample_frames(path, self.settings.frame_stride, self.settings.model_input_size)
         count = 0
-        async with contextlib.aclosing(read_ahead(frames, window)) as decoded:
-            async for frame in decoded:
-                count += 1
-                if frame.index in skip:
-                    continue
-                encoding = loop.run_in_executor(self.pool, encode_frame, frame.image, self.settings.jpeg_quality)
-                pending.append((frame, encoding))
-                if len(pending) >= window:
-                    await publish_oldest()
-        while pending:
-            await publish_oldest()
-        await delivered()
+        try:
+            async with contextlib.aclosing(read_ahead(frames, window)) as decoded:
+                async for frame in decoded:
+                    count += 1
+                    if frame.index in skip:
+                        continue
+                    if flow.published - flow.stored >= self.settings.runner_frames_in_flight:
+                        while pending:  # everything encoded goes out before the job waits for room
+                            await publish_oldest()
+                        await delivered()
+                        await self.wait_for_room(event_id, flow)
+                    flow.published += 1
+                    encoding = loop.run_in_executor(self.pool, encode_frame, frame.image, self.settings.jpeg_quality)
+                    pending.append((frame, encoding))
+                    if len(pending) >= window:
+                        await publish_oldest()
+            while pending:
+                await publish_oldest()
+            await delivered()
+        finally:
+            del self.flows[event_id]
         self.stats.frames_published += count - len(skip)
         metrics.FRAMES.labels(stage="published").inc(count - len(skip))
         return count
 
     async def start_job(self, event: OutboxEvent) -> None:
+        """Create the job, then fan it out: alongside the jobs being fanned out already once `run_fan_outs`
+        runs (at most RUNNER_ACTIVE_JOBS at once: the jobs loop waits for a free slot), here otherwise.
+
+        The outbox event is committed once the job exists: a runner that dies while fanning it out
+        leaves it to the stall check, which sends its missing frames."""
         bucket, key = event.payload.bucket, event.payload.object
-        if not await self.jobs.create(event.event_id, bucket, key):
+        slots = self.slots
+        if slots is not None:
+            await slots.acquire()
+        try:
+            if self.stopping:  # not committed: the runner that starts next takes the event
+                raise asyncio.CancelledError
+            created = await self.jobs.create(event.event_id, bucket, key)
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
+        if not created:
             log.info("job already exists, outbox event ignored", duplicate_events=1)
+            if slots is not None:
+                slots.release()
             return
         self.stats.jobs_started += 1
-        await self.fan_out(event.event_id, bucket, key)
+        if slots is None:
+            await self.fan_out(event.event_id, bucket, key)
+            return
+        task = asyncio.create_task(self.fan_out(event.event_id, bucket, key))
+        self.fanning.add(task)
+        task.add_done_callback(lambda done: self.fan_out_done(done, slots))
+
+    def fan_out_done(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+        self.fanning.discard(task)
+        slots.release()
+        if not task.cancelled() and (error := task.exception()) is not None and self.crash is None:
+            self.crash = error  # an infrastructure error (the rest is handled in fan_out): the runner stops
+            self.crashed.set()
+
+    async def run_fan_outs(self, stop: asyncio.Event) -> None:
+        """Fan jobs out side by side from now on. A fan-out's infrastructure error stops the runner (it is
+        restarted and the stall check resends); on stop, the fan-outs under way are cancelled."""
+        self.slots = asyncio.Semaphore(self.settings.runner_active_jobs)
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.crashed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.stopping = True
+            for task in [*waits, *self.fanning]:
+                task.cancel()
+            await asyncio.gather(*waits, *self.fanning, return_exceptions=True)
+        if self.crash is not None:
+            raise self.crash
 
     @contextlib.asynccontextmanager
     async def heartbeat(self, event_id: str, sent: dict[int, int]) -> AsyncIterator[None]:
@@ -178,6 +276,9 @@ class Runner:
                 total = await self.publish_frames(path, event_id, sent, skip)
             if total == 0:
                 raise VideoError("the video has no decodable frames")
+        except JobOver:
+            log.info("job over while its frames were published: the rest is not sent")
+            return
         except (VideoError, FileNotFoundError, PermanentStorageError) as error:
             missing = isinstance(error, FileNotFoundError)
             await self.fail(event_id, f"video not found in storage: {bucket}/{key}" if missing else str(error))
@@ -253,6 +354,9 @@ class Runner:
         for event_id, batch in by_job.items():
             with structlog.contextvars.bound_contextvars(event_id=event_id):
                 job, stored = await self.jobs.record(event_id, batch)
+                if stored and (flow := self.flows.get(event_id)) is not None:
+                    flow.stored += stored
+                    flow.changed.set()  # room for more of its frames
                 self.stats.results_stored += stored
                 metrics.FRAMES.labels(stage="stored").inc(stored)
                 self.stats.duplicate_results += len(batch) - stored
@@ -325,6 +429,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 log.info("runner ready")
                 deadline.cancel()
                 async with asyncio.TaskGroup() as group:
+                    group.create_task(runner.run_fan_outs(stop))
                     for loop in loops:
                         group.create_task(loop.run(stop))
                     group.create_task(runner.watch_stalls(stop))

@@ -23,6 +23,7 @@ from events.indexes import MAIN_DB, RUNNER_DB
 from events.settings import Settings
 from tests.conftest import read_topic
 from tests.servers import bikes_video
+from vdetect.bench import long_video
 from vdetect.testing import (
     Receiver,
     Stack,
@@ -293,6 +294,18 @@ def test_replaying_the_job_events_rebuilds_the_same_read_model_and_the_indexes_e
     assert {state.status for state in live.values()} == {"ready", "failed"}  # both endings are replayed
     assert replayed == live
     print(f"\nreplay: {len(live)} jobs rebuilt from job_events, identical to the read model")
+
+
+def test_a_small_job_uploaded_after_a_big_one_is_not_queued_behind_it(stack: Stack, tmp_path) -> None:
+    big = long_video(bikes_video(), tmp_path, 4)  # 200 sampled frames against 50
+    big_id = upload(stack.api, big)
+    wait_until(lambda: httpx.get(f"{stack.api}/result_video/{big_id}").json().get("frames_done", 0) > 0, 60,
+               "the big job's first results")  # fmt: skip
+    small_id = upload(stack.api, bikes_video())
+    wait_ready(small_id, stack.api)
+    big_answer = httpx.get(f"{stack.api}/result_video/{big_id}").json()
+    assert big_answer["status"] != "ready"  # the small one shared the workers; it did not wait for the big one
+    assert len(wait_ready(big_id, stack.api)["prediction"]) == 200
 
 
 def test_request_reprocesses_a_stored_video_then_cleanup_empties_everything(stack: Stack) -> None:

@@ -206,3 +206,50 @@ async def test_a_job_whose_runner_died_while_reading_the_video_is_fanned_out_aga
     doc = await job(runner, event.event_id)
     assert doc["total_frames"] == BIKES_SAMPLED and doc["resends"] == 1
     assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED
+
+
+async def wait_for(check, timeout: float = 30) -> None:  # noqa: ANN001
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - the runner's own counters, in this event loop
+            await asyncio.sleep(0.01)
+
+
+async def test_a_job_runs_at_most_frames_in_flight_ahead_of_its_stored_results(runner: Runner, settings):
+    runner.settings = settings.model_copy(update={"runner_frames_in_flight": 10})
+    event = upload(settings, bikes_video())
+    fanning = asyncio.create_task(runner.start_job(event))
+    await wait_for(lambda: event.event_id in runner.flows and runner.flows[event.event_id].published == 10)
+    flow = runner.flows[event.event_id]
+    await asyncio.sleep(0.3)  # watched for a while: it publishes no more than its room
+    assert flow.published == 10 and not fanning.done()
+    stored = 0
+    while not fanning.done():  # results come back, five at a time: the runner publishes as they do
+        if flow.published - stored >= 5 or (flow.published == BIKES_SAMPLED and stored < BIKES_SAMPLED):
+            batch = range(stored, min(stored + 5, flow.published))
+            await runner.store_results([InferenceResult(event_id=event.event_id, frame=5 * i, objects=[])
+                                        for i in batch])  # fmt: skip
+            stored += len(batch)
+            assert flow.published - stored <= 10
+        await asyncio.sleep(0.01)
+    await fanning
+    doc = await job(runner, event.event_id)
+    assert doc["total_frames"] == BIKES_SAMPLED and doc["status"] in ("processing", "predictable")
+    assert event.event_id not in runner.flows  # nothing kept once the job is fanned out
+
+
+async def test_the_jobs_loop_fans_jobs_out_side_by_side_and_stops_them_on_stop(runner: Runner, settings):
+    runner.settings = settings.model_copy(update={"runner_frames_in_flight": 5, "runner_active_jobs": 2})
+    stop = asyncio.Event()
+    fan_outs = asyncio.create_task(runner.run_fan_outs(stop))
+    await wait_for(lambda: runner.slots is not None)
+    first, second = upload(settings, bikes_video()), upload(settings, bikes_video())
+    await runner.start_job(first)  # returns once the job exists: its frames are published meanwhile
+    await runner.start_job(second)
+    await wait_for(lambda: all(e.event_id in runner.flows and runner.flows[e.event_id].published == 5
+                               for e in (first, second)))  # fmt: skip
+    assert len(runner.fanning) == 2 and runner.slots is not None and runner.slots.locked()  # a third job waits
+    stop.set()
+    await asyncio.wait_for(fan_outs, 30)
+    assert not runner.fanning and not runner.flows  # cancelled: the stall check resends their frames
+    for event in (first, second):
+        assert (await job(runner, event.event_id))["status"] == "processing"
