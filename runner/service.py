@@ -190,7 +190,7 @@ class Runner:
                 await publish_oldest()
             await delivered()
         finally:
-            del self.flows[event_id]
+            self.flows.pop(event_id, None)
         self.stats.frames_published += count - len(skip)
         metrics.FRAMES.labels(stage="published").inc(count - len(skip))
         return count
