@@ -2,7 +2,9 @@
 
 Frames are published while the video is read: decoding runs in a thread of its own, a few frames
 ahead of the event loop, preprocessing and JPEG encoding in a process pool, with a bounded window in
-flight, so memory does not grow with video length.
+flight, so memory does not grow with video length. Up to RUNNER_ACTIVE_JOBS jobs are fanned out side
+by side, each at most RUNNER_FRAMES_IN_FLIGHT frames ahead of its stored results, so their frames
+share the inference workers.
 """
 
 import asyncio
@@ -89,6 +91,10 @@ class Flow:
     stored: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def in_flight(self) -> int:
+        return self.published - self.stored
+
 
 @dataclass
 class Runner:
@@ -119,7 +125,7 @@ class Runner:
         runner stores wake it at once; another runner's are read from the job every FLOW_CHECK_S. After
         STALL_TIMEOUT_S without progress it goes on: frames were lost, which the stall check mends."""
         progress_at = time.monotonic()
-        while flow.published - flow.stored >= self.settings.runner_frames_in_flight:
+        while flow.in_flight >= self.settings.runner_frames_in_flight:
             stored, flow.changed = flow.stored, asyncio.Event()
             try:
                 await asyncio.wait_for(flow.changed.wait(), FLOW_CHECK_S)
@@ -131,7 +137,7 @@ class Runner:
             if flow.stored > stored:
                 progress_at = time.monotonic()
             elif time.monotonic() - progress_at > self.settings.stall_timeout_s:
-                log.warning("no frame came back for a while, publishing on", waiting=flow.published - flow.stored)
+                log.warning("no frame came back for a while, publishing on", in_flight=flow.in_flight)
                 return
 
     async def publish_frames(
@@ -176,7 +182,7 @@ class Runner:
                     count += 1
                     if frame.index in skip:
                         continue
-                    if flow.published - flow.stored >= self.settings.runner_frames_in_flight:
+                    if flow.in_flight >= self.settings.runner_frames_in_flight:
                         while pending:  # everything encoded goes out before the job waits for room
                             await publish_oldest()
                         await delivered()

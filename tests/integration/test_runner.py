@@ -27,7 +27,7 @@ from events.contracts import (
 )
 from runner.jobs import Jobs
 from runner.service import Runner
-from tests.conftest import read_topic
+from tests.conftest import eventually, read_topic
 from tests.servers import bikes_video
 
 BIKES_SAMPLED = 50  # bikes.mp4 has 250 frames; every 5th is sampled
@@ -208,10 +208,9 @@ async def test_a_job_whose_runner_died_while_reading_the_video_is_fanned_out_aga
     assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED
 
 
-async def wait_for(check, timeout: float = 30) -> None:  # noqa: ANN001
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - the runner's own counters, in this event loop
-            await asyncio.sleep(0.01)
+async def wait_for(check) -> None:  # noqa: ANN001
+    """Until `check()`, the runner's own state in this event loop, is true."""
+    await eventually(lambda: asyncio.sleep(0, check()), interval=0.01)
 
 
 async def test_a_job_runs_at_most_frames_in_flight_ahead_of_its_stored_results(runner: Runner, settings):
