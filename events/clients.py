@@ -55,8 +55,8 @@ def producer_options(settings: Settings) -> dict[str, Any]:
 @asynccontextmanager
 async def kafka_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(**producer_options(settings))
-    await on_startup(producer.start)()
-    try:
+    try:  # closed even when it never started (a start given up or cancelled warns "Unclosed" otherwise)
+        await on_startup(producer.start)()
         yield producer
     finally:
         await producer.stop()
@@ -107,8 +107,8 @@ async def kafka_consumer(
         max_partition_fetch_bytes=16 * 1024 * 1024,
         **options,
     )
-    await on_startup(consumer.start)()
     try:
+        await on_startup(consumer.start)()
         yield consumer
     finally:
         await consumer.stop()
@@ -173,8 +173,8 @@ async def group_offsets(settings: Settings, topic: str, group_id: str) -> AsyncI
         enable_auto_commit=False,
         request_timeout_ms=10_000,
     )
-    await on_startup(consumer.start)()
     try:
+        await on_startup(consumer.start)()
         yield GroupOffsets(consumer, settings.topic(topic))
     finally:
         await consumer.stop()
@@ -212,8 +212,8 @@ async def ensure_topics(settings: Settings) -> None:
     """Create the pipeline's topics if they are missing (idempotent). A topic the broker refuses
     (`create_topics` answers with an error code per topic, it does not raise) raises TopicsRefused."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await on_startup(admin.start)()
     try:
+        await on_startup(admin.start)()
         existing = set(await admin.list_topics())
         missing = [settings.topic(name) for name in topics.ALL if settings.topic(name) not in existing]
         if not missing:

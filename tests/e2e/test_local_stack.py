@@ -125,12 +125,18 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
     assert statuses[0] in ("new", "sent") and "sent" in statuses and statuses.count("ready") == 1
     progress = [s["progress"] for s in states]
     assert progress == sorted(progress)
-    flowing = [at for at, s in live if 0 < s["frames_done"] < 50 or s["status"] == "ready"]
-    gaps = [b - a for a, b in zip(flowing, flowing[1:], strict=False)]
-    print(f"live updates: {len(states)} messages, {len(flowing)} while frames flowed, "
+    # from the runner's start (frames_total known) to `ready`: progress is published at most once a second,
+    # the first one a second after the start, so a job whose frames all flow within that second (a fast
+    # machine) has none in between, and any longer one has some
+    flowing = [(at, s) for at, s in live if s["frames_total"] is not None]
+    times = [at for at, _ in flowing]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    between = [s for _, s in flowing if 0 < s["frames_done"] < 50]
+    print(f"live updates: {len(states)} messages, {len(between)} progress ones in {times[-1] - times[0]:.2f}s, "
           f"largest gap {max(gaps, default=0):.2f}s, median {statistics.median(gaps or [0]):.2f}s")  # fmt: skip
-    assert len(flowing) >= 3 and max(gaps) < 2.5
-    assert any(s["frames_total"] == 50 and s["eta_seconds"] is not None for s in states[:-1])
+    assert flowing[-1][1]["status"] == "ready" and max(gaps, default=0) < 2.5
+    if times[-1] - times[0] >= 2:  # progress in between, with the time left
+        assert any(s["frames_total"] == 50 and s["eta_seconds"] is not None for s in between)
 
     def seen_by_all_jobs_stream() -> list[str]:  # another connection: it may be a moment behind
         mine = [data["status"] for _, data in everything if data["event_id"] == upload["event_id"]]

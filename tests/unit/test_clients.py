@@ -1,0 +1,72 @@
+"""Kafka clients whose start never succeeds are still closed: a service stopped while it waits for
+Kafka at startup leaves no unclosed client behind (aiokafka logs "Unclosed AIOKafka..." whenever such
+a client is collected, in whatever runs then)."""
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from events import topics
+from events.clients import ensure_topics, group_offsets, kafka_consumer, kafka_producer
+from events.settings import Settings
+
+NOWHERE = Settings(kafka_bootstrap_servers="127.0.0.1:9")  # nothing listens on the discard port
+
+
+async def topics_ensured() -> None:
+    await ensure_topics(NOWHERE)
+
+
+class Using:
+    """`async with` one of the clients."""
+
+    def __init__(self, client: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
+        self.client = client
+
+    async def __call__(self) -> None:
+        async with self.client():
+            pytest.fail("Kafka answered on the discard port")
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        Using(lambda: kafka_producer(NOWHERE)),
+        Using(lambda: kafka_consumer(NOWHERE, topics.INFERENCE_TASKS, "group")),
+        Using(lambda: group_offsets(NOWHERE, topics.INFERENCE_TASKS, "group")),
+        topics_ensured,
+    ],
+    ids=["producer", "consumer", "group_offsets", "ensure_topics"],
+)
+async def test_a_client_cancelled_while_it_waits_for_kafka_is_closed(
+    use: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[object] = []
+    closed: list[object] = []
+
+    def recording(into: list[object], method: Callable[..., Any]) -> Callable[..., Any]:
+        async def recorded(self: object) -> Any:
+            into.append(self)
+            return await method(self)
+
+        return recorded
+
+    for cls, start, stop in [
+        (AIOKafkaProducer, "start", "stop"),
+        (AIOKafkaConsumer, "start", "stop"),
+        (AIOKafkaAdminClient, "start", "close"),
+    ]:
+        monkeypatch.setattr(cls, start, recording(started, getattr(cls, start)))
+        monkeypatch.setattr(cls, stop, recording(closed, getattr(cls, stop)))
+
+    task = asyncio.create_task(use())
+    await asyncio.sleep(0.5)  # a few connection attempts
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert started and {id(c) for c in started} <= {id(c) for c in closed}
