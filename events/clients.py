@@ -77,10 +77,11 @@ class Membership(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Consumer(AIOKafkaConsumer):  # type: ignore[misc]
-    """A consumer of one topic that knows whether it has joined its group (`joined`)."""
+    """A consumer of one topic, in group `group`, that knows whether it has joined it (`joined`)."""
 
-    def __init__(self, topic: str, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, topic: str, group_id: str, **options: Any) -> None:
+        super().__init__(group_id=group_id, **options)
+        self.group = group_id
         self.membership = Membership()
         self.subscribe([topic], listener=self.membership)
 

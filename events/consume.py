@@ -99,9 +99,8 @@ class Loop(Generic[T]):
                         lag[partition.topic] = lag.get(partition.topic, 0) + max(behind, 0)
         except Exception:  # noqa: BLE001 - a rebalance under way: measured next time
             return
-        group = getattr(self.consumer, "_group_id", None) or ""
         for topic, behind in lag.items():
-            metrics.CONSUMER_LAG.labels(topic=topic, group=group).set(behind)
+            metrics.CONSUMER_LAG.labels(topic=topic, group=self.consumer.group).set(behind)
 
     async def handle_batch(self, messages: list[ConsumerRecord]) -> None:
         items: list[Item[T]] = []

@@ -256,7 +256,8 @@ def test_every_service_serves_metrics_that_moved_with_the_jobs(stack: Stack) -> 
     assert sum(total(n, "vdetect_inference_seconds_count") for n in ports if n.startswith("inference")) > 0
     for relay in ("outbox-relay", "s3-relay"):
         assert total(relay, f'vdetect_relay_lag_seconds_count{{relay="{relay}"}}') > 0, relay
-    assert any(key.startswith("vdetect_consumer_lag{") for key in scraped["runner"])
+    lag = [key for key in scraped["runner"] if key.startswith("vdetect_consumer_lag{")]
+    assert any(f'{topics.RUNNER_RESULTS_GROUP}"' in key for key in lag), lag  # labelled with its group
     print(
         f"\nmetrics: {len(ports)} endpoints scraped, {1000 * statistics.median(seconds):.1f} ms median, "
         f"{1000 * max(seconds):.1f} ms slowest"
