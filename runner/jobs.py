@@ -150,10 +150,13 @@ class Jobs:
 
     @transient
     async def claim_resend(self, job: RunnerPrediction) -> RunnerPrediction | None:
-        """Take a stalled job for a resend; None if another runner took it or it moved on meanwhile."""
+        """Take a stalled job for a resend; None if another runner took it or it moved on meanwhile.
+        The offsets of its frame messages are forgotten: the resend records its own. Kept, they would
+        hide the resent frames when they are lower (a broker that lost its log numbers from 0 again),
+        and a resend still queued would be taken for lost."""
         doc = await self.collection.find_one_and_update(
             {"_id": job.id, **PROCESSING, "updated_at": job.updated_at},
-            {"$set": {"updated_at": utcnow()}, "$inc": {"resends": 1}},
+            {"$set": {"updated_at": utcnow()}, "$inc": {"resends": 1}, "$unset": {"tasks": ""}},
             return_document=ReturnDocument.AFTER,
         )
         return _job(doc)

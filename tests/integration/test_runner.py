@@ -208,6 +208,26 @@ async def test_a_job_whose_runner_died_while_reading_the_video_is_fanned_out_aga
     assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED
 
 
+async def test_frames_resent_after_a_broker_lost_its_log_are_waited_for_while_queued(runner: Runner, settings):
+    """A broker that lost its log numbers messages from 0 again: the resent frames' offsets are lower
+    than the job's old ones. While they are queued (no inference worker is back yet), the job waits."""
+    settings.max_resends = 1
+    event = upload(settings, bikes_video())
+    assert await runner.jobs.create(event.event_id, "videos", event.payload.object)
+    lost = {str(partition): 1_000_000 for partition in range(settings.kafka_partitions)}
+    await runner.jobs.collection.update_one({"_id": event.event_id}, {"$set": {"tasks": lost}})
+    for _ in range(2):  # the old offsets are past the topic's end: lost, so fanned out again
+        await age(runner, event.event_id)
+        await runner.resend_stalled()
+    assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED
+    for _ in range(2):  # nobody has taken the resent frames
+        await age(runner, event.event_id)
+        await runner.resend_stalled()
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "processing" and doc["resends"] == 1 and runner.stats.resends == 1
+    assert max(doc["tasks"].values()) < BIKES_SAMPLED  # the resend's own offsets
+
+
 async def wait_for(check) -> None:  # noqa: ANN001
     """Until `check()`, the runner's own state in this event loop, is true."""
     await eventually(lambda: asyncio.sleep(0, check()), interval=0.01)
