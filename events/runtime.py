@@ -5,6 +5,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -77,18 +78,37 @@ def run_service(name: str, main: ServiceMain, settings: Settings | None = None) 
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its host service."""
+    """A uvicorn server that leaves signal handling and exiting to its host service."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit:  # uvicorn exits the process when it cannot listen (it logged why)
+            raise OSError(f"cannot listen on {self.config.host}:{self.config.port}") from None
+        self.listening.set()
+
 
 @contextlib.asynccontextmanager
 async def http_server(app: FastAPI, host: str, port: int) -> AsyncIterator[uvicorn.Server]:
-    """Serve `app` (health and data endpoints) beside a service's main loop."""
+    """Serve `app` (health and data endpoints) beside a service's main loop, once it listens. A port it
+    cannot listen on raises OSError here, so the service stops and its supervisor starts it again (a
+    SystemExit from uvicorn's task would leave the service half stopped)."""
     server = _EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
     task = asyncio.create_task(server.serve())
+    listening = asyncio.create_task(server.listening.wait())
+    await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
+    if not server.listening.is_set():
+        await task  # raises why it could not listen
+        raise OSError(f"the server on {host}:{port} stopped before it listened")
     try:
         yield server
     finally:

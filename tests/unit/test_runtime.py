@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from events.clients import refused_topics
 from events.runtime import loopback, read_ahead
 from events.settings import Settings
 from vdetect.cli import app
+from vdetect.testing import EPHEMERAL_RANGE, LOWEST_PORT, free_port
 
 
 @pytest.mark.parametrize("service", ["api", "runner", "outbox-relay", "inference"])
@@ -94,6 +96,22 @@ def test_a_service_stuck_before_it_is_ready_exits_to_be_restarted() -> None:
     assert subprocess.run([sys.executable, "-c", ready], timeout=30).returncode == 0
 
 
+def test_a_service_whose_port_is_taken_exits_at_once_saying_so() -> None:
+    """uvicorn exits the process from its own task when it cannot listen; the service must rather stop
+    as a whole, with its reason, so that its supervisor starts it again (it once hung half stopped)."""
+    service = "import sys\nfrom fastapi import FastAPI\nfrom events.runtime import http_server, run_service\n" \
+              "async def main(settings, stop):\n" \
+              "    async with http_server(FastAPI(), '127.0.0.1', int(sys.argv[1])):\n" \
+              "        await stop.wait()\nrun_service('probe', main)\n"  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ended = subprocess.run([sys.executable, "-c", service, str(port)], capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 1, ended.stdout + ended.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in ended.stdout + ended.stderr
+
+
 async def test_read_ahead_stays_at_most_depth_items_ahead_and_closes_the_iterator_when_stopped_early() -> None:
     produced, closed = [], threading.Event()
 
@@ -126,3 +144,15 @@ async def test_read_ahead_raises_the_iterators_error_to_the_consumer() -> None:
         async for number in read_ahead(broken(), 2):
             seen.append(number)
     assert seen == [1]
+
+
+def test_free_ports_are_consecutive_and_below_the_ephemeral_range() -> None:
+    """A port from the ephemeral range may be taken by an outgoing connection before a service listens
+    on it (it happened to an inference worker, whose port is the stack's inference port + its number)."""
+    below = int(EPHEMERAL_RANGE.read_text().split()[0])
+    for _ in range(20):
+        first = free_port(4)
+        assert first >= LOWEST_PORT and first + 4 <= below
+        for port in range(first, first + 4):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))  # free
