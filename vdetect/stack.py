@@ -66,10 +66,6 @@ class Child:
         self.started_at, self.restart_at = time.monotonic(), None
         log.info("process started", process=self.name, pid=self.process.pid, restarts=self.restarts)
 
-    def stop(self) -> None:
-        self.terminate()
-        self.wait_stopped(time.monotonic() + STOP_GRACE_S)
-
     def end_session(self) -> None:
         """What a dead process left running in its session, such as a runner's process-pool workers after
         a SIGKILL (they would wait for work forever), is sent SIGTERM. Python's resource tracker ignores it,
@@ -207,10 +203,19 @@ def broker_restarted(broker: Child, workers: list[Child], ports: Ports) -> None:
     jobs whose messages were lost are sent again by the relays' and the runner's stall checks."""
     wait_for_port(ports.kafka, broker.process, broker.name)
     asyncio.run(ensure_topics(Settings(kafka_bootstrap_servers=f"127.0.0.1:{ports.kafka}")))
-    for child in workers:
-        if child.name.startswith(KAFKA_CLIENTS):
-            log.warning("restarting after a broker restart", process=child.name)
-            child.stop()
+    clients = [child for child in workers if child.name.startswith(KAFKA_CLIENTS)]
+    for child in clients:
+        log.warning("restarting after a broker restart", process=child.name)
+    stop_together(clients)  # one by one, the inference workers stayed down through each one's grace
+
+
+def stop_together(children: list[Child]) -> None:
+    """SIGTERM to each, then one grace period for all of them (SIGKILL for those still running)."""
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        child.wait_stopped(deadline)
 
 
 def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
@@ -283,10 +288,6 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
     finally:
         log.info("stack stopping")
         for group in (workers, backing):  # the services together, then the servers they use
-            for child in group:
-                child.terminate()
-            deadline = time.monotonic() + STOP_GRACE_S
-            for child in group:
-                child.wait_stopped(deadline)
+            stop_together(group)
         log.info("stack stopped")
     return 0

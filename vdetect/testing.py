@@ -7,6 +7,7 @@ relies on `assert` (it works under `python -O`): a wait that runs out raises Sti
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,33 @@ READY_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 240
 
 
-def free_port() -> int:
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+
+
+def _is_free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive ports that are free now. They are picked at random below the
+    kernel's ephemeral range: a port the kernel hands out (bind to port 0) may be taken again by any
+    outgoing connection before the server that was meant to listen on it starts, and stacks and
+    servers started beside each other (tests in parallel workers) each pick their own."""
+    try:
+        below = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        below = 32_768
+    for _ in range(1_000):
+        first = random.randrange(LOWEST_PORT, max(below - count, LOWEST_PORT + 1))
+        if all(_is_free(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive ports between {LOWEST_PORT} and {below}")
 
 
 @dataclass
@@ -88,7 +112,8 @@ def local_stack(
 
     `before_ready` is called with the stack as soon as it has started the API, before it is ready."""
     names = ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay", "webhook-relay")
-    ports = {name: free_port() for name in names}
+    workers = inference_workers if inference_workers > 0 else os.cpu_count() or 1
+    ports = {name: free_port(workers if name == "inference" else 1) for name in names}  # worker i: inference + i
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "4000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
