@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,20 +43,24 @@ def _is_free(port: int) -> bool:
         return True
 
 
-def free_port(count: int = 1) -> int:
-    """The first of `count` consecutive ports that are free now. They are picked at random below the
-    kernel's ephemeral range: a port the kernel hands out (bind to port 0) may be taken again by any
-    outgoing connection before the server that was meant to listen on it starts, and stacks and
-    servers started beside each other (tests in parallel workers) each pick their own."""
+def free_port(count: int = 1, avoid: Collection[int] = ()) -> int:
+    """The first of `count` consecutive ports that are free now, none of them in `avoid` (ports picked
+    already but not listened on yet). They are picked at random below the kernel's ephemeral range: a
+    port the kernel hands out (bind to port 0) may be taken again by any outgoing connection before the
+    server that was meant to listen on it starts, and stacks and servers started beside each other
+    (tests in parallel workers) each pick their own."""
     try:
         below = int(EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         below = 32_768
-    for _ in range(1_000):
-        first = random.randrange(LOWEST_PORT, max(below - count, LOWEST_PORT + 1))
-        if all(_is_free(port) for port in range(first, first + count)):
+    top = below if below - count > LOWEST_PORT + 1_000 else 65_536  # an ephemeral range set unusually low
+    span, avoided = top - count - LOWEST_PORT, set(avoid)
+    start = random.randrange(span)
+    for step in range(span):  # from a random place on, every candidate once
+        ports = range(first := LOWEST_PORT + (start + step) % span, first + count)
+        if avoided.isdisjoint(ports) and all(_is_free(port) for port in ports):
             return first
-    raise RuntimeError(f"no {count} free consecutive ports between {LOWEST_PORT} and {below}")
+    raise RuntimeError(f"no {count} free consecutive ports between {LOWEST_PORT} and {top}")
 
 
 @dataclass
@@ -113,7 +117,12 @@ def local_stack(
     `before_ready` is called with the stack as soon as it has started the API, before it is ready."""
     names = ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay", "webhook-relay")
     workers = inference_workers if inference_workers > 0 else os.cpu_count() or 1
-    ports = {name: free_port(workers if name == "inference" else 1) for name in names}  # worker i: inference + i
+    ports: dict[str, int] = {}
+    taken: list[int] = []
+    for name in names:
+        count = workers if name == "inference" else 1  # inference worker i listens on inference + i
+        ports[name] = free_port(count, taken)
+        taken += range(ports[name], ports[name] + count)
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "4000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
