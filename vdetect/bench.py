@@ -289,6 +289,19 @@ def many_jobs(stack: Stack, video: Path, count: int) -> dict:
             "job_seconds": [round(took, 1) for _, took in answers]}  # fmt: skip
 
 
+JOB_ROUNDS = 3
+
+
+def jobs_side_by_side(stack: Stack, video: Path, count: int, rounds: int = JOB_ROUNDS) -> dict:
+    """One job alone, then `count` at once, `rounds` times in turn. On this shared machine one round's
+    ratio moved from 0.71 to 1.29 (8 rounds, the same code), so the median of the rounds' ratios counts."""
+    measured = []
+    for _ in range(rounds):
+        one, at_once = pipeline(stack, video), many_jobs(stack, video, count)
+        measured.append({"one": one, "at_once": at_once, "ratio": round(at_once["fps"] / one["fps"], 3)})
+    return {"rounds": measured, "ratio_median": statistics.median(r["ratio"] for r in measured)}
+
+
 def small_behind_big(stack: Stack, big: Path, small: Path) -> dict:
     """A small job uploaded right after a big one: how long each took, and the small one alone."""
     alone = pipeline(stack, small)["seconds"]
@@ -609,7 +622,7 @@ def run(
             report["pipeline"] = pipeline_with_cpu(stack, measured)
             if hd is not None:
                 report["hd"]["pipeline"] = pipeline_with_cpu(stack, hd)
-            report["many_jobs"] = {"one": pipeline(stack, video), "at_once": many_jobs(stack, video, jobs_at_once),
+            report["many_jobs"] = {**jobs_side_by_side(stack, video, jobs_at_once),
                                    "small_behind_big": small_behind_big(stack, measured, video)}  # fmt: skip
             isolated = Settings(
                 mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
@@ -635,8 +648,7 @@ def run(
     }
     if report["ultralytics"]:
         report["ratios"]["pipeline_vs_ultralytics"] = round(pipeline_fps / report["ultralytics"]["fps"], 3)
-    many = report["many_jobs"]
-    report["ratios"]["jobs_at_once_vs_one"] = round(many["at_once"]["fps"] / many["one"]["fps"], 3)
+    report["ratios"]["jobs_at_once_vs_one"] = report["many_jobs"]["ratio_median"]
     if hd is not None:
         hd_fps = report["hd"]["pipeline"]["fps"]
         report["ratios"]["hd_pipeline_vs_detector"] = round(hd_fps / report["hd"]["detector_alone"]["fps"], 3)
