@@ -12,10 +12,11 @@ from aiokafka.errors import (
     IllegalGenerationError,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
+    UnknownError,
     UnknownMemberIdError,
     for_code,
 )
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
 from minio import Minio
 from pymongo import AsyncMongoClient
 
@@ -28,6 +29,8 @@ from events.storage import DirectoryStore, ObjectStore, S3Store
 log = get_logger(__name__)
 COMMIT_TIMEOUT_S = 30
 OFFSETS_TIMEOUT_S = 5
+UNKNOWN_ERROR_SENDS = 5  # attempts at a message the broker answers with an unknown error
+UNKNOWN_ERROR_BACKOFF_S = 0.2  # doubled after each
 
 
 @asynccontextmanager
@@ -52,9 +55,40 @@ def producer_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+class Producer(AIOKafkaProducer):  # type: ignore[misc]
+    """Sends a message again when the broker answers it with an unknown error (-1), up to
+    UNKNOWN_ERROR_SENDS times. Tansu answers so when two producers race for a partition's next batch
+    (right after it restarted empty), and aiokafka does not retry it. Without this, the sending
+    service crashed, and inference workers that left their group that way could not join it again.
+    The message may then be there twice, as after any redelivery: every consumer here is idempotent."""
+
+    async def send(
+        self, topic: str, value: Any = None, key: Any = None, partition: int | None = None, **options: Any
+    ) -> asyncio.Future[RecordMetadata]:
+        first = await super().send(topic, value, key=key, partition=partition, **options)
+        return asyncio.ensure_future(self._delivered(first, topic, value, key, partition, options))
+
+    async def _delivered(
+        self, delivery: asyncio.Future[RecordMetadata], topic: str, value: Any, key: Any, partition: int | None,
+        options: dict[str, Any],
+    ) -> RecordMetadata:  # fmt: skip
+        attempt = 1
+        while True:
+            try:
+                return await delivery
+            except UnknownError:
+                if attempt == UNKNOWN_ERROR_SENDS:
+                    raise
+            log.warning("the broker answered a send with an unknown error, sending again", topic=topic,
+                        attempt=attempt)  # fmt: skip
+            await asyncio.sleep(UNKNOWN_ERROR_BACKOFF_S * 2**attempt)
+            delivery = await super().send(topic, value, key=key, partition=partition, **options)
+            attempt += 1
+
+
 @asynccontextmanager
 async def kafka_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
-    producer = AIOKafkaProducer(**producer_options(settings))
+    producer = Producer(**producer_options(settings))
     try:  # closed even when it never started (a start given up or cancelled warns "Unclosed" otherwise)
         await on_startup(producer.start)()
         yield producer

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaTimeoutError, UnknownError
 
-from events import topics
+from events import clients, topics
 from events.clients import ensure_topics, group_offsets, kafka_consumer, kafka_producer
 from events.settings import Settings
 
@@ -70,3 +71,48 @@ async def test_a_client_cancelled_while_it_waits_for_kafka_is_closed(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert started and {id(c) for c in started} <= {id(c) for c in closed}
+
+
+class Answers:
+    """Stands in for aiokafka's own send: each message's delivery fails with the next error given, then
+    succeeds."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors, self.sent = list(errors), 0
+
+    async def __call__(self, topic: str, value: bytes, **options: Any) -> asyncio.Future[str]:
+        self.sent += 1
+        delivery: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.errors:
+            delivery.set_exception(self.errors.pop(0))
+        else:
+            delivery.set_result(f"{topic} acknowledged")
+        return delivery
+
+
+@pytest.mark.parametrize(
+    ("errors", "sent", "raised"),
+    [
+        ([UnknownError(), UnknownError()], 3, None),  # Tansu's answer to a race: sent again
+        ([UnknownError()] * clients.UNKNOWN_ERROR_SENDS, clients.UNKNOWN_ERROR_SENDS, UnknownError),  # it lasts
+        ([KafkaTimeoutError()], 1, KafkaTimeoutError),  # any other error is the service's to handle, as before
+    ],
+    ids=["recovers", "gives_up", "other_errors"],
+)
+async def test_a_send_answered_with_an_unknown_error_is_sent_again(
+    errors: list[Exception], sent: int, raised: type[Exception] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = Answers(errors)
+    monkeypatch.setattr(AIOKafkaProducer, "send", answers)
+    monkeypatch.setattr(clients, "UNKNOWN_ERROR_BACKOFF_S", 0)
+    producer = clients.Producer(bootstrap_servers=NOWHERE.kafka_bootstrap_servers)
+    try:
+        delivery = await producer.send("results", b"x")
+        if raised is None:
+            assert await delivery == "results acknowledged"
+        else:
+            with pytest.raises(raised):
+                await delivery
+    finally:
+        await producer.stop()
+    assert answers.sent == sent
