@@ -62,16 +62,14 @@ class Producer(AIOKafkaProducer):  # type: ignore[misc]
     service crashed, and inference workers that left their group that way could not join it again.
     The message may then be there twice, as after any redelivery: every consumer here is idempotent."""
 
-    async def send(
-        self, topic: str, value: Any = None, key: Any = None, partition: int | None = None, **options: Any
-    ) -> asyncio.Future[RecordMetadata]:
-        first = await super().send(topic, value, key=key, partition=partition, **options)
-        return asyncio.ensure_future(self._delivered(first, topic, value, key, partition, options))
+    async def send(self, topic: str, *args: Any, **options: Any) -> asyncio.Future[RecordMetadata]:
+        """aiokafka's `send`, whose arguments `send_and_wait` passes by position."""
+        first = await super().send(topic, *args, **options)
+        return asyncio.ensure_future(self._delivered(first, topic, args, options))
 
     async def _delivered(
-        self, delivery: asyncio.Future[RecordMetadata], topic: str, value: Any, key: Any, partition: int | None,
-        options: dict[str, Any],
-    ) -> RecordMetadata:  # fmt: skip
+        self, delivery: asyncio.Future[RecordMetadata], topic: str, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> RecordMetadata:
         attempt = 1
         while True:
             try:
@@ -82,7 +80,7 @@ class Producer(AIOKafkaProducer):  # type: ignore[misc]
             log.warning("the broker answered a send with an unknown error, sending again", topic=topic,
                         attempt=attempt)  # fmt: skip
             await asyncio.sleep(UNKNOWN_ERROR_BACKOFF_S * 2**attempt)
-            delivery = await super().send(topic, value, key=key, partition=partition, **options)
+            delivery = await super().send(topic, *args, **options)
             attempt += 1
 
 
