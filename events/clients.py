@@ -22,15 +22,13 @@ from pymongo import AsyncMongoClient
 
 from events import topics
 from events.log import get_logger
-from events.retry import on_startup, transient
+from events.retry import after_unknown_answer, on_startup, transient
 from events.settings import Settings
 from events.storage import DirectoryStore, ObjectStore, S3Store
 
 log = get_logger(__name__)
 COMMIT_TIMEOUT_S = 30
 OFFSETS_TIMEOUT_S = 5
-UNKNOWN_ERROR_SENDS = 5  # attempts at a message the broker answers with an unknown error
-UNKNOWN_ERROR_BACKOFF_S = 0.2  # doubled after each
 
 
 @asynccontextmanager
@@ -56,32 +54,27 @@ def producer_options(settings: Settings) -> dict[str, Any]:
 
 
 class Producer(AIOKafkaProducer):  # type: ignore[misc]
-    """Sends a message again when the broker answers it with an unknown error (-1), up to
-    UNKNOWN_ERROR_SENDS times. Tansu answers so when two producers race for a partition's next batch
-    (right after it restarted empty), and aiokafka does not retry it. Without this, the sending
-    service crashed, and inference workers that left their group that way could not join it again.
-    The message may then be there twice, as after any redelivery: every consumer here is idempotent."""
+    """Sends a message again when the broker answers it with an unknown error (`after_unknown_answer`).
+    Without this, the sending service crashed, and inference workers that left their group that way
+    could not join it again. The message may then be there twice, as after any redelivery: every
+    consumer here is idempotent."""
 
     async def send(self, topic: str, *args: Any, **options: Any) -> asyncio.Future[RecordMetadata]:
-        """aiokafka's `send`, whose arguments `send_and_wait` passes by position."""
+        """aiokafka's `send` (whose arguments `send_and_wait` passes by position)."""
         first = await super().send(topic, *args, **options)
         return asyncio.ensure_future(self._delivered(first, topic, args, options))
 
     async def _delivered(
-        self, delivery: asyncio.Future[RecordMetadata], topic: str, args: tuple[Any, ...], options: dict[str, Any]
+        self, first: asyncio.Future[RecordMetadata], topic: str, args: tuple[Any, ...], options: dict[str, Any]
     ) -> RecordMetadata:
-        attempt = 1
-        while True:
-            try:
-                return await delivery
-            except UnknownError:
-                if attempt == UNKNOWN_ERROR_SENDS:
-                    raise
-            log.warning("the broker answered a send with an unknown error, sending again", topic=topic,
-                        attempt=attempt)  # fmt: skip
-            await asyncio.sleep(UNKNOWN_ERROR_BACKOFF_S * 2**attempt)
-            delivery = await super().send(topic, *args, **options)
-            attempt += 1
+        try:
+            return await first
+        except UnknownError:
+            log.warning("the broker answered a send with an unknown error, sending again", topic=topic)
+        return await after_unknown_answer(self._send_once)(topic, *args, **options)
+
+    async def _send_once(self, topic: str, *args: Any, **options: Any) -> RecordMetadata:
+        return await (await super().send(topic, *args, **options))
 
 
 @asynccontextmanager

@@ -1,12 +1,13 @@
 """Retry policies, one per kind of failure (tenacity: bounded, jittered)."""
 
-from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError, UnknownError
 from minio.error import S3Error, ServerError
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout
 from tenacity import (
     retry,
     retry_if_exception,
     retry_if_exception_type,
+    stop_after_attempt,
     stop_after_delay,
     wait_random_exponential,
 )
@@ -56,5 +57,16 @@ transient = retry(
     retry=retry_if_exception(_transient),
     wait=wait_random_exponential(multiplier=0.2, max=5),
     stop=stop_after_delay(60),
+    reraise=True,
+)
+
+# A send the broker answered with an unknown error (-1): Tansu's answer to two producers racing for a
+# partition's next batch right after it restarted empty. aiokafka does not retry it; sent again a few
+# times, then the error stands (and the service handles it as any broker error).
+UNKNOWN_ANSWER_RESENDS = 4
+after_unknown_answer = retry(
+    retry=retry_if_exception_type(UnknownError),
+    wait=wait_random_exponential(multiplier=0.1, max=1),
+    stop=stop_after_attempt(UNKNOWN_ANSWER_RESENDS),
     reraise=True,
 )

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaTimeoutError, UnknownError
 
 from events import clients, topics
 from events.clients import ensure_topics, group_offsets, kafka_consumer, kafka_producer
+from events.retry import UNKNOWN_ANSWER_RESENDS
 from events.settings import Settings
 
 NOWHERE = Settings(kafka_bootstrap_servers="127.0.0.1:9")  # nothing listens on the discard port
@@ -94,7 +95,7 @@ class Answers:
     ("errors", "sent", "raised"),
     [
         ([UnknownError(), UnknownError()], 3, None),  # Tansu's answer to a race: sent again
-        ([UnknownError()] * clients.UNKNOWN_ERROR_SENDS, clients.UNKNOWN_ERROR_SENDS, UnknownError),  # it lasts
+        ([UnknownError()] * (1 + UNKNOWN_ANSWER_RESENDS), 1 + UNKNOWN_ANSWER_RESENDS, UnknownError),  # it lasts
         ([KafkaTimeoutError()], 1, KafkaTimeoutError),  # any other error is the service's to handle, as before
     ],
     ids=["recovers", "gives_up", "other_errors"],
@@ -104,7 +105,6 @@ async def test_a_send_answered_with_an_unknown_error_is_sent_again(
 ) -> None:
     answers = Answers(errors)
     monkeypatch.setattr(AIOKafkaProducer, "send", answers)
-    monkeypatch.setattr(clients, "UNKNOWN_ERROR_BACKOFF_S", 0)
     producer = clients.Producer(bootstrap_servers=NOWHERE.kafka_bootstrap_servers)
     try:  # send_and_wait passes send's arguments by position
         if raised is None:
