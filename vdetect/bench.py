@@ -155,13 +155,19 @@ def finished(api: str, event_id: str) -> dict:
     return wait_finished(event_id, api)  # ready or failed already: one request
 
 
+def ready(stack: Stack, video: Path) -> dict:
+    """Upload `video` and wait for the job's answer; RuntimeError if the job failed."""
+    answer = finished(stack.api, upload(stack.api, video))
+    if answer["status"] != "ready":
+        raise RuntimeError(f"benchmark job failed: {answer.get('error')}")
+    return answer
+
+
 def pipeline(stack: Stack, video: Path) -> dict:
     """From the upload request to `ready`, waited for on the job's event stream."""
     started = time.perf_counter()
-    answer = finished(stack.api, upload(stack.api, video))
+    answer = ready(stack, video)
     seconds = time.perf_counter() - started
-    if answer["status"] != "ready":
-        raise RuntimeError(f"benchmark job failed: {answer.get('error')}")
     frames = len(answer["prediction"])
     return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2)}
 
@@ -279,11 +285,8 @@ def many_jobs(stack: Stack, video: Path, count: int) -> dict:
     """`count` uploads at once: aggregate frames per second, and how long each job took."""
     started = time.perf_counter()
     with ThreadPoolExecutor(count) as pool:
-        ids = list(pool.map(lambda _: upload(stack.api, video), range(count)))
-        answers = list(pool.map(lambda event_id: (finished(stack.api, event_id), time.perf_counter() - started), ids))
+        answers = list(pool.map(lambda _: (ready(stack, video), time.perf_counter() - started), range(count)))
     seconds = time.perf_counter() - started
-    if any(answer["status"] != "ready" for answer, _ in answers):
-        raise RuntimeError("a benchmark job failed")
     frames = sum(len(answer["prediction"]) for answer, _ in answers)
     return {"jobs": count, "frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2),
             "job_seconds": [round(took, 1) for _, took in answers]}  # fmt: skip
@@ -307,12 +310,10 @@ def small_behind_big(stack: Stack, big: Path, small: Path) -> dict:
     alone = pipeline(stack, small)["seconds"]
     started = time.perf_counter()
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(lambda: (finished(stack.api, upload(stack.api, big)), time.perf_counter() - started))
+        first = pool.submit(lambda: (ready(stack, big), time.perf_counter() - started))
         time.sleep(1)  # the big job is being fanned out
-        second = pool.submit(lambda: (finished(stack.api, upload(stack.api, small)), time.perf_counter() - started))
+        second = pool.submit(lambda: (ready(stack, small), time.perf_counter() - started))
         (big_answer, big_seconds), (small_answer, small_seconds) = first.result(), second.result()
-    if big_answer["status"] != "ready" or small_answer["status"] != "ready":
-        raise RuntimeError("a benchmark job failed")
     return {"big_frames": len(big_answer["prediction"]), "big_seconds": round(big_seconds, 1),
             "small_frames": len(small_answer["prediction"]), "small_seconds": round(small_seconds - 1, 1),
             "small_alone_seconds": round(alone, 1)}  # fmt: skip
