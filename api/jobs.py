@@ -62,6 +62,7 @@ class JobView:
         return ResultPending(
             status=self.status,
             event_id=self.state.id,
+            file_name=self.state.file_name,
             status_description=DESCRIPTIONS.get(self.status, self.status),
             error=self.error,
             **self.times(),
@@ -71,6 +72,7 @@ class JobView:
     def operation(self) -> Operation:
         return Operation(
             video_id=self.state.id,
+            file_name=self.state.file_name,
             status_code=self.status,
             status_description=DESCRIPTIONS.get(self.status, self.status),
             error=self.error,

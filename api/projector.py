@@ -23,17 +23,19 @@ from events.log import get_logger
 from events.retry import transient
 from events.runtime import wait_or_stop
 from events.settings import Settings
+from events.statuses import OutboxStatus
 
 log = get_logger(__name__)
 SERVICE = "api-projector"
 BATCH = 500
 RESTART_WAIT_S = 5
-STATE_FIELDS = set(JobState.model_fields) - {"id", "payload", "created_at", "callback_url"}
+STATE_FIELDS = set(JobState.model_fields) - {"id", "payload", "created_at", "callback_url", "file_name"}
 
 
 class Projector:
     def __init__(self, jobs: AsyncCollection) -> None:
         self.jobs = jobs
+        metrics.start_at_zero(metrics.JOBS, *({"status": status.value} for status in OutboxStatus))
 
     async def project(self, events: list[JobEvent]) -> None:
         """Apply a batch: per job, one read and at most one write in the usual case."""

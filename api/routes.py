@@ -26,6 +26,7 @@ from api.schemas import (
     ResultReady,
     VideoRequest,
 )
+from api.stack_status import services_down
 from api.validation import (
     PROBE_BYTES,
     check_bucket,
@@ -33,6 +34,7 @@ from api.validation import (
     check_event_id,
     check_object_key,
     client_error,
+    file_label,
     looks_like_video,
 )
 from events import detection_file, webhooks
@@ -64,8 +66,11 @@ def webhook_rules(services: Services) -> tuple[bool, bool]:
 @router.get("", include_in_schema=False)
 @router.get("/")
 @router.get("/health")
-async def health() -> Health:
-    return Health()
+async def health(services: ServicesDep) -> Health:
+    """The API answers; with the local stack, also which of its services are down and why."""
+    path = services.settings.stack_status_file
+    down = services_down(path) if path is not None else []
+    return Health(status="degraded" if down else "ok", down=down)
 
 
 # The write that acknowledges a job to a client is durable before the answer: on a majority of the
@@ -73,11 +78,14 @@ async def health() -> Health:
 DURABLE = WriteConcern(w="majority", j=True)
 
 
-async def enqueue(services: Services, event_id: str, bucket: str, key: str, callback_url: str | None) -> None:
+async def enqueue(
+    services: Services, event_id: str, bucket: str, key: str, callback_url: str | None, file_name: str | None
+) -> None:
     entry = OutboxDocument(
         id=event_id,
         payload=OutboxPayload(bucket=bucket, object=key),
         callback_url=callback_url,
+        file_name=file_label(file_name),
         webhook=webhooks.PENDING if callback_url else None,
     )
     await services.outbox.with_options(write_concern=DURABLE).insert_one(entry.to_mongo())
@@ -118,7 +126,7 @@ async def upload_video(
         log.error("upload refused by storage", bucket=bucket, reason=error.reason)
         raise client_error(f"bucket {bucket!r} cannot be written to", status.HTTP_409_CONFLICT) from error
     try:
-        await enqueue(services, event_id, bucket, key, callback_url or None)
+        await enqueue(services, event_id, bucket, key, callback_url or None, file.filename)
     except BaseException:
         await services.store.delete(bucket, key)  # leave nothing behind
         raise
@@ -140,7 +148,7 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     if not await services.store.exists(bucket, key):
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     event_id = str(uuid.uuid4())
-    await enqueue(services, event_id, bucket, key, body.callback_url or None)
+    await enqueue(services, event_id, bucket, key, body.callback_url or None, key)
     return Accepted(event_id=event_id)
 
 

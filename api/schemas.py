@@ -15,11 +15,24 @@ def example(**values: Any) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [values]})
 
 
-class Health(BaseModel):
-    model_config = example(status="ok", service="api")
+class ServiceDown(BaseModel):
+    name: str = Field(description="the service (`inference-1`: the local stack's second inference worker)")
+    state: Literal["restarting", "failing", "unknown"] = Field(
+        description="restarting: exited, started again after a back-off; failing: exited 3 times in a row soon "
+        "after starting; unknown: the stack's supervisor is not reporting"
+    )
+    restarts: int = Field(default=0, description="restarts in a row")
+    reason: str | None = Field(default=None, description="why it last exited: its exit and last error")
 
-    status: Literal["ok"] = "ok"
+
+class Health(BaseModel):
+    model_config = example(status="ok", service="api", down=[])
+
+    status: Literal["ok", "degraded"] = Field(default="ok", description="degraded: a service of the stack is down")
     service: str = "api"
+    down: list[ServiceDown] = Field(
+        default_factory=list, description="the local stack's services that are not running (from its supervisor)"
+    )
 
 
 class Accepted(BaseModel):
@@ -48,8 +61,12 @@ class JobProgress(BaseModel):
     eta_seconds: float | None = Field(description="seconds left at the rate so far, null when unknown")
 
 
+FILE_NAME = Field(default=None, description="the uploaded file's name (sanitised), or the object key's last part")
+
+
 class Operation(JobProgress):
     video_id: str
+    file_name: str | None = FILE_NAME
     status_code: str
     status_description: str
     processing_time_seconds: float
@@ -91,6 +108,7 @@ class ResultPending(JobProgress):
 
     status: str
     event_id: str
+    file_name: str | None = FILE_NAME
     status_description: str
     processing_time_seconds: float
     processing_time_formatted: str

@@ -1,6 +1,7 @@
 """Checks on what clients send: bucket names, object keys, ids, and whether bytes look like a video."""
 
 import re
+import unicodedata
 import uuid
 
 from fastapi import HTTPException, status
@@ -10,6 +11,7 @@ from events import webhooks
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
 PROBE_BYTES = 512
+MAX_FILE_NAME = 120
 
 
 def client_error(message: str, code: int = status.HTTP_400_BAD_REQUEST) -> HTTPException:
@@ -31,6 +33,20 @@ def check_object_key(key: str) -> str:
     if key.startswith("/") or any(part in {"", ".", ".."} for part in parts) or not key.isprintable():
         raise client_error(f"invalid object key {key!r}: a relative path without empty, '.' or '..' parts")
     return key
+
+
+def file_label(name: str | None) -> str | None:
+    """A file name fit to show: its last path part (a browser may send a whole path), without control or
+    format characters, whitespace collapsed, at most MAX_FILE_NAME characters (an ellipsis in the middle
+    keeps the extension); None when nothing is left."""
+    if not name:
+        return None
+    base = re.split(r"[/\\]", unicodedata.normalize("NFC", name))[-1]
+    shown = " ".join("".join(c for c in base if unicodedata.category(c)[0] != "C").split())
+    if len(shown) > MAX_FILE_NAME:
+        keep = MAX_FILE_NAME - 1
+        shown = shown[: keep - keep // 3] + "…" + shown[-(keep // 3) :]
+    return shown or None
 
 
 def check_event_id(event_id: str) -> str:

@@ -106,7 +106,7 @@ class Consumer(AIOKafkaConsumer):  # type: ignore[misc]
 
     def __init__(self, topic: str, group_id: str, **options: Any) -> None:
         super().__init__(group_id=group_id, **options)
-        self.group = group_id
+        self.topic, self.group = topic, group_id
         self.membership = Membership()
         self.subscribe([topic], listener=self.membership)
 

@@ -49,6 +49,8 @@ class Loop(Generic[T]):
         self.fetch = fetch or self.fetch_available
         self.max_records = max_records
         self.lag_measured_at = 0.0
+        metrics.start_at_zero(metrics.DEAD_LETTERS, {"topic": consumer.topic})
+        metrics.start_at_zero(metrics.CONSUMER_LAG, {"topic": consumer.topic, "group": consumer.group})
 
     async def fetch_available(self) -> list[ConsumerRecord]:
         return records(await self.consumer.getmany(timeout_ms=500, max_records=self.max_records))

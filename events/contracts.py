@@ -57,6 +57,7 @@ class JobState(Contract):
     payload: OutboxPayload
     created_at: datetime = Field(default_factory=utcnow)
     callback_url: str | None = None
+    file_name: str | None = Field(default=None, description="the uploaded file's name (sanitised), or the key's")
     status: OutboxStatus = OutboxStatus.NEW
     frames_total: int | None = None
     frames_done: int = 0
@@ -72,7 +73,7 @@ class JobState(Contract):
     def accepted(cls, event: "JobEvent") -> Self:
         assert event.payload is not None and event.created_at is not None, "an accepted event carries the job"
         return cls(id=event.event_id, payload=event.payload, created_at=event.created_at,
-                   callback_url=event.callback_url)  # fmt: skip
+                   callback_url=event.callback_url, file_name=event.file_name)  # fmt: skip
 
 
 class OutboxDocument(JobState):
@@ -121,6 +122,7 @@ class JobEvent(Contract):
     payload: OutboxPayload | None = None
     created_at: datetime | None = None
     callback_url: str | None = None
+    file_name: str | None = None
 
 
 class InferenceTask(Contract):

@@ -26,6 +26,14 @@ TOKENS_LOST = Counter("vdetect_resume_tokens_lost", "Resume tokens the server re
 CONSUMER_LAG = Gauge("vdetect_consumer_lag", "Messages not yet consumed by this process's consumer", ["topic", "group"])
 
 
+def start_at_zero(metric: Counter | Gauge | Histogram, *label_sets: dict[str, str]) -> None:
+    """Series with these labels exist from the start, at 0 (Prometheus' instrumentation guidance): a
+    dashboard shows 0 rather than "no data", and `increase()` sees the first event. Each process calls
+    it for the label values it knows it will use."""
+    for labels in label_sets:
+        metric.labels(**labels)
+
+
 def add_metrics_route(app: FastAPI) -> FastAPI:
     """`GET /metrics` in the Prometheus text format."""
 

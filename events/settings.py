@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from events import topics
+from events.ports import DEFAULT as PORTS
 
 TOPIC_PREFIX = re.compile(r"[a-zA-Z0-9._-]*")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "inference" / "models" / "yolov10n.onnx"
@@ -19,7 +20,7 @@ class Settings(BaseSettings):
     # MongoDB: the API and the outbox relay use MONGO_URI, the runner and the S3 relay RUNNER_MONGO_URI.
     # Credentials go best in MONGO_USERNAME/MONGO_PASSWORD: passed to the client as they are, so a
     # password needs no URL-encoding (a `+`, `/`, `@`, `:` or `%` in a URI breaks it).
-    mongo_uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017/?directConnection=true")
+    mongo_uri: SecretStr = SecretStr(f"mongodb://127.0.0.1:{PORTS.mongo}/?directConnection=true")
     runner_mongo_uri: SecretStr | None = Field(default=None, description="defaults to MONGO_URI")
     mongo_username: str | None = None
     mongo_password: SecretStr | None = None
@@ -27,7 +28,7 @@ class Settings(BaseSettings):
     runner_db: str = "runner_db"
 
     # Kafka. Idempotence must be on for Apache Kafka and off for Tansu (it refuses InitProducerId).
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_bootstrap_servers: str = f"127.0.0.1:{PORTS.kafka}"
     kafka_idempotence: bool = False
     kafka_topic_prefix: str = ""
     kafka_partitions: int = Field(default=4, ge=1)
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="when set, every /api path but health needs it")
     allow_anonymous: bool = Field(default=False, description="start on a network address without API_KEY")
     cors_origins: str = Field(default="", description="comma-separated origins allowed cross-origin; empty: none")
+    stack_status_file: Path | None = Field(
+        default=None, description="the local stack's status file (set by `vdetect up`): health names services down"
+    )
 
     # Webhooks: a signed POST to a job's callback_url when it ends.
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC key of the signature; unset: no webhooks")
@@ -91,16 +95,18 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=10, ge=1)
     webhook_backoff_s: float = Field(default=2.0, gt=0, description="first retry delay; doubles with each attempt")
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="a receiver must answer 2xx within this")
-    public_url: str = Field(default="http://127.0.0.1:8080", description="the API as clients reach it (result_url)")
+    public_url: str = Field(
+        default=f"http://127.0.0.1:{PORTS.api}", description="the API as clients reach it (result_url)"
+    )
 
-    # HTTP.
+    # HTTP: the port plan's defaults (events/ports.py).
     bind_host: str = "127.0.0.1"
-    api_port: int = 8080
-    runner_port: int = 8002
-    inference_port: int = 8003
-    outbox_relay_port: int = 8004
-    s3_relay_port: int = 8005
-    webhook_relay_port: int = 8006
+    api_port: int = PORTS.api
+    runner_port: int = PORTS.runner
+    inference_port: int = PORTS.inference
+    outbox_relay_port: int = PORTS.outbox_relay
+    s3_relay_port: int = PORTS.s3_relay
+    webhook_relay_port: int = PORTS.webhook_relay
 
     log_level: str = "INFO"
 

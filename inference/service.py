@@ -86,6 +86,9 @@ class Worker:
     stats: Stats = field(default_factory=Stats)
     sending: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)  # results not acknowledged yet
 
+    def __post_init__(self) -> None:
+        metrics.start_at_zero(metrics.FRAMES, {"stage": "inferred"})
+
     async def parse(self, messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
         return await asyncio.to_thread(decode_all, messages)
 

@@ -92,6 +92,10 @@ class Relay:
     on_delete: DeleteHandler | None = None  # the pipeline must match deletes for this to be called
     stats: RelayStats = field(default_factory=RelayStats)
 
+    def __post_init__(self) -> None:
+        metrics.start_at_zero(metrics.TOKENS_LOST, {"relay": self.name})
+        metrics.start_at_zero(metrics.RELAY_LAG, {"relay": self.name})
+
     def report(self) -> dict[str, Any]:
         """The relay's counters, for its /health."""
         return asdict(self.stats)

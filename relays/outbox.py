@@ -71,7 +71,7 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event
                 return
             await publish_event(JobEvent(event_id=entry.id, type=JobEventType.ACCEPTED, at=entry.created_at,
                                          payload=entry.payload, created_at=entry.created_at,
-                                         callback_url=entry.callback_url))  # fmt: skip
+                                         callback_url=entry.callback_url, file_name=entry.file_name))  # fmt: skip
             sent = await send(producer, topic, entry)
             await publish_event(JobEvent(event_id=entry.id, type=JobEventType.SENT))
             crash_point("after_side_effect")

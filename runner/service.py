@@ -120,6 +120,9 @@ class Runner:
     stopping: bool = False
     crashed: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def __post_init__(self) -> None:
+        metrics.start_at_zero(metrics.FRAMES, {"stage": "published"}, {"stage": "stored"})
+
     async def wait_for_room(self, event_id: str, flow: Flow) -> None:
         """Wait while RUNNER_FRAMES_IN_FLIGHT of the job's frames are published and not stored. Results this
         runner stores wake it at once; another runner's are read from the job every FLOW_CHECK_S. After

@@ -5,6 +5,11 @@ from typing import Annotated
 
 import typer
 
+from events.ports import PortPlan
+
+PLAN = PortPlan()  # the default ports
+LOCAL_API = f"http://127.0.0.1:{PLAN.api}"
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
 
@@ -115,7 +120,7 @@ def storage_init() -> None:
 
 @app.command()
 def health(
-    port: Annotated[int, typer.Option(help="the service's HTTP port")] = 8080,
+    port: Annotated[int, typer.Option(help="the service's HTTP port")] = PLAN.api,
     path: Annotated[str, typer.Option(help="the health path")] = "/health",
 ) -> None:
     """Exit 0 if the service on this machine answers its health check and does not say `"ready": false`
@@ -187,7 +192,7 @@ def _client(action) -> None:  # noqa: ANN001
 @app.command()
 def submit(
     files: Annotated[list[Path], typer.Argument(help="videos to upload")],
-    api: ApiUrl = "http://127.0.0.1:8080",
+    api: ApiUrl = LOCAL_API,
     api_key: ApiKey = None,
     wait: Annotated[bool, typer.Option(help="follow each job's progress until it ends")] = False,
     output: Output = None,
@@ -202,7 +207,7 @@ def submit(
 
 @app.command()
 def jobs(
-    api: ApiUrl = "http://127.0.0.1:8080",
+    api: ApiUrl = LOCAL_API,
     api_key: ApiKey = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="the oldest N jobs")] = 100,
 ) -> None:
@@ -213,9 +218,19 @@ def jobs(
 
 
 @app.command()
+def status(api: ApiUrl = LOCAL_API, api_key: ApiKey = None) -> None:
+    """Which services of the stack are down, and why (from `GET /api/health`).
+
+    Exit status: 0 every service running, 1 any down, 2 the API cannot be reached."""
+    from vdetect import client
+
+    _client(lambda: client.status(api, api_key))
+
+
+@app.command()
 def result(
     event_id: Annotated[str, typer.Argument(help="the job's event id")],
-    api: ApiUrl = "http://127.0.0.1:8080",
+    api: ApiUrl = LOCAL_API,
     api_key: ApiKey = None,
     output: Output = None,
 ) -> None:
@@ -228,22 +243,26 @@ def result(
 @app.command()
 def up(
     data_dir: Annotated[Path, typer.Option(help="where databases, objects and logs live")] = Path("data"),
-    mongo_port: Annotated[int, typer.Option(help="SecantusDB (MongoDB wire protocol)")] = 27017,
-    kafka_port: Annotated[int, typer.Option(help="Tansu (Kafka protocol)")] = 9092,
-    api_port: int = 8080,
-    runner_port: int = 8002,
-    inference_port: int = 8003,
-    outbox_relay_port: int = 8004,
-    s3_relay_port: int = 8005,
-    webhook_relay_port: int = 8006,
+    mongo_port: Annotated[int, typer.Option(help="SecantusDB (MongoDB wire protocol)")] = PLAN.mongo,
+    kafka_port: Annotated[int, typer.Option(help="Tansu (Kafka protocol)")] = PLAN.kafka,
+    api_port: int = PLAN.api,
+    runner_port: int = PLAN.runner,
+    inference_port: Annotated[
+        int, typer.Option(help="inference worker 0; each further worker the next port up that no other service has")
+    ] = PLAN.inference,
+    outbox_relay_port: int = PLAN.outbox_relay,
+    s3_relay_port: int = PLAN.s3_relay,
+    webhook_relay_port: int = PLAN.webhook_relay,
     inference_workers: Annotated[
         int, typer.Option(help="inference worker processes; 0: one per core, each with one ONNX Runtime thread")
     ] = 0,
 ) -> None:
-    """Start SecantusDB, Tansu and every service on this machine; Ctrl-C stops them all."""
-    from vdetect.stack import Ports, run_stack
+    """Start SecantusDB, Tansu and every service on this machine; Ctrl-C stops them all.
 
-    ports = Ports(
+    Exit status 2, before anything starts, if two services would share a port or one is taken."""
+    from vdetect.stack import run_stack
+
+    ports = PortPlan(
         mongo_port, kafka_port, api_port, runner_port, inference_port, outbox_relay_port, s3_relay_port,
         webhook_relay_port,
     )  # fmt: skip

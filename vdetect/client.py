@@ -148,13 +148,26 @@ def submit(files: list[Path], url: str, api_key: str | None, wait: bool, output:
 
 
 def jobs(url: str, api_key: str | None, limit: int) -> int:
-    table = Table("job", "status", "progress", "eta", "time", "error", box=None)
+    table = Table("job", "file", "status", "progress", "eta", "time", "error", box=None)
     for op in Api(url, api_key).jobs(limit):
         eta = f"{op['eta_seconds']:.0f}s" if op.get("eta_seconds") is not None and op["status_code"] == "sent" else ""
-        table.add_row(op["video_id"], op["status_code"], f"{100 * op['progress']:.0f}%", eta,
+        table.add_row(op["video_id"], op.get("file_name") or "", op["status_code"], f"{100 * op['progress']:.0f}%", eta,
                       op["processing_time_formatted"], op.get("error") or "")  # fmt: skip
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     return OK
+
+
+def status(url: str, api_key: str | None) -> int:
+    """The stack's health: 0 every service running, 1 some down (each printed with its reason)."""
+    health = Api(url, api_key).request("GET", "/health").json()
+    if not health.get("down"):
+        sys.stdout.write(f"{health['status']}: every service is running\n")
+        return OK
+    table = Table("service", "state", "restarts", "reason", box=None)
+    for down in health["down"]:
+        table.add_row(down["name"], down["state"], str(down["restarts"]), down.get("reason") or "")
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    return FAILED
 
 
 def result(event_id: str, url: str, api_key: str | None, output: Path | None) -> int:

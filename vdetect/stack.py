@@ -1,7 +1,9 @@
 """The local stack: SecantusDB, Tansu and every service as processes on one machine, supervised.
 
 A service process that dies is started again after a back-off (as docker's restart policy would);
-SIGTERM or Ctrl-C stops the services first (each gets SIGTERM and time to finish), then the servers.
+one that keeps dying is reported as failing, with its last reason, in the log and in the stack's
+status file (which `GET /api/health` and `vdetect status` read). SIGTERM or Ctrl-C stops the services
+first (each gets SIGTERM and time to finish), then the servers.
 """
 
 import asyncio
@@ -17,12 +19,15 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from events.clients import ensure_topics
 from events.log import configure_logging, get_logger
+from events.ports import PortPlan
 from events.settings import Settings
 
 log = get_logger("stack")
@@ -31,18 +36,30 @@ NOOP_HEARTBEAT_S = 10  # like MongoDB's periodic no-op writer: quiet change stre
 KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
 MAX_BACKOFF_S = 30
 HEALTHY_AFTER_S = 60
+FAILING_AFTER = 3  # exits in a row, each within HEALTHY_AFTER_S of its start: the service is failing
+STATUS_EVERY_S = 5  # the status file is written on every change and at least this often
+TAIL_LINES = 40
+REASON_CHARS = 300
+STATUS_FILE = "stack-status.json"
+_output = threading.Lock()  # services' lines reach the stack's stdout whole, one at a time
 
 
-@dataclass(frozen=True)
-class Ports:
-    mongo: int = 27017
-    kafka: int = 9092
-    api: int = 8080
-    runner: int = 8002
-    inference: int = 8003
-    outbox_relay: int = 8004
-    s3_relay: int = 8005
-    webhook_relay: int = 8006
+def reason_of(code: int, tail: list[str]) -> str:
+    """Why a process exited, in one line: its exit, and its last error log line (or last line)."""
+    exit_ = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    said = ""
+    for line in reversed(tail):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            said = said or line
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+            detail = {k: v for k, v in entry.items() if k not in ("level", "timestamp", "service", "logger")}
+            said = f"{detail.pop('event', '')} {json.dumps(detail)}" if detail else str(entry.get("event"))
+            break
+        said = said or line
+    return f"{exit_}: {said}"[:REASON_CHARS] if said else exit_
 
 
 @dataclass
@@ -51,20 +68,43 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     log_path: Path | None = None  # None: share the stack's stdout (services log JSON lines)
+    port: int | None = None  # where it serves health, if it is a service
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
     restart_at: float | None = None
+    failures: int = 0  # exits in a row, each soon after its start
+    reason: str | None = None  # why it last exited
     log_file: IO[bytes] | None = field(default=None, repr=False)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES), repr=False)
+    forwarder: threading.Thread | None = field(default=None, repr=False)
 
     def start(self) -> None:
         if self.log_path and self.log_file is None:
             self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
+        sink: BinaryIO = self.log_file or sys.stdout.buffer  # type: ignore[assignment]
+        self.forwarder = threading.Thread(target=self.forward, args=(self.process.stdout, sink), daemon=True)
+        self.forwarder.start()
         self.started_at, self.restart_at = time.monotonic(), None
         log.info("process started", process=self.name, pid=self.process.pid, restarts=self.restarts)
+
+    def forward(self, pipe: IO[bytes], sink: BinaryIO) -> None:
+        """Copy the process's output to its log (or the stack's stdout), keeping its last lines."""
+        for line in pipe:
+            self.tail.append(line.decode(errors="replace").rstrip())
+            with _output, contextlib.suppress(ValueError, OSError):  # a log closed at the stack's stop
+                sink.write(line)
+                sink.flush()
+
+    @property
+    def state(self) -> str:
+        """running, restarting (waiting for its back-off) or failing (exited FAILING_AFTER times in a row)."""
+        if self.restart_at is None and self.process is not None and self.process.poll() is None:
+            return "running"
+        return "failing" if self.failures >= FAILING_AFTER else "restarting"
 
     def end_session(self) -> None:
         """What a dead process left running in its session, such as a runner's process-pool workers after
@@ -88,6 +128,8 @@ class Child:
                 self.process.kill()
                 self.process.wait()
             self.end_session()
+        if self.forwarder:
+            self.forwarder.join(2)
         if self.log_file:
             self.log_file.close()
             self.log_file = None
@@ -106,12 +148,47 @@ class Child:
         if code is None:
             return False
         self.end_session()
+        if self.forwarder:
+            self.forwarder.join(1)  # its last lines, for the reason
+        self.reason = reason_of(code, list(self.tail))
         if now - self.started_at > HEALTHY_AFTER_S:
-            self.restarts = 0
+            self.restarts = self.failures = 0
+        self.failures += 1
         delay = min(2**self.restarts, MAX_BACKOFF_S)
         self.restart_at = now + delay
-        log.error("process exited, restarting", process=self.name, exit_code=code, restart_in_s=delay)
+        if self.failures >= FAILING_AFTER:
+            log.error("process keeps failing", process=self.name, failures=self.failures, reason=self.reason,
+                      restart_in_s=delay)  # fmt: skip
+        else:
+            log.error("process exited, restarting", process=self.name, exit_code=code, reason=self.reason,
+                      restart_in_s=delay)  # fmt: skip
         return False
+
+    def status(self) -> dict[str, object]:
+        return {"state": self.state, "pid": self.process.pid if self.process else None, "port": self.port,
+                "restarts": self.restarts, "failures": self.failures, "reason": self.reason}  # fmt: skip
+
+
+def write_status(path: Path, children: list["Child"]) -> None:
+    """The stack's status file, replaced atomically: what `GET /api/health` and `vdetect status` show."""
+    status = {"updated_at": datetime.now(UTC).isoformat(), "pid": os.getpid(),
+              "services": {child.name: child.status() for child in children}}  # fmt: skip
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(status, indent=1))
+    partial.replace(path)
+
+
+def taken_ports(listeners: dict[str, int]) -> list[str]:
+    """The listeners whose port another program holds already (bound as our servers bind: SO_REUSEADDR)."""
+    taken = []
+    for name, port in listeners.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"port {port} ({name}) is taken by another program")
+    return taken
 
 
 def tansu_binary() -> Path:
@@ -157,7 +234,7 @@ def wait_for_health(urls: list[str], timeout: float, stopping: list[bool]) -> bo
     return not waiting
 
 
-def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
+def servers(data_dir: Path, ports: PortPlan, env: dict[str, str]) -> list[Child]:
     logs = data_dir / "logs"
     kafka_url = f"tcp://127.0.0.1:{ports.kafka}"
     return [
@@ -179,25 +256,35 @@ def servers(data_dir: Path, ports: Ports, env: dict[str, str]) -> list[Child]:
     ]  # fmt: skip
 
 
-def services(ports: Ports, env: dict[str, str], inference_workers: int) -> list[Child]:
+SERVICES = ("runner", "outbox-relay", "s3-relay", "webhook-relay", "api")
+
+
+def inference_workers_for(requested: int) -> int:
+    """0: one inference worker per core."""
+    return requested if requested > 0 else os.cpu_count() or 1
+
+
+def services(ports: PortPlan, env: dict[str, str], inference_workers: int) -> list[Child]:
     """On one machine, one single-threaded inference worker per core beats one worker using every core:
     measured on 2 cores, 21.8 vs 16.3 frames/s end to end (threads contend with the other services)."""
     command = [sys.executable, "-m", "vdetect"]
     if inference_workers <= 0:
-        inference_workers = os.cpu_count() or 1
         env = {"INFERENCE_THREADS": "1", **env}
-    # worker i serves health and metrics on INFERENCE_PORT + i: each is scraped on its own
+    listeners = ports.listeners(inference_workers_for(inference_workers))
+    # each inference worker serves health and metrics on a port of its own (the plan's): each is scraped on its own
     children = [
-        Child(f"inference-{i}" if i else "inference", [*command, "inference"],
-              {**env, "INFERENCE_PORT": str(ports.inference + i)})
-        for i in range(inference_workers)
+        Child(name, [*command, "inference"], {**env, "INFERENCE_PORT": str(port)}, port=port)
+        for name, port in listeners.items() if name.startswith("inference")
     ]  # fmt: skip
-    names = ("runner", "outbox-relay", "s3-relay", "webhook-relay", "api")
-    children += [Child(name, [*command, name], env) for name in names]
+    children += [Child(name, [*command, name], env, port=listeners[name]) for name in SERVICES]
     return children
 
 
-def broker_restarted(broker: Child, workers: list[Child], ports: Ports) -> None:
+def health_url(child: Child) -> str:
+    return f"http://127.0.0.1:{child.port}{'/api/health' if child.name == 'api' else '/health'}"
+
+
+def broker_restarted(broker: Child, workers: list[Child], ports: PortPlan) -> None:
     """Tansu keeps everything in memory: after a restart its topics, messages and consumer groups are
     gone. Create the topics again and restart the services that use Kafka so they join afresh; the
     jobs whose messages were lost are sent again by the relays' and the runner's stall checks."""
@@ -218,7 +305,7 @@ def stop_together(children: list[Child]) -> None:
         child.wait_stopped(deadline)
 
 
-def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
+def stack_env(data_dir: Path, ports: PortPlan) -> dict[str, str]:
     mongo = f"mongodb://127.0.0.1:{ports.mongo}/?directConnection=true"
     return {
         **os.environ,
@@ -228,6 +315,7 @@ def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
         "KAFKA_IDEMPOTENCE": "false",  # Tansu refuses idempotent producers
         "STORAGE_BACKEND": os.environ.get("STORAGE_BACKEND", "dir"),
         "STORAGE_DIR": str(data_dir / "storage"),
+        "STACK_STATUS_FILE": str(data_dir / STATUS_FILE),
         "API_PORT": str(ports.api),
         "RUNNER_PORT": str(ports.runner),
         "INFERENCE_PORT": str(ports.inference),
@@ -239,8 +327,15 @@ def stack_env(data_dir: Path, ports: Ports) -> dict[str, str]:
     }
 
 
-def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
+def run_stack(data_dir: Path, ports: PortPlan, inference_workers: int = 0) -> int:
+    """Run the stack until SIGTERM or Ctrl-C: 0; 1 if a server cannot start; 2 if its ports cannot be used."""
     configure_logging("stack", os.environ.get("LOG_LEVEL", "INFO"))
+    listeners = ports.listeners(inference_workers_for(inference_workers))
+    if problems := ports.clashes() + taken_ports(listeners):
+        for problem in problems:
+            log.error("cannot start the stack", problem=problem)
+            print(f"vdetect up: {problem}", file=sys.stderr)
+        return 2
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     env = stack_env(data_dir, ports)
     stopping: list[bool] = []
@@ -252,6 +347,7 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
     signal.signal(signal.SIGINT, request_stop)
     backing = servers(data_dir, ports, env)
     workers = services(ports, env, inference_workers)
+    status_file, reported = data_dir / STATUS_FILE, (0.0, [""])
     try:
         for server, port in zip(backing, (ports.mongo, ports.kafka), strict=True):
             server.start()
@@ -262,14 +358,14 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
                 return 1
         for child in workers:
             child.start()
-        health = [f"http://127.0.0.1:{ports.api}/api/health", f"http://127.0.0.1:{ports.runner}/health",
-                  f"http://127.0.0.1:{ports.inference}/health"]  # fmt: skip
+        log.info("ports", **{name.replace("-", "_"): port for name, port in listeners.items()})
 
-        def announce_ready() -> None:  # consumers joined their groups: a job starts at once
-            if wait_for_health(health, 180, stopping):
+        def announce_ready() -> None:  # every service answers and the consumers joined their groups
+            if wait_for_health([health_url(child) for child in workers], 180, stopping):
                 log.info("stack ready", api=f"http://127.0.0.1:{ports.api}/api", data_dir=str(data_dir))
             elif not stopping:
-                log.warning("stack started, but not every service reported ready in time")
+                down = [child.name for child in workers if child.state != "running"]
+                log.warning("stack started, but not every service reported ready in time", down=down)
 
         # readiness is watched beside the supervision, which runs from the first second
         threading.Thread(target=announce_ready, name="ready", daemon=True).start()
@@ -284,10 +380,15 @@ def run_stack(data_dir: Path, ports: Ports, inference_workers: int = 0) -> int:
                     broker_restarted(backing[1], workers, ports)
             except RuntimeError as error:  # it died again at once: the next check restarts it
                 log.error("server restart failed", error=str(error))
+            states = [f"{child.name}:{child.state}:{child.restarts}" for child in backing + workers]
+            if states != reported[1] or now - reported[0] >= STATUS_EVERY_S:
+                write_status(status_file, backing + workers)
+                reported = (now, states)
             time.sleep(0.2)
     finally:
         log.info("stack stopping")
         for group in (workers, backing):  # the services together, then the servers they use
             stop_together(group)
+        status_file.unlink(missing_ok=True)
         log.info("stack stopped")
     return 0

@@ -25,6 +25,7 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from events import webhooks
+from events.ports import PortPlan
 
 READY_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 240
@@ -70,7 +71,7 @@ class Stack:
     runner_port: int
     inference_port: int
     log: Path
-    ports: dict[str, int]
+    ports: dict[str, int]  # every listener by name: inference-1 and on for the further workers
     data: Path  # the stack's data folder (storage, database, logs)
 
     def lines(self) -> list[dict]:
@@ -108,29 +109,44 @@ def wait_until(check, timeout: float, what: str, poll: float = 0.5):
     return result
 
 
+def isolated(argv: list[str]) -> list[str]:
+    """`argv` run in a network namespace of its own, with only loopback, up: there the stack's default
+    ports are its own, whatever else runs on this machine. Root uses `unshare --net`; anyone else a user
+    namespace too (where the kernel allows unprivileged ones)."""
+    flags = ["--net"] if os.geteuid() == 0 else ["--net", "--map-root-user"]
+    return ["unshare", *flags, "--", "sh", "-c", 'ip link set lo up && exec "$@"', "isolated", *argv]
+
+
 @contextmanager
 def local_stack(
-    data: Path, inference_workers: int = 0, before_ready: Callable[[Stack], None] | None = None, **env: str
+    data: Path,
+    inference_workers: int = 0,
+    before_ready: Callable[[Stack], None] | None = None,
+    default_ports: bool = False,
+    **env: str,
 ) -> Iterator[Stack]:
     """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end.
 
-    `before_ready` is called with the stack as soon as it has started the API, before it is ready."""
-    names = ("mongo", "kafka", "api", "runner", "inference", "outbox-relay", "s3-relay", "webhook-relay")
+    `default_ports`: on the port plan's defaults instead, as `make up` runs it (only where the caller has
+    a network of its own, see `isolated`). `before_ready` is called with the stack as soon as it has
+    started the API, before it is ready."""
     workers = inference_workers if inference_workers > 0 else os.cpu_count() or 1
-    ports: dict[str, int] = {}
+    chosen: dict[str, int] = {}
     taken: list[int] = []
-    for name in names:
-        count = workers if name == "inference" else 1  # inference worker i listens on inference + i
-        ports[name] = free_port(count, taken)
-        taken += range(ports[name], ports[name] + count)
+    for name in [] if default_ports else PortPlan.names():
+        count = workers if name == "inference" else 1  # the workers take the ports above inference's
+        chosen[name] = free_port(count, taken)
+        taken += range(chosen[name], chosen[name] + count)
+    plan = PortPlan.of(chosen)
+    ports = plan.listeners(workers)
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
     env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "4000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
-    argv += [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))]
+    argv += [arg for name, port in chosen.items() for arg in (f"--{name}-port", str(port))]
     argv += ["--inference-workers", str(inference_workers)]
     process = subprocess.Popen(argv, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    stack = Stack(process, f"http://127.0.0.1:{ports['api']}/api", ports["runner"], ports["inference"], log, ports,
+    stack = Stack(process, f"http://127.0.0.1:{plan.api}/api", plan.runner, plan.inference, log, ports,
                   data / "data")  # fmt: skip
     try:
         if before_ready:

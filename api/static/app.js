@@ -59,7 +59,8 @@ function upload(file) {
       const answer = JSON.parse(request.responseText || "{}");
       if (request.status === 200) {
         row.querySelector(".state").textContent = "queued";
-        update({ event_id: answer.event_id, status: "new", progress: 0, processing_time_formatted: "0s" });
+        update({ event_id: answer.event_id, file_name: file.name, status: "new", progress: 0,
+                 processing_time_formatted: "0s" });
       } else {
         row.querySelector(".state").textContent = `refused: ${answer.detail ?? request.status}`;
         row.querySelector(".state").className = "state error";
@@ -103,12 +104,13 @@ function update(job) {
   if (!row) {
     row = document.createElement("tr");
     row.id = `job-${data.event_id}`;
-    row.innerHTML = `<td><code></code></td><td class="status"></td><td><progress max="1"></progress>
+    row.innerHTML = `<td><code></code></td><td class="file"></td><td class="status"></td><td><progress max="1"></progress>
       <span class="eta"></span></td><td class="time"></td><td><button type="button" hidden>view</button></td>`;
     row.querySelector("code").textContent = data.event_id.slice(0, 8);
     row.querySelector("button").onclick = () => openResult(data.event_id);
     $("#job-rows").prepend(row);
   }
+  row.querySelector(".file").textContent = data.file_name ?? "";
   const status = row.querySelector(".status");
   status.textContent = data.status + (data.error ? `: ${data.error}` : "");
   status.className = `status status-${data.status}`;
@@ -126,7 +128,7 @@ async function loadJobs() {
     if (!answer.ok) return;
     const body = await answer.json();
     for (const op of body.operations) {
-      update({ event_id: op.video_id, status: op.status_code, error: op.error, progress: op.progress,
+      update({ event_id: op.video_id, file_name: op.file_name, status: op.status_code, error: op.error, progress: op.progress,
                eta_seconds: op.eta_seconds, processing_time_formatted: op.processing_time_formatted });
     }
     if (!(after = body.next)) return;

@@ -1,0 +1,31 @@
+"""End to end: the stack exactly as `make up` starts it, on its default ports, in a network of its own."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.servers import ROOT
+from vdetect.testing import isolated
+
+pytestmark = pytest.mark.e2e
+
+
+def test_make_up_with_its_defaults_runs_a_real_video_on_every_worker_without_a_restart() -> None:
+    run = subprocess.run(isolated([sys.executable, "-m", "tests.e2e.default_stack"]), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.splitlines()[-1])
+    print(json.dumps(report, indent=1))  # the figures, with -s or on failure
+    assert "error" not in report, report
+    assert report["exited"] == [], report["exited"]  # no service lost its port or crashed
+    assert report["first_job"]["status"] == "ready" and report["first_job"]["frames"] == 50  # uploaded before ready
+    assert report["second_job"] == {"status": "ready", "frames": 50}
+    for name, health in report["health"].items():
+        assert health["code"] == 200 and health.get("ready", True) is True, (name, health)
+    assert report["health"]["api"]["status"] == "ok" and report["health"]["api"]["down"] == []
+    workers = [name for name in report["listeners"] if name.startswith("inference")]
+    assert len(workers) == len(report["detected"]) >= 1
+    assert all(frames > 0 for frames in report["detected"].values()), report["detected"]  # every worker detected
+    assert report["stack_exit"] == 0
