@@ -56,7 +56,8 @@ def reason_of(code: int, tail: list[str]) -> str:
             continue
         if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
             detail = {k: v for k, v in entry.items() if k not in ("level", "timestamp", "service", "logger")}
-            said = f"{detail.pop('event', '')} {json.dumps(detail)}" if detail else str(entry.get("event"))
+            event = detail.pop("event", "")
+            said = f"{event} {json.dumps(detail)}" if detail else str(event)
             break
         said = said or line
     return f"{exit_}: {said}"[:REASON_CHARS] if said else exit_

@@ -214,7 +214,10 @@ def test_the_command_line_submits_waits_and_writes_results(stack: Stack, tmp_pat
     assert rows[0] == "event_id,frame,class,conf,x1,y1,x2,y2" and len(rows) > 50
     assert all(row.startswith(f"{event_id},") for row in rows[1:])
     listed = subprocess.run([*vdetect, "jobs", "--api", api], capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 0 and any(event_id in line and "ready" in line for line in listed.stdout.splitlines())
+    assert listed.returncode == 0
+    assert any(event_id in line and "bikes.mp4" in line and "ready" in line for line in listed.stdout.splitlines())
+    status = subprocess.run([*vdetect, "status", "--api", api], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "every service is running" in status.stdout, status.stdout + status.stderr
     result = subprocess.run([*vdetect, "result", event_id, "--api", api], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and json.loads(result.stdout)["event_id"] == event_id
     corrupt = tmp_path / "corrupt.mp4"
@@ -256,6 +259,15 @@ def test_every_service_serves_metrics_that_moved_with_the_jobs(stack: Stack) -> 
     assert sum(total(n, "vdetect_inference_seconds_count") for n in ports if n.startswith("inference")) > 0
     for relay in ("outbox-relay", "s3-relay"):
         assert total(relay, f'vdetect_relay_lag_seconds_count{{relay="{relay}"}}') > 0, relay
+    # labelled series exist from the start, at 0 where nothing happened, in every process that exports them
+    for relay in ("outbox-relay", "s3-relay", "webhook-relay"):
+        assert scraped[relay][f'vdetect_resume_tokens_lost_total{{relay="{relay}"}}'] == 0, relay
+    for name in [n for n in ports if n.startswith("inference")] + ["runner", "api"]:
+        letters = [key for key in scraped[name] if key.startswith("vdetect_dead_letters_total{")]
+        assert letters and all(scraped[name][key] == 0 for key in letters), name
+    assert all(
+        f'vdetect_jobs_total{{status="{status}"}}' in scraped["api"] for status in ("new", "sent", "ready", "failed")
+    )
     lag = [key for key in scraped["runner"] if key.startswith("vdetect_consumer_lag{")]
     assert any(f'{topics.RUNNER_RESULTS_GROUP}"' in key for key in lag), lag  # labelled with its group
     print(

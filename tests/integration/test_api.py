@@ -1,6 +1,7 @@
 """The API against real SecantusDB and a storage folder, through HTTP requests to the ASGI app."""
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -39,7 +40,36 @@ def upload(client: TestClient, content: bytes | None = None, **form) -> dict:
 
 @pytest.mark.parametrize("path", ["/api", "/api/", "/api/health"])
 def test_health(client: TestClient, path: str) -> None:
-    assert client.get(path).json() == {"status": "ok", "service": "api"}
+    assert client.get(path).json() == {"status": "ok", "service": "api", "down": []}
+
+
+def test_health_names_the_local_stacks_services_that_are_down_and_why(settings, tmp_path) -> None:
+    status = tmp_path / "stack-status.json"
+    reason = "exit code 1: cannot listen on 127.0.0.1:8004"
+    services = {"runner": {"state": "running", "restarts": 0, "reason": None},
+                "outbox-relay": {"state": "failing", "restarts": 3, "reason": reason}}  # fmt: skip
+    status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
+    with TestClient(create_app(settings.model_copy(update={"stack_status_file": status}))) as keyed:
+        answer = keyed.get("/api/health").json()
+        down = [{"name": "outbox-relay", "state": "failing", "restarts": 3, "reason": reason}]
+        assert answer == {"status": "degraded", "service": "api", "down": down}
+        services["outbox-relay"]["state"] = "running"
+        status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
+        assert keyed.get("/api/health").json() == {"status": "ok", "service": "api", "down": []}
+
+
+def test_a_job_keeps_the_uploads_file_name_sanitised(client: TestClient) -> None:
+    data = bikes_video().read_bytes()
+    name = "C:\\clips\\street  cam\u202e 01.mp4"  # a Windows path, a bidi override (httpx escapes controls)
+    answer = client.post("/api/upload_video", files={"file": (name, data, "video/mp4")}).json()
+    (operation,) = client.get("/api/status/all").json()["operations"]
+    assert operation["file_name"] == "street cam 01.mp4"
+    assert client.get(f"/api/result_video/{answer['event_id']}").json()["file_name"] == "street cam 01.mp4"
+    long = client.post("/api/upload_video", files={"file": ("v" * 900 + ".mp4", data, "video/mp4")}).json()
+    shown = client.get(f"/api/result_video/{long['event_id']}").json()["file_name"]
+    assert len(shown) == 120 and shown.endswith("v.mp4")
+    requested = client.post("/api/request", json={"object": f"input/{answer['event_id']}.mp4"}).json()
+    assert client.get(f"/api/result_video/{requested['event_id']}").json()["file_name"] == f"{answer['event_id']}.mp4"
 
 
 def test_upload_stores_the_video_and_writes_a_new_outbox_event(client: TestClient, settings) -> None:
