@@ -24,7 +24,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     STORAGE_BACKEND=s3
 WORKDIR /tmp
 USER 10001
-EXPOSE 8080 8002 8003 8004 8005
+EXPOSE 8080 8002 8003 8004 8005 8006
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["vdetect", "health", "--port", "8080", "--path", "/api/health"]
 ENTRYPOINT ["vdetect"]

@@ -48,6 +48,7 @@ log = get_logger(__name__)
 NAME = "outbox-relay"
 PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "delete"]}}}]
 PENDING = {"status": OutboxStatus.NEW.value, "relayed_at": None}
+LOST_AFTER_S = 5  # an event sent this long ago that the broker no longer holds is sent again
 PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
 
@@ -100,21 +101,27 @@ async def resend_lost(
     outbox: AsyncCollection, producer: AIOKafkaProducer, runner: GroupOffsets, settings: Settings
 ) -> int:
     """Publish again the events of jobs sent more than STALL_TIMEOUT_S ago that the runner has not
-    started, unless the event is still queued for it. Returns how many were sent again.
+    started, unless the event is still queued for it, and at once (LOST_AFTER_S) those whose event the
+    broker no longer holds (it restarted empty). Returns how many were sent again.
 
     Not queued and not started means lost: gone with a broker that restarted empty, or skipped by a
     runner group whose committed offset moved past it (a consumer of the old broker committing into
     the new one). A job the runner did take is never sent again: the runner creates its document at
     once, which the S3 relay publishes as `started`."""
-    cutoff = utcnow() - timedelta(seconds=settings.stall_timeout_s)
-    unstarted = {"sent_to": {"$ne": None}, "relayed_at": {"$lt": cutoff}, "started_at": None,
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.stall_timeout_s)
+    committed, ends = await runner.positions()  # before the query: an event sent after it is not taken for lost
+    recent = now - timedelta(seconds=min(LOST_AFTER_S, settings.stall_timeout_s))
+    unstarted = {"sent_to": {"$ne": None}, "relayed_at": {"$lt": recent}, "started_at": None,
                  "status": {"$in": [OutboxStatus.NEW.value, OutboxStatus.SENT.value]}}  # fmt: skip
-    committed, ends = await runner.positions()
     sent_again = 0
     async for doc in outbox.find(unstarted):
         entry = OutboxDocument.model_validate(doc)
-        if entry.sent_to and GroupOffsets.waiting(entry.sent_to, committed, ends):
-            continue  # queued for the runner: a busy queue only delays a job
+        if not entry.sent_to or not GroupOffsets.lost(entry.sent_to, ends):
+            if entry.relayed_at is None or entry.relayed_at >= cutoff:
+                continue  # not lost, and sent recently: the runner may take it yet
+            if GroupOffsets.waiting(entry.sent_to or {}, committed, ends):
+                continue  # queued for the runner: a busy queue only delays a job
         with structlog.contextvars.bound_contextvars(event_id=entry.id):
             sent = await send(producer, settings.topic(topics.OUTBOX_EVENTS), entry)
             await outbox.update_one(
@@ -151,7 +158,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         relay = build(db, producer, settings)
 
         async def watch_lost() -> None:
-            while not await wait_or_stop(stop, settings.stall_check_interval_s):
+            while not await wait_or_stop(stop, min(settings.stall_check_interval_s, LOST_AFTER_S)):
                 try:
                     relay.stats.redeliveries += await resend_lost(db[OUTBOX], producer, runner, settings)
                 except Exception as error:

@@ -149,14 +149,15 @@ class Jobs:
         return [RunnerPrediction.model_validate(doc) async for doc in docs]
 
     @transient
-    async def claim_resend(self, job: RunnerPrediction) -> RunnerPrediction | None:
+    async def claim_resend(self, job: RunnerPrediction, counted: bool = True) -> RunnerPrediction | None:
         """Take a stalled job for a resend; None if another runner took it or it moved on meanwhile.
+        `counted`: it counts towards MAX_RESENDS (not when the broker lost the frames).
         The offsets of its frame messages are forgotten: the resend records its own. Kept, they would
         hide the resent frames when they are lower (a broker that lost its log numbers from 0 again),
         and a resend still queued would be taken for lost."""
         doc = await self.collection.find_one_and_update(
             {"_id": job.id, **PROCESSING, "updated_at": job.updated_at},
-            {"$set": {"updated_at": utcnow()}, "$inc": {"resends": 1}, "$unset": {"tasks": ""}},
+            {"$set": {"updated_at": utcnow()}, "$inc": {"resends": int(counted)}, "$unset": {"tasks": ""}},
             return_document=ReturnDocument.AFTER,
         )
         return _job(doc)

@@ -43,6 +43,7 @@ from events.contracts import (
     JobEventType,
     OutboxEvent,
     RunnerPrediction,
+    utcnow,
 )
 from events.deadletter import dead_letter
 from events.health import counters, health_app
@@ -60,6 +61,7 @@ log = get_logger(__name__)
 SERVICE = "runner"
 DELIVERY_BATCH = 256
 JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # the jobs loop may wait long for a free fan-out slot
+LOST_AFTER_S = 5.0  # a quiet job whose frame messages the broker no longer holds is resent after this
 FLOW_CHECK_S = 2.0  # a fan-out waiting for room reads its job's progress this often (another runner's results)
 
 
@@ -304,12 +306,11 @@ class Runner:
             self.stats.jobs_failed += 1
             log.error("job failed", reason=reason)
 
-    async def in_flight(self, quiet: list[RunnerPrediction]) -> set[str]:
+    def in_flight(self, quiet: list[RunnerPrediction], committed: dict[int, int], ends: dict[int, int]) -> set[str]:
         """The quiet jobs that may still have frames somewhere: queued for inference or being detected
         (the inference group has not committed past the job's last frame message, and the topic still
         holds it), or detected so recently that their results may still be on their way to this runner
         (less than STALL_TIMEOUT_S since the frames were seen all taken, with no progress since)."""
-        committed, ends = await self.tasks.positions()
         now, busy = time.monotonic(), set()
         for job in quiet:
             if GroupOffsets.waiting(job.tasks, committed, ends):
@@ -322,32 +323,42 @@ class Runner:
     async def resend_stalled(self) -> None:
         """Jobs with no progress for STALL_TIMEOUT_S and no frame in flight get their missing frames sent
         again (a broker may have lost them, a runner may have died while reading the video); after
-        MAX_RESENDS in a row that brought nothing back, they fail."""
-        quiet = await self.jobs.quiet(timedelta(seconds=self.settings.stall_timeout_s))
+        MAX_RESENDS in a row that brought nothing back, they fail. A job whose frame messages the broker
+        no longer holds (it restarted empty) is resent after LOST_AFTER_S, and that resend does not count
+        towards MAX_RESENDS: an outage delays a job, it never fails it."""
+        stall = self.settings.stall_timeout_s
+        quiet = await self.jobs.quiet(timedelta(seconds=min(LOST_AFTER_S, stall)))
         self.taken_at = {job.id: self.taken_at[job.id] for job in quiet if job.id in self.taken_at}
         if not quiet:
             return
-        busy = await self.in_flight(quiet)
+        committed, ends = await self.tasks.positions()  # before: frames sent after it are not taken for lost
+        cutoff = utcnow() - timedelta(seconds=stall)
+        lost = {
+            job.id for job in quiet if job.id not in self.flows and job.tasks and GroupOffsets.lost(job.tasks, ends)
+        }
+        stalled = [job for job in quiet if job.id not in lost and job.updated_at and job.updated_at < cutoff]
+        busy = self.in_flight(stalled, committed, ends)
         self.stats.waiting = len(busy)
-        log.debug("quiet jobs checked", quiet=len(quiet), in_flight=len(busy))
-        for stalled in quiet:
-            if stalled.id in busy or (job := await self.jobs.claim_resend(stalled)) is None:
+        log.debug("quiet jobs checked", quiet=len(quiet), lost=len(lost), in_flight=len(busy))
+        for candidate in [job for job in quiet if job.id in lost] + [job for job in stalled if job.id not in busy]:
+            counted = candidate.id not in lost
+            if (job := await self.jobs.claim_resend(candidate, counted)) is None:
                 continue
             self.taken_at.pop(job.id, None)
             with structlog.contextvars.bound_contextvars(event_id=job.id):
-                if job.resends > self.settings.max_resends or job.object is None:
+                if counted and job.resends > self.settings.max_resends or job.object is None:
                     await self.fail(
                         job.id, f"no progress after {job.resends - 1} resends of the missing frames in a row"
                     )
                     continue
                 done = await self.jobs.stored_frames(job.id)
                 log.warning("job stalled: frames lost, resending the missing ones", resends=job.resends,
-                            received=len(done))  # fmt: skip
+                            received=len(done), broker_lost_them=not counted)  # fmt: skip
                 self.stats.resends += 1
                 await self.fan_out(job.id, job.bucket, job.object, done)
 
     async def watch_stalls(self, stop: asyncio.Event) -> None:
-        while not await wait_or_stop(stop, self.settings.stall_check_interval_s):
+        while not await wait_or_stop(stop, min(self.settings.stall_check_interval_s, LOST_AFTER_S)):
             try:
                 await self.resend_stalled()
             except Exception as error:

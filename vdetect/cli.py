@@ -153,8 +153,18 @@ def bench(
     jobs_at_once: Annotated[int, typer.Option(help="uploads at once in the many-jobs case")] = 4,
     device: Annotated[str, typer.Option(help="inference device: auto, cpu or cuda (onnxruntime-gpu)")] = "auto",
 ) -> None:
-    """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON."""
+    """Measure the pipeline against the detector alone and Ultralytics, side by side; print JSON.
+
+    It runs in a network namespace of its own, where the stack runs as `make up` starts it, on its
+    default ports, whatever else runs on the machine."""
     import json
+    import os
+    import sys
+
+    from vdetect.testing import in_isolation, isolated
+
+    if not in_isolation():
+        os.execvp("unshare", isolated([sys.executable, "-m", "vdetect", *sys.argv[1:]]))
 
     from vdetect.bench import run
 

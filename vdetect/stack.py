@@ -35,7 +35,9 @@ STOP_GRACE_S = 20
 NOOP_HEARTBEAT_S = 10  # like MongoDB's periodic no-op writer: quiet change streams still advance their token
 KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
 MAX_BACKOFF_S = 30
-HEALTHY_AFTER_S = 60
+SERVER_MAX_BACKOFF_S = 2  # everything waits for the database and the broker: they are started again soon
+BROKER_RESTART_GRACE_S = 5  # what the Kafka clients would finish went with the broker's log anyway
+HEALTHY_AFTER_S = 10  # a process that ran this long was not crash-looping: its back-off starts again
 FAILING_AFTER = 3  # exits in a row, each within HEALTHY_AFTER_S of its start: the service is failing
 STATUS_EVERY_S = 5  # the status file is written on every change and at least this often
 TAIL_LINES = 40
@@ -70,6 +72,7 @@ class Child:
     env: dict[str, str]
     log_path: Path | None = None  # None: share the stack's stdout (services log JSON lines)
     port: int | None = None  # where it serves health, if it is a service
+    max_backoff_s: float = MAX_BACKOFF_S
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -83,6 +86,7 @@ class Child:
     def start(self) -> None:
         if self.log_path and self.log_file is None:
             self.log_file = self.log_path.open("ab")
+        self.tail.clear()  # a reason is this run's
         self.process = subprocess.Popen(
             self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -155,7 +159,7 @@ class Child:
         if now - self.started_at > HEALTHY_AFTER_S:
             self.restarts = self.failures = 0
         self.failures += 1
-        delay = min(2**self.restarts, MAX_BACKOFF_S)
+        delay = min(2**self.restarts, self.max_backoff_s)
         self.restart_at = now + delay
         if self.failures >= FAILING_AFTER:
             log.error("process keeps failing", process=self.name, failures=self.failures, reason=self.reason,
@@ -246,6 +250,7 @@ def servers(data_dir: Path, ports: PortPlan, env: dict[str, str]) -> list[Child]
              "--noop-heartbeat-seconds", str(NOOP_HEARTBEAT_S), "--sync-on-commit"],
             env,
             logs / "secantusdb.log",
+            max_backoff_s=SERVER_MAX_BACKOFF_S,
         ),
         Child(
             "tansu",
@@ -253,6 +258,7 @@ def servers(data_dir: Path, ports: PortPlan, env: dict[str, str]) -> list[Child]
              "--storage-engine", "memory://tansu/"],
             env,
             logs / "tansu.log",
+            max_backoff_s=SERVER_MAX_BACKOFF_S,
         ),
     ]  # fmt: skip
 
@@ -291,17 +297,19 @@ def broker_restarted(broker: Child, workers: list[Child], ports: PortPlan) -> No
     jobs whose messages were lost are sent again by the relays' and the runner's stall checks."""
     wait_for_port(ports.kafka, broker.process, broker.name)
     asyncio.run(ensure_topics(Settings(kafka_bootstrap_servers=f"127.0.0.1:{ports.kafka}")))
-    clients = [child for child in workers if child.name.startswith(KAFKA_CLIENTS)]
+    clients = [child for child in workers if child.name.startswith(KAFKA_CLIENTS) and child.state == "running"]
     for child in clients:
         log.warning("restarting after a broker restart", process=child.name)
-    stop_together(clients)  # one by one, the inference workers stayed down through each one's grace
+    stop_together(clients, BROKER_RESTART_GRACE_S)  # one by one, the inference workers stayed down for long
+    for child in clients:  # at once: a restart asked for is neither a failure nor a reason to back off
+        child.start()
 
 
-def stop_together(children: list[Child]) -> None:
+def stop_together(children: list[Child], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM to each, then one grace period for all of them (SIGKILL for those still running)."""
     for child in children:
         child.terminate()
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     for child in children:
         child.wait_stopped(deadline)
 

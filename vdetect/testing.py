@@ -28,6 +28,7 @@ from events import webhooks
 from events.ports import PortPlan
 
 READY_TIMEOUT_S = 180
+ISOLATED = "VDETECT_ISOLATED"
 JOB_TIMEOUT_S = 240
 
 
@@ -114,7 +115,13 @@ def isolated(argv: list[str]) -> list[str]:
     ports are its own, whatever else runs on this machine. Root uses `unshare --net`; anyone else a user
     namespace too (where the kernel allows unprivileged ones)."""
     flags = ["--net"] if os.geteuid() == 0 else ["--net", "--map-root-user"]
-    return ["unshare", *flags, "--", "sh", "-c", 'ip link set lo up && exec "$@"', "isolated", *argv]
+    script = f'ip link set lo up && {ISOLATED}=1 exec "$@"'
+    return ["unshare", *flags, "--", "sh", "-c", script, "isolated", *argv]
+
+
+def in_isolation() -> bool:
+    """Whether this process runs in a network of its own made by `isolated`."""
+    return os.environ.get(ISOLATED) == "1"
 
 
 @contextmanager
@@ -127,8 +134,9 @@ def local_stack(
 ) -> Iterator[Stack]:
     """`vdetect up` in `data` on free ports, with extra environment; stopped with SIGTERM at the end.
 
-    `default_ports`: on the port plan's defaults instead, as `make up` runs it (only where the caller has
-    a network of its own, see `isolated`). `before_ready` is called with the stack as soon as it has
+    `default_ports`: on the port plan's defaults and with `vdetect up`'s own heartbeats and checkpoints
+    (not the tests' quicker ones), as `make up` runs it; only where the caller has a network of its own
+    (`isolated`). `before_ready` is called with the stack as soon as it has
     started the API, before it is ready."""
     workers = inference_workers if inference_workers > 0 else os.cpu_count() or 1
     chosen: dict[str, int] = {}
@@ -141,7 +149,8 @@ def local_stack(
     ports = plan.listeners(workers)
     data.mkdir(parents=True, exist_ok=True)
     log = data / "stack.log"
-    env = {**os.environ, "KAFKA_SESSION_TIMEOUT_MS": "4000", "RELAY_CHECKPOINT_INTERVAL_S": "1", **env}
+    quicker = {} if default_ports else {"KAFKA_SESSION_TIMEOUT_MS": "4000", "RELAY_CHECKPOINT_INTERVAL_S": "1"}
+    env = {**os.environ, **quicker, **env}
     argv = [sys.executable, "-m", "vdetect", "up", "--data-dir", str(data / "data")]
     argv += [arg for name, port in chosen.items() for arg in (f"--{name}-port", str(port))]
     argv += ["--inference-workers", str(inference_workers)]

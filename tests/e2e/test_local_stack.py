@@ -367,7 +367,15 @@ def test_a_service_that_dies_is_restarted_and_leaves_no_process_behind(stack: St
     pool = session_members(old) - {old}
     assert any("spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() for pid in pool)  # a SIGKILL orphans them
     os.kill(old, signal.SIGKILL)
+
+    def runner_named_down() -> dict | None:  # while it waits for its back-off, health says so and why
+        health = httpx.get(f"{stack.api}/health", timeout=5).json()
+        return next((down for down in health["down"] if down["name"] == "runner"), None) if health["down"] else None
+
+    down = wait_until(runner_named_down, 10, "health to name the runner", poll=0.05)
+    assert down["state"] == "restarting" and down["reason"].startswith("killed by signal 9")
     wait_until(lambda: stack.pid("runner") != old, 60, "runner restart")
+    wait_until(lambda: httpx.get(f"{stack.api}/health", timeout=5).json()["down"] == [], 60, "health to clear")
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").status_code == 200, 60, "health")
     wait_until(lambda: not session_members(old), 30, "the dead runner's pool workers to end")
 

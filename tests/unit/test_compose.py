@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from events.clients import producer_options
+from events.ports import DEFAULT
 from events.settings import Settings
 from vdetect.cli import app
 from vdetect.provision import RootCredentials, app_policy
@@ -58,11 +59,8 @@ def test_every_environment_variable_of_our_services_is_a_setting() -> None:
         assert not unknown, f"{name} sets variables no code reads: {unknown}"
 
 
-def test_health_checks_probe_the_ports_the_services_listen_on() -> None:
-    settings = Settings()
-    ports = {"api": settings.api_port, "runner": settings.runner_port, "inference": settings.inference_port,
-             "outbox-relay": settings.outbox_relay_port, "s3-relay": settings.s3_relay_port,
-             "webhook-relay": settings.webhook_relay_port}  # fmt: skip
+def test_health_checks_probe_the_ports_of_the_port_plan() -> None:
+    ports = {name: port for name, port in DEFAULT.ports().items() if name not in ("mongo", "kafka")}
     for name, port in ports.items():
         test = SERVICES[name]["healthcheck"]["test"]
         assert test[test.index("--port") + 1] == str(port), name

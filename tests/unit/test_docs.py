@@ -53,3 +53,11 @@ def test_every_endpoint_is_documented_with_an_example_of_its_answer() -> None:
                         assert content["schema"]["$ref"].endswith(("/Problem", "/HTTPValidationError")), (where, code)
     request = spec["components"]["schemas"]["VideoRequest"]
     assert request["examples"][0]["object"]
+
+
+def test_the_readme_port_table_is_the_port_plan() -> None:
+    from events.ports import DEFAULT
+
+    table = README.split("### The port plan", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| [^|]+ \| (\d+) \| `--([a-z0-9-]+)-port` \|$", table, re.M)
+    assert {name: int(port) for port, name in rows} == DEFAULT.ports()

@@ -49,6 +49,7 @@ def test_the_settings_defaults_are_the_plan() -> None:
 
 def test_vdetect_up_has_an_option_for_every_port_of_the_plan_defaulting_to_it() -> None:
     command = next(command for command in app.registered_commands if command.callback.__name__ == "up")
+    assert command.callback is not None
     parameters = inspect.signature(command.callback).parameters
     for name, port in DEFAULT.ports().items():
         assert parameters[f"{name.replace('-', '_')}_port"].default == port, name

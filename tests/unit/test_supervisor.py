@@ -41,7 +41,7 @@ def test_a_service_that_exits_again_and_again_is_reported_failing_with_its_reaso
         now = time.monotonic()
         assert child.check(now) is False  # exited: a restart is scheduled after a back-off
         states.append(child.state)
-        assert child.check(child.restart_at) is True  # the back-off is over: started again
+        assert child.check(child.restart_at or 0) is True  # the back-off is over: started again
     run_until_exited(child)
     child.wait_stopped(time.monotonic())
     assert states == ["restarting", "restarting", "failing"]
@@ -57,7 +57,7 @@ def test_health_names_the_services_that_are_down_from_the_status_file(tmp_path: 
         run_until_exited(failing)
         failing.check(time.monotonic())
         if failing.failures < FAILING_AFTER:
-            failing.check(failing.restart_at)
+            failing.check(failing.restart_at or 0)
     running = Child("runner", [sys.executable, "-c", "import time; time.sleep(30)"], {}, port=8002)
     running.start()
     try:
