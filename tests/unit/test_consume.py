@@ -21,7 +21,7 @@ class FakeConsumer:
 
     def __init__(self, batches: list[list[ConsumerRecord]]) -> None:
         self.batches, self.commits = list(batches), []  # type: ignore[var-annotated]
-        self.joined, self.group = True, "group"
+        self.joined, self.topic, self.group = True, TOPIC, "group"
 
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
         self.commits.append(offsets)
