@@ -56,13 +56,14 @@ from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
 from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
 from runner.jobs import Jobs
+from runner.stalls import BROKER_LOST, LOST_AFTER_S, why_resend
 
 log = get_logger(__name__)
 SERVICE = "runner"
 DELIVERY_BATCH = 256
 JOB_POLL_INTERVAL_MS = 60 * 60 * 1000  # the jobs loop may wait long for a free fan-out slot
-LOST_AFTER_S = 5.0  # a quiet job whose frame messages the broker no longer holds is resent after this
 FLOW_CHECK_S = 2.0  # a fan-out waiting for room reads its job's progress this often (another runner's results)
+FINAL_BEAT_S = 2.0  # a fan-out cancelled at a stop records its offsets within this, or not at all
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Runner:
     pool: Executor
     settings: Settings
     tasks: GroupOffsets  # the inference workers' group on inference_tasks
+    results: GroupOffsets | None = None  # the runners' group on inference_results (None: not consulted)
     stats: Stats = field(default_factory=Stats)
     taken_at: dict[str, float] = field(default_factory=dict)  # job -> when its frames were seen all taken
     flows: dict[str, Flow] = field(default_factory=dict)  # the jobs being fanned out
@@ -272,6 +274,11 @@ class Runner:
         task = asyncio.create_task(beat())
         try:
             yield
+        except asyncio.CancelledError:  # stopped half way (SIGTERM): where its frames went tells the stall checks
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(FINAL_BEAT_S):
+                    await self.jobs.touch(event_id, sent)
+            raise
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -320,11 +327,19 @@ class Runner:
                 busy.add(job.id)
         return busy
 
+    async def results_drained(self) -> bool:
+        """Whether the runners' group has consumed every result there is. Inference commits a frame only
+        once its result is acknowledged, so a job whose frames are all taken then has none on its way."""
+        if self.results is None:
+            return False
+        committed, ends = await self.results.positions()
+        return all(committed.get(partition, 0) >= end for partition, end in ends.items())
+
     async def resend_stalled(self) -> None:
         """Jobs with no progress for STALL_TIMEOUT_S and no frame in flight get their missing frames sent
         again (a broker may have lost them, a runner may have died while reading the video); after
-        MAX_RESENDS in a row that brought nothing back, they fail. A job whose frame messages the broker
-        no longer holds (it restarted empty) is resent after LOST_AFTER_S, and that resend does not count
+        MAX_RESENDS in a row that brought nothing back, they fail. Sooner, after LOST_AFTER_S, where
+        what is missing is known to be gone (`why_resend`); a resend of what the broker lost does not count
         towards MAX_RESENDS: an outage delays a job, it never fails it."""
         stall = self.settings.stall_timeout_s
         quiet = await self.jobs.quiet(timedelta(seconds=min(LOST_AFTER_S, stall)))
@@ -332,16 +347,20 @@ class Runner:
         if not quiet:
             return
         committed, ends = await self.tasks.positions()  # before: frames sent after it are not taken for lost
-        cutoff = utcnow() - timedelta(seconds=stall)
-        lost = {
-            job.id for job in quiet if job.id not in self.flows and job.tasks and GroupOffsets.lost(job.tasks, ends)
-        }
-        stalled = [job for job in quiet if job.id not in lost and job.updated_at and job.updated_at < cutoff]
+        drained = await self.results_drained()
+        now = utcnow()
+        stalled = [job for job in quiet if job.updated_at and job.updated_at < now - timedelta(seconds=stall)]
         busy = self.in_flight(stalled, committed, ends)
         self.stats.waiting = len(busy)
-        log.debug("quiet jobs checked", quiet=len(quiet), lost=len(lost), in_flight=len(busy))
-        for candidate in [job for job in quiet if job.id in lost] + [job for job in stalled if job.id not in busy]:
-            counted = candidate.id not in lost
+        beats = timedelta(seconds=3 * self.settings.stall_check_interval_s)
+        for candidate in quiet:
+            if candidate.id in self.flows:
+                continue
+            why = why_resend(candidate, committed, ends, drained, candidate.id in busy, candidate in stalled,
+                             now - beats)  # fmt: skip
+            if why is None:
+                continue
+            counted = why != BROKER_LOST
             if (job := await self.jobs.claim_resend(candidate, counted)) is None:
                 continue
             self.taken_at.pop(job.id, None)
@@ -353,7 +372,7 @@ class Runner:
                     continue
                 done = await self.jobs.stored_frames(job.id)
                 log.warning("job stalled: frames lost, resending the missing ones", resends=job.resends,
-                            received=len(done), broker_lost_them=not counted)  # fmt: skip
+                            received=len(done), why=why)  # fmt: skip
                 self.stats.resends += 1
                 await self.fan_out(job.id, job.bucket, job.object, done)
 
@@ -431,10 +450,12 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
             kafka_consumer(settings, topics.JOB_EVENTS, topics.RUNNER_CLEANUP_GROUP, 500) as events_consumer,
             group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
+            group_offsets(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP) as results,
         ):
             db = client[settings.runner_db]
             await ensure_indexes(db, RUNNER_DB)
-            runner = Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks)
+            runner = Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks,
+                            results)  # fmt: skip
             loops: list[Loop[Any]] = [
                 Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),
                 Loop(results_consumer, parse_with(InferenceResult.from_bytes), runner.store_items,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.servers import Server, bikes_video, running, s3rver
-from vdetect.testing import Stack, local_stack, upload, wait_ready, wait_until
+from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -83,3 +83,25 @@ def test_every_job_ends_ready_after_an_outage(stack: Stack, s3: Server, victim: 
     assert written == dict.fromkeys(jobs, 1)  # each detection file written exactly once
     if victim == "tansu":  # the broker lost what it held: frames or events in flight were sent again
         assert count(stack.lines()[before:], RESENT) > 0
+
+
+@pytest.fixture(scope="module")
+def patient_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stall timeout far beyond the test's patience, and one counted resend allowed: only what is known
+    to be gone may be sent again, and what the broker lost does not count."""
+    with local_stack(tmp_path_factory.mktemp("patient"), STALL_TIMEOUT_S="600", MAX_RESENDS="1") as running_stack:
+        yield running_stack
+
+
+def test_what_a_restarted_broker_lost_is_sent_again_at_once_and_never_fails_a_job(patient_stack: Stack) -> None:
+    stack = patient_stack
+    jobs = [upload(stack.api, bikes_video()) for _ in range(2)]
+    wait_until(lambda: in_flight(stack, jobs), 60, "frames being detected", poll=0.1)
+    before = len(stack.lines())
+    os.kill(stack.pid("tansu"), signal.SIGKILL)
+    for event_id in jobs:  # long before STALL_TIMEOUT_S
+        answer = wait_finished(event_id, stack.api, timeout=120)
+        assert answer["status"] == "ready", answer.get("error")
+        assert [frame["frame"] for frame in answer["prediction"]] == list(range(0, 250, 5))
+    resent = [line for line in stack.lines()[before:] if str(line.get("event", "")).startswith(RESENT[:2])]
+    assert resent and not [line for line in resent if str(line.get("why")).startswith("no progress for")]

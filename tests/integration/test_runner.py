@@ -224,7 +224,8 @@ async def test_frames_resent_after_a_broker_lost_its_log_are_waited_for_while_qu
         await age(runner, event.event_id)
         await runner.resend_stalled()
     doc = await job(runner, event.event_id)
-    assert doc["status"] == "processing" and doc["resends"] == 1 and runner.stats.resends == 1
+    assert doc["status"] == "processing" and runner.stats.resends == 1
+    assert doc["resends"] == 0  # what the broker lost is not the job's fault: it does not count towards MAX_RESENDS
     assert max(doc["tasks"].values()) < BIKES_SAMPLED  # the resend's own offsets
 
 
