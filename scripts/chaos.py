@@ -163,7 +163,9 @@ def main(
             if line.get("event") == "job outcome written" and "event_id" in line
         )
         restarts = Counter(
-            line["process"] for line in stack.lines() if line.get("event") == "process exited, restarting"
+            line["process"]
+            for line in stack.lines()
+            if line.get("event") in ("process exited, restarting", "process keeps failing")
         )
 
     summary = {
