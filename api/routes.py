@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pymongo import WriteConcern
 from starlette.concurrency import iterate_in_threadpool
 
-from api.deps import Services, ServicesDep, session_token
+from api.deps import Services, ServicesDep, key_check, session_token
 from api.jobs import JobView, after_cursor, cursor_of, views
 from api.limits import SESSION_COOKIE
 from api.live import GONE
@@ -66,10 +66,14 @@ def webhook_rules(services: Services) -> tuple[bool, bool]:
 @router.get("", include_in_schema=False)
 @router.get("/")
 @router.get("/health")
-async def health(services: ServicesDep) -> Health:
-    """The API answers; with the local stack, also which of its services are down and why."""
+async def health(services: ServicesDep, request: Request) -> Health:
+    """The API answers; with the local stack, also which of its services are down, and why to those who
+    hold the key (when API_KEY is set: health answers anyone, and a reason tells of the insides)."""
     path = services.settings.stack_status_file
     down = services_down(path) if path is not None else []
+    accepts = key_check(services.settings.api_key)
+    if accepts and not accepts(request.headers.get("x-api-key"), request.cookies.get(SESSION_COOKIE)):
+        down = [service.model_copy(update={"reason": None}) for service in down]
     return Health(status="degraded" if down else "ok", down=down)
 
 

@@ -49,13 +49,19 @@ def test_health_names_the_local_stacks_services_that_are_down_and_why(settings, 
     services = {"runner": {"state": "running", "restarts": 0, "reason": None},
                 "outbox-relay": {"state": "failing", "restarts": 3, "reason": reason}}  # fmt: skip
     status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
-    with TestClient(create_app(settings.model_copy(update={"stack_status_file": status}))) as keyed:
-        answer = keyed.get("/api/health").json()
+    with TestClient(create_app(settings.model_copy(update={"stack_status_file": status}))) as api:
+        answer = api.get("/api/health").json()
         down = [{"name": "outbox-relay", "state": "failing", "restarts": 3, "reason": reason}]
         assert answer == {"status": "degraded", "service": "api", "down": down}
         services["outbox-relay"]["state"] = "running"
         status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
-        assert keyed.get("/api/health").json() == {"status": "ok", "service": "api", "down": []}
+        assert api.get("/api/health").json() == {"status": "ok", "service": "api", "down": []}
+    services["outbox-relay"]["state"] = "failing"
+    status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
+    keyed_settings = settings.model_copy(update={"stack_status_file": status, "api_key": SecretStr("k3y")})
+    with TestClient(create_app(keyed_settings)) as keyed:  # health answers anyone; reasons only with the key
+        assert keyed.get("/api/health").json()["down"] == [{**down[0], "reason": None}]
+        assert keyed.get("/api/health", headers={"X-API-Key": "k3y"}).json()["down"] == down
 
 
 def test_a_job_keeps_the_uploads_file_name_sanitised(client: TestClient) -> None:
