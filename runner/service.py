@@ -56,7 +56,7 @@ from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
 from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
 from runner.jobs import Jobs
-from runner.stalls import BROKER_LOST, LOST_AFTER_S, why_resend
+from runner.stalls import BEAT_S, BROKER_LOST, LOST_AFTER_S, why_resend
 
 log = get_logger(__name__)
 SERVICE = "runner"
@@ -268,7 +268,7 @@ class Runner:
 
         async def beat() -> None:
             while True:
-                await asyncio.sleep(self.settings.stall_check_interval_s)
+                await asyncio.sleep(BEAT_S)
                 await self.jobs.touch(event_id, dict(sent))
 
         task = asyncio.create_task(beat())
@@ -352,12 +352,10 @@ class Runner:
         stalled = [job for job in quiet if job.updated_at and job.updated_at < now - timedelta(seconds=stall)]
         busy = self.in_flight(stalled, committed, ends)
         self.stats.waiting = len(busy)
-        beats = timedelta(seconds=3 * self.settings.stall_check_interval_s)
         for candidate in quiet:
             if candidate.id in self.flows:
                 continue
-            why = why_resend(candidate, committed, ends, drained, candidate.id in busy, candidate in stalled,
-                             now - beats)  # fmt: skip
+            why = why_resend(candidate, committed, ends, drained, candidate.id in busy, candidate in stalled)
             if why is None:
                 continue
             counted = why != BROKER_LOST

@@ -8,7 +8,8 @@ ports with the tests' quicker settings instead.
 
 The local stack restarts what dies (as docker would). At the end it prints how many jobs were lost
 (accepted, then unknown to the API), duplicated (a detection file written more than once), stuck
-(neither ready nor failed in time), failed, wrong (frames missing),
+(neither ready nor failed in time: `--timeout` seconds of kills after the last upload, then `--calm`
+seconds without; `finished_during_chaos` counts those that ended while the kills went on), failed, wrong (frames missing),
 unsettled (the read model never said what storage says), progress_backwards (a live update showed
 less progress than an earlier one) and without_webhook (no signed 2xx delivery to the job's
 callback_url); all must be 0, and the exit code says whether they are.
@@ -92,10 +93,23 @@ def accept(stack: Stack, video: Path, callback_url: str, refused: Counter[str]) 
             time.sleep(0.5)
 
 
+def finish(stack: Stack, jobs: list[str], answers: dict[str, dict | None], timeout: float) -> dict[str, dict | None]:
+    """Each job's final answer, waited for until `timeout` from now; None for those still unfinished."""
+    deadline = time.monotonic() + timeout
+    for event_id in jobs:
+        if answers.get(event_id) is None:
+            try:
+                answers[event_id] = wait_finished(event_id, stack.api, max(deadline - time.monotonic(), 1))
+            except (AssertionError, StillWaiting, httpx.TransportError):
+                answers[event_id] = None
+    return answers
+
+
 def main(
     uploads: Annotated[int, typer.Option(help="videos to upload")] = 12,
     kill_every: Annotated[float, typer.Option(help="seconds between two kills")] = 3.0,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every job after the last upload")] = 900,
+    calm: Annotated[float, typer.Option(help="then, without kills, seconds for the rest to finish")] = 300,
     servers: Annotated[bool, typer.Option(help="kill SecantusDB and Tansu too")] = True,
     free_ports: Annotated[bool, typer.Option(help="free ports and the tests' settings, not the default stack")] = False,
     seed: int = 7,
@@ -136,16 +150,12 @@ def main(
         for _ in range(uploads):
             accepted.append(accept(stack, video, receiver.url("chaos"), refused))
             time.sleep(rng.uniform(0, 1.5))
-        deadline = time.monotonic() + timeout
-        answers: dict[str, dict | None] = {}
-        for event_id in accepted:
-            try:
-                answers[event_id] = wait_finished(event_id, stack.api, max(deadline - time.monotonic(), 1))
-            except (AssertionError, StillWaiting):
-                answers[event_id] = None
-        done.set()
-        chaos.join()
+        answers = finish(stack, accepted, {}, timeout)
         elapsed = time.monotonic() - started
+        during_chaos = sum(answer is not None for answer in answers.values())
+        done.set()  # the kills stop: what was not finished must finish now
+        chaos.join()
+        answers = finish(stack, accepted, answers, calm)
         finished = {event_id: answer["status"] for event_id, answer in answers.items() if answer}
         with contextlib.suppress(
             AssertionError, StillWaiting
@@ -171,6 +181,7 @@ def main(
     summary = {
         "uploads": uploads,
         "seconds": round(elapsed, 1),
+        "finished_during_chaos": during_chaos,
         "kills": dict(kills),
         "uploads_refused_and_sent_again": dict(refused),
         "restarts": dict(restarts),
