@@ -9,10 +9,10 @@ ports with the tests' quicker settings instead.
 The local stack restarts what dies (as docker would). At the end it prints how many jobs were lost
 (accepted, then unknown to the API), duplicated (a detection file written more than once), stuck
 (neither ready nor failed in time: `--timeout` seconds of kills after the last upload, then `--calm`
-seconds without; `finished_during_chaos` counts those that ended while the kills went on), failed, wrong (frames missing),
-unsettled (the read model never said what storage says), progress_backwards (a live update showed
-less progress than an earlier one) and without_webhook (no signed 2xx delivery to the job's
-callback_url); all must be 0, and the exit code says whether they are.
+seconds without; `finished_during_chaos` counts those that ended while the kills went on), failed,
+wrong (frames missing), unsettled (the read model never said what storage says),
+progress_backwards (a live update showed less progress than an earlier one) and without_webhook (no
+signed 2xx delivery to the job's callback_url); all must be 0, and the exit code says whether they are.
 
     .venv/bin/python scripts/chaos.py --uploads 12 --kill-every 3
 
