@@ -41,8 +41,7 @@ from events.settings import Settings
 from vdetect.testing import (
     Stack,
     StillWaiting,
-    in_isolation,
-    isolated,
+    isolate,
     local_stack,
     upload,
     wait_finished,
@@ -114,8 +113,8 @@ def main(
     free_ports: Annotated[bool, typer.Option(help="free ports and the tests' settings, not the default stack")] = False,
     seed: int = 7,
 ) -> None:
-    if not free_ports and not in_isolation():
-        os.execvp("unshare", isolated([sys.executable, *sys.argv]))
+    if not free_ports:
+        isolate([sys.executable, *sys.argv])
     rng = random.Random(seed)
     defaults = Settings()  # the default stack keeps them; on free ports, the tests' quicker ones
     video = bikes()

@@ -158,13 +158,11 @@ def bench(
     It runs in a network namespace of its own, where the stack runs as `make up` starts it, on its
     default ports, whatever else runs on the machine."""
     import json
-    import os
     import sys
 
-    from vdetect.testing import in_isolation, isolated
+    from vdetect.testing import isolate
 
-    if not in_isolation():
-        os.execvp("unshare", isolated([sys.executable, "-m", "vdetect", *sys.argv[1:]]))
+    isolate([sys.executable, "-m", "vdetect", *sys.argv[1:]])
 
     from vdetect.bench import run
 

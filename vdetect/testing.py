@@ -124,6 +124,12 @@ def in_isolation() -> bool:
     return os.environ.get(ISOLATED) == "1"
 
 
+def isolate(argv: list[str]) -> None:
+    """Unless this process runs in a network of its own already, replace it with `argv` run in one."""
+    if not in_isolation():
+        os.execvp("unshare", isolated(argv))
+
+
 @contextmanager
 def local_stack(
     data: Path,
