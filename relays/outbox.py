@@ -117,10 +117,11 @@ async def resend_lost(
     sent_again = 0
     async for doc in outbox.find(unstarted):
         entry = OutboxDocument.model_validate(doc)
-        if not entry.sent_to or not GroupOffsets.lost(entry.sent_to, ends):
+        sent_to = entry.sent_to or {}  # never empty here: the query asks for it
+        if not GroupOffsets.lost(sent_to, ends):
             if entry.relayed_at is None or entry.relayed_at >= cutoff:
                 continue  # not lost, and sent recently: the runner may take it yet
-            if GroupOffsets.waiting(entry.sent_to or {}, committed, ends):
+            if GroupOffsets.waiting(sent_to, committed, ends):
                 continue  # queued for the runner: a busy queue only delays a job
         with structlog.contextvars.bound_contextvars(event_id=entry.id):
             sent = await send(producer, settings.topic(topics.OUTBOX_EVENTS), entry)

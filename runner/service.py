@@ -349,13 +349,13 @@ class Runner:
         committed, ends = await self.tasks.positions()  # before: frames sent after it are not taken for lost
         drained = await self.results_drained()
         now = utcnow()
-        stalled = [job for job in quiet if job.updated_at and job.updated_at < now - timedelta(seconds=stall)]
-        busy = self.in_flight(stalled, committed, ends)
+        stalled = {job.id: job for job in quiet if job.updated_at and job.updated_at < now - timedelta(seconds=stall)}
+        busy = self.in_flight(list(stalled.values()), committed, ends)
         self.stats.waiting = len(busy)
         for candidate in quiet:
             if candidate.id in self.flows:
                 continue
-            why = why_resend(candidate, committed, ends, drained, candidate.id in busy, candidate in stalled)
+            why = why_resend(candidate, committed, ends, drained, candidate.id in busy, candidate.id in stalled)
             if why is None:
                 continue
             counted = why != BROKER_LOST
