@@ -63,6 +63,14 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="no progress for this long while none of the job's frames is in flight: resend"
     )
     max_resends: int = Field(default=3, ge=0, description="resends in a row that bring nothing back before a job fails")
+    # What one video may cost: checked when its job starts (what the container declares) and while it is
+    # decoded (what it holds); a video past them fails its job with the reason.
+    max_video_frames: int = Field(default=1_000_000, ge=1, description="frames in one video (4.6 h at 60 fps)")
+    max_video_seconds: float = Field(default=4 * 3600, gt=0, description="the duration of one video")
+    video_probe_memory_mb: int = Field(
+        default=256, ge=32, description="memory the container's index may take when a video is first opened"
+    )
+    video_probe_timeout_s: float = Field(default=60.0, gt=0, description="time a video may take to open")
 
     # Inference.
     model_path: Path = DEFAULT_MODEL
@@ -82,6 +90,17 @@ class Settings(BaseSettings):
     # API.
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
     max_concurrent_uploads: int = Field(default=8, ge=1, description="more uploads at once get 503 with Retry-After")
+    max_request_bytes: int = Field(default=1024**2, gt=0, description="the body of any request but an upload")
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0, description="a body with no byte for this long: 408")
+    upload_min_bytes_per_s: int = Field(
+        default=16 * 1024, gt=0, description="a body slower than this on average (after 10 s): 408"
+    )
+    max_event_streams: int = Field(default=1000, ge=1, description="live update streams open in all; more: 429")
+    max_event_streams_per_client: int = Field(default=16, ge=1, description="of one client address; more: 429")
+    max_waiting_jobs: int = Field(default=1000, ge=1, description="jobs waiting or in progress in all; more: 429")
+    max_waiting_jobs_per_client: int = Field(
+        default=100, ge=1, description="jobs waiting or in progress of one client address; more: 429"
+    )
     api_key: SecretStr | None = Field(default=None, description="when set, every /api path but health needs it")
     allow_anonymous: bool = Field(default=False, description="start on a network address without API_KEY")
     cors_origins: str = Field(default="", description="comma-separated origins allowed cross-origin; empty: none")

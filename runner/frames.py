@@ -30,7 +30,29 @@ REORDER_WINDOW = 32
 
 
 class VideoError(ValueError):
-    """The file is not a video that can be decoded."""
+    """The file is not a video that can be decoded, or one past the limits: the job fails with the reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's container declares (a hostile or damaged file may lie: decoding checks again)."""
+
+    frames: int | None  # None: the container does not say
+    fps: float | None
+    width: int
+    height: int
+    seconds: float | None
+
+    def sampled(self, stride: int) -> int | None:
+        """How many frames `sample_frames` will yield, as far as the container tells."""
+        return -(-self.frames // stride) if self.frames else None
+
+    def check(self, max_frames: int, max_seconds: float) -> None:
+        """VideoError unless the video is within the limits (MAX_VIDEO_FRAMES, MAX_VIDEO_SECONDS)."""
+        if self.frames is not None and self.frames > max_frames:
+            raise VideoError(f"the video declares {self.frames} frames, more than the limit of {max_frames}")
+        if self.seconds is not None and self.seconds > max_seconds:
+            raise VideoError(f"the video lasts {self.seconds:.0f} s, longer than the limit of {max_seconds:.0f} s")
 
 
 @dataclass(frozen=True)
@@ -51,7 +73,7 @@ def open_video(path: Path) -> InputContainer:
     """Open a video the runner can handle; VideoError with the reason otherwise."""
     try:
         container = av.open(str(path), metadata_errors="ignore")
-    except (av.FFmpegError, OSError):
+    except Exception:  # noqa: BLE001 - FFmpeg's errors, and whatever a crafted file makes PyAV raise
         raise VideoError(NOT_A_VIDEO) from None
     try:
         if not container.streams.video:
@@ -62,39 +84,59 @@ def open_video(path: Path) -> InputContainer:
         width, height = context.width, context.height
         if max(width, height) > MAX_VIDEO_SIDE or width * height > MAX_VIDEO_PIXELS:
             raise VideoError(f"the video is {width}x{height} pixels, larger than the 8K the runner decodes")
-    except BaseException:
+    except BaseException as error:
         container.close()
+        if isinstance(error, Exception) and not isinstance(error, VideoError):
+            raise VideoError(f"the video could not be opened ({type(error).__name__})") from error
         raise
     return container
 
 
-def video_info(path: Path, stride: int) -> tuple[int | None, float | None]:
-    """(How many frames `sample_frames` will yield, frames per second), as the container tells: an
-    estimate (some containers do not know, or are wrong), None where it does not say. VideoError if
-    it is not a video the runner decodes."""
+def video_info(path: Path) -> VideoInfo:
+    """What the container declares; VideoError if it is not a video the runner decodes. Opening a file
+    builds its index, whose size the file chooses: the runner calls this in a bounded process
+    (`runner.probe`), and opens the file itself only once that passed."""
     with open_video(path) as container:
         stream = container.streams.video[0]
         count, rate = stream.frames, stream.guessed_rate or stream.average_rate
+        width, height, duration = stream.codec_context.width, stream.codec_context.height, container.duration
     fps = float(rate) if rate else 0.0
-    return (-(-count // stride) if count > 0 else None), (round(fps, 3) if 0 < fps < 1000 else None)
+    fps_known = 0 < fps < 1000
+    seconds = duration / av.time_base if duration and duration > 0 else None
+    if seconds is None and count > 0 and fps_known:
+        seconds = count / fps
+    return VideoInfo(count if count > 0 else None, round(fps, 3) if fps_known else None, width, height, seconds)
 
 
-def sample_frames(path: Path, stride: int, max_side: int | None = None) -> Generator[Frame, None, None]:
+def sample_frames(
+    path: Path, stride: int, max_side: int | None = None, max_frames: int | None = None
+) -> Generator[Frame, None, None]:
     """Yield every `stride`-th frame in display order, reading the video once, scaled down to `max_side`
     and turned as the video's display matrix says (as players show it), with FFmpeg's threads.
 
     A frame between samples is never converted, and one that no other frame is decoded from (most
     B-frames) is not even decoded (FFmpeg's `skip_frame`): a sampled frame's pixels are the same.
-    Memory holds the few packets and frames that the codec reorders."""
+    Memory holds the few packets and frames that the codec reorders; the decoder refuses a frame
+    larger than 8K whatever the header declared (FFmpeg's `max_pixels`), and a video that holds more
+    than `max_frames` frames stops with VideoError. Whatever else the demuxer or decoder raises for a
+    crafted file is a VideoError too: it costs the file's job, never the runner."""
     container = open_video(path)
+    last = -1
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        last = -1
+        stream.codec_context.options = {"max_pixels": str(MAX_VIDEO_PIXELS)}
         for index, decoded in _sampled(container, stream, stride):
+            if max_frames is not None and index >= max_frames:
+                raise VideoError(f"the video holds more than the limit of {max_frames} frames")
             if index > last:  # a timestamp given twice (a damaged file) yields one frame, not two
                 last = index
                 yield _frame(index, decoded, max_side)
+    except (VideoError, GeneratorExit):
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever a hostile file makes the demuxer raise
+        where = f"after frame {last}" if last >= 0 else "at its start"
+        raise VideoError(f"the video could not be decoded {where} ({type(error).__name__})") from error
     finally:
         container.close()
 
@@ -164,11 +206,16 @@ def _wanted(frames: list[av.VideoFrame], ranks: dict[int, int]) -> Iterator[tupl
 
 def _decode(context: VideoCodecContext, packet: av.Packet | None) -> list[av.VideoFrame]:
     """The frames a packet completes (None: the decoder's last frames). A damaged packet loses its own
-    frame and the video goes on, as players do."""
+    frame and the video goes on, as players do. Every frame's size is checked, sampled or not: a
+    header may declare 64x48 and the frames be larger (FFmpeg's `max_pixels` stops the largest)."""
     try:
-        return context.decode(packet)
+        frames = context.decode(packet)
     except av.FFmpegError:
         return []
+    for frame in frames:
+        if max(frame.width, frame.height) > MAX_VIDEO_SIDE or frame.width * frame.height > MAX_VIDEO_PIXELS:
+            raise VideoError(f"a frame is {frame.width}x{frame.height} pixels, larger than the 8K the runner decodes")
+    return frames
 
 
 def preprocess(frame: np.ndarray) -> np.ndarray:

@@ -54,8 +54,9 @@ from events.runtime import http_server, read_ahead, startup_deadline, wait_or_st
 from events.settings import Settings
 from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
-from runner.frames import Frame, VideoError, encode_frame, sample_frames, video_info
+from runner.frames import Frame, VideoError, encode_frame, sample_frames
 from runner.jobs import Jobs
+from runner.probe import probe
 from runner.stalls import BEAT_S, BROKER_LOST, LOST_AFTER_S, why_resend
 
 log = get_logger(__name__)
@@ -179,9 +180,12 @@ class Runner:
             if len(deliveries) >= DELIVERY_BATCH:
                 await delivered()
 
-        if not skip:
-            await self.jobs.expect(event_id, *await asyncio.to_thread(video_info, path, self.settings.frame_stride))
-        frames = sample_frames(path, self.settings.frame_stride, self.settings.model_input_size)
+        limits = self.settings
+        if not skip:  # a resend's video passed these checks when the job started
+            info = await probe(path, limits.video_probe_memory_mb, limits.video_probe_timeout_s)
+            info.check(limits.max_video_frames, limits.max_video_seconds)
+            await self.jobs.expect(event_id, info.sampled(limits.frame_stride), info.fps)
+        frames = sample_frames(path, limits.frame_stride, limits.model_input_size, limits.max_video_frames)
         count = 0
         try:
             async with contextlib.aclosing(read_ahead(frames, window)) as decoded:

@@ -2,6 +2,7 @@
 
 import asyncio
 import multiprocessing
+import resource
 import shutil
 import uuid
 from collections import Counter
@@ -27,6 +28,7 @@ from events.contracts import (
 )
 from runner.jobs import Jobs
 from runner.service import Runner
+from tests import hostile
 from tests.conftest import eventually, read_topic
 from tests.servers import bikes_video
 
@@ -273,3 +275,45 @@ async def test_the_jobs_loop_fans_jobs_out_side_by_side_and_stops_them_on_stop(r
     assert not runner.fanning and not runner.flows  # cancelled: the stall check resends their frames
     for event in (first, second):
         assert (await job(runner, event.event_id))["status"] == "processing"
+
+
+HOSTILE = {  # the red-team pass's crafted videos: what each must fail with
+    "two-programs-ts": (lambda: hostile.two_programs_ts(), "could not be decoded"),
+    "80-million-frames": (lambda: hostile.frame_bomb(), "declares 80000000 frames, more than the limit"),
+    "larger-than-declared": (lambda: hostile.larger_than_declared(8200, 1000), "a frame is 8200x1000 pixels"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+async def test_a_crafted_video_fails_its_own_job_and_never_stops_the_runner(runner: Runner, settings, name):
+    """Each one stopped the runner (an IndexError from the demuxer) or took it to gigabytes (an index
+    of 80 million entries; frames larger than the header said) before the limits."""
+    make, reason = HOSTILE[name]
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stop = asyncio.Event()
+    fan_outs = asyncio.create_task(runner.run_fan_outs(stop))
+    await wait_for(lambda: runner.slots is not None)
+    crafted, fine = upload(settings, content=make()), upload(settings, bikes_video())
+    await runner.start_job(crafted)
+    await runner.start_job(fine)
+
+    async def finished() -> bool:
+        doc = await job(runner, crafted.event_id)
+        return doc["status"] == "failed" and (await job(runner, fine.event_id)).get("total_frames") == BIKES_SAMPLED
+
+    await eventually(finished, timeout=60)
+    assert reason in (await job(runner, crafted.event_id))["error"]
+    assert not fan_outs.done() and runner.crash is None  # the runner goes on, with the other job
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert grown_mb < 300, f"the runner's peak memory grew by {grown_mb:.0f} MB"
+    stop.set()
+    await asyncio.wait_for(fan_outs, 30)
+
+
+async def test_a_video_longer_than_the_limit_fails_before_a_frame_is_sent(runner: Runner, settings):
+    runner.settings = settings.model_copy(update={"max_video_seconds": 5})
+    event = upload(settings, bikes_video())  # 10 s
+    await runner.start_job(event)
+    doc = await job(runner, event.event_id)
+    assert doc["status"] == "failed" and doc["error"] == "the video lasts 10 s, longer than the limit of 5 s"
+    assert runner.stats.frames_published == 0
