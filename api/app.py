@@ -13,12 +13,12 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from api import projector
 from api.deps import Services, key_check
-from api.limits import ApiKeyGate, BodySizeLimit, SecurityHeaders, UploadSlots
+from api.limits import ApiKeyGate, BodyLimits, JobQuota, SecurityHeaders, UploadSlots
 from api.live import JobFeed
 from api.projector import Projector
 from api.routes import router
 from events.clients import mongo_client, object_store
-from events.contracts import OUTBOX
+from events.contracts import OUTBOX, SESSIONS
 from events.indexes import MAIN_DB, ensure_indexes
 from events.log import get_logger
 from events.metrics import add_metrics_route
@@ -58,8 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             outbox, stop = main[settings.main_db][OUTBOX], asyncio.Event()
             # change streams wait longer than a request may: their own client, without the request timeout
             async with mongo_client(**settings.mongo()) as follower, asyncio.TaskGroup() as background:
-                feed = JobFeed(follower[settings.main_db][OUTBOX])
-                app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed)
+                feed = JobFeed(follower[settings.main_db][OUTBOX], settings.max_event_streams_per_client,
+                               settings.max_event_streams)  # fmt: skip
+                app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed,
+                                              sessions=main[settings.main_db][SESSIONS])  # fmt: skip
                 tasks = [
                     background.create_task(feed.run(stop)),
                     background.create_task(projector.run(settings, Projector(follower[settings.main_db][OUTBOX]),
@@ -77,10 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # its scripts from a CDN, which a self-hosted machine may not reach and the page's CSP refuses.
     app = FastAPI(title="vdetect", summary="Upload a video, get per-frame object detections", lifespan=lifespan,
                   version="1.0", docs_url=None, redoc_url=None)  # fmt: skip
-    # the last added runs first: the key, then the number of uploads at once, then the upload's size
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    # the last added runs first: the key, the jobs waiting, the uploads at once, then the body's size and pace
+    app.add_middleware(BodyLimits, upload_bytes=settings.max_upload_bytes, other_bytes=settings.max_request_bytes,
+                       idle_s=settings.upload_idle_timeout_s, min_rate=settings.upload_min_bytes_per_s)  # fmt: skip
     app.add_middleware(UploadSlots, slots=settings.max_concurrent_uploads)
-    app.add_middleware(ApiKeyGate, accepts=key_check(settings.api_key))
+    app.add_middleware(JobQuota, per_client=settings.max_waiting_jobs_per_client, total=settings.max_waiting_jobs)
+    app.add_middleware(ApiKeyGate, key_matches=key_check(settings.api_key), origins=settings.cors_allowlist)
     if settings.cors_allowlist:  # no cross-origin access unless CORS_ORIGINS names the origins
         app.add_middleware(
             CORSMiddleware,

@@ -1,7 +1,5 @@
 """What a request handler gets: the clients opened by the app's lifespan."""
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ class Services:
     outbox: AsyncCollection  # the outbox, and the read model of jobs (the API never reads runner_db)
     store: ObjectStore
     feed: JobFeed  # live updates of the read model
+    sessions: AsyncCollection  # the web page's sessions (api.sessions)
 
 
 def get_services(request: Request) -> Services:
@@ -31,20 +30,13 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def session_token(api_key: str) -> str:
-    """What the web page's session cookie holds: derived from the key, never the key itself."""
-    return hmac.new(api_key.encode(), b"vdetect web session", hashlib.sha256).hexdigest()
-
-
-def key_check(api_key: SecretStr | None) -> Callable[[str | None, str | None], bool] | None:
-    """The check of `api.limits.ApiKeyGate`: the key in X-API-Key, or the session cookie; None: no key set."""
+def key_check(api_key: SecretStr | None) -> Callable[[str | None], bool] | None:
+    """Whether an X-API-Key header holds the key (in constant time); None: no key is set."""
     if api_key is None:
         return None
     key = api_key.get_secret_value().encode()
-    token = session_token(api_key.get_secret_value()).encode()
 
-    def accepts(header: str | None, session: str | None) -> bool:
-        by_header = header is not None and secrets.compare_digest(header.encode(), key)
-        return by_header or (session is not None and secrets.compare_digest(session.encode(), token))
+    def matches(header: str | None) -> bool:
+        return header is not None and secrets.compare_digest(header.encode(), key)
 
-    return accepts
+    return matches

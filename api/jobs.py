@@ -21,6 +21,7 @@ from events.storage import ObjectStore, PermanentStorageError
 
 CONCURRENT_CHECKS = 16
 MISSING_RESULT = "the result is no longer in storage"
+MAX_CURSOR = 256
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,12 @@ def cursor_of(state: JobState) -> str:
 def after_cursor(cursor: str) -> dict[str, Any]:
     """The query for jobs after the cursor; ValueError if it is not one of ours."""
     try:
+        if len(cursor) > MAX_CURSOR:  # ours are about 100 characters
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job = json.loads(raw)
         at = datetime.fromisoformat(created)
-    except (binascii.Error, ValueError, TypeError) as error:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as error:
         raise ValueError("the `after` cursor is not valid: pass the `next` of a previous page") from error
     if not isinstance(job, str):
         raise ValueError("the `after` cursor is not valid: pass the `next` of a previous page")

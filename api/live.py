@@ -3,7 +3,9 @@
 Each Server-Sent Events client listens here instead of opening a change stream of its own, so a
 thousand open pages cost one database cursor, not a thousand connections. A listener keeps only the
 latest document of each job it has not sent yet: a slow client skips intermediate progress, never a
-final status, and its memory is bounded by the jobs that changed meanwhile.
+final status. What one listener holds is bounded: past MAX_HELD changed jobs it drops them and reads
+the current state again (itself bounded), so a stuck reader never holds the whole read model. How
+many streams are open is bounded too, per client address and in all (`JobFeed.room`).
 """
 
 import asyncio
@@ -32,17 +34,26 @@ PIPELINE = [
     }
 ]
 GONE = "gone"  # the job was deleted
+MAX_HELD = 1000  # changed jobs one listener keeps before it reads the current state again
+
+
+class TooManyStreams(Exception):
+    """No room for another live update stream; the message says whose limit it is."""
 
 
 class Listener:
-    def __init__(self, job: str | None) -> None:
+    def __init__(self, job: str | None, client: str = "") -> None:
         self.job = job  # None: every job
+        self.client = client
         self.latest: dict[str, dict[str, Any] | str] = {}
         self.changed = asyncio.Event()
         self.resync = False  # changes may have been missed: read the current state again
 
     def offer(self, job: str, doc: dict[str, Any] | str) -> None:
         if self.job is None or self.job == job:
+            if len(self.latest) >= MAX_HELD and job not in self.latest:
+                self.latest.clear()  # a reader this far behind starts again from the current state
+                self.resync = True
             self.latest[job] = doc
             self.changed.set()
 
@@ -56,10 +67,17 @@ class Listener:
 
 
 class JobFeed:
-    def __init__(self, jobs: AsyncCollection) -> None:
-        self.jobs = jobs
+    def __init__(self, jobs: AsyncCollection, per_client: int = 1_000_000, total: int = 1_000_000) -> None:
+        self.jobs, self.per_client, self.total = jobs, per_client, total
         self.listeners: set[Listener] = set()
         self.closed = False
+
+    def room(self, client: str) -> None:
+        """TooManyStreams unless `client` may open another stream (MAX_EVENT_STREAMS_PER_CLIENT, MAX_EVENT_STREAMS)."""
+        if len(self.listeners) >= self.total:
+            raise TooManyStreams(f"the server has {self.total} live update streams open, the limit")
+        if sum(listener.client == client for listener in self.listeners) >= self.per_client:
+            raise TooManyStreams(f"this client has {self.per_client} live update streams open, the limit")
 
     def close(self) -> None:
         """The server is stopping: every listener wakes up, and its stream ends."""
@@ -68,9 +86,9 @@ class JobFeed:
             listener.changed.set()
 
     @contextlib.asynccontextmanager
-    async def listen(self, job: str | None = None) -> AsyncIterator[Listener]:
+    async def listen(self, job: str | None = None, client: str = "") -> AsyncIterator[Listener]:
         """Listen from now on; read the current state after entering, so no change falls in between."""
-        listener = Listener(job)
+        listener = Listener(job, client)
         self.listeners.add(listener)
         try:
             yield listener

@@ -11,10 +11,11 @@ from fastapi.responses import StreamingResponse
 from pymongo import WriteConcern
 from starlette.concurrency import iterate_in_threadpool
 
-from api.deps import Services, ServicesDep, key_check, session_token
+from api import sessions
+from api.deps import Services, ServicesDep, key_check
 from api.jobs import JobView, after_cursor, cursor_of, views
-from api.limits import SESSION_COOKIE
-from api.live import GONE
+from api.limits import client_of
+from api.live import GONE, TooManyStreams
 from api.schemas import (
     EVENT_STREAM_EXAMPLE,
     Accepted,
@@ -52,10 +53,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERRORS)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "unknown event id"}}
 SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {"example": EVENT_STREAM_EXAMPLE}}, "description": "Server-Sent Events"}
+    200: {"content": {"text/event-stream": {"example": EVENT_STREAM_EXAMPLE}}, "description": "Server-Sent Events"},
+    429: {"model": Problem, "description": "too many streams open (per client or in all); try after Retry-After"},
+}
+QUOTA: dict[int | str, dict[str, Any]] = {
+    429: {"model": Problem, "description": "too many jobs waiting, of this client or in all; try after Retry-After"}
 }
 MAX_PAGE = 1000
 KEEPALIVE_S = 15
+STREAM_RETRY_AFTER_S = 10
 
 
 def webhook_rules(services: Services) -> tuple[bool, bool]:
@@ -71,9 +77,11 @@ async def health(services: ServicesDep, request: Request) -> Health:
     hold the key (when API_KEY is set: health answers anyone, and a reason tells of the insides)."""
     path = services.settings.stack_status_file
     down = services_down(path) if path is not None else []
-    accepts = key_check(services.settings.api_key)
-    if accepts and not accepts(request.headers.get("x-api-key"), request.cookies.get(SESSION_COOKIE)):
-        down = [service.model_copy(update={"reason": None}) for service in down]
+    matches = key_check(services.settings.api_key)
+    if down and matches and not matches(request.headers.get("x-api-key")):
+        token = request.cookies.get(sessions.COOKIE)
+        if token is None or not await sessions.is_valid(services.sessions, token):
+            down = [service.model_copy(update={"reason": None}) for service in down]
     return Health(status="degraded" if down else "ok", down=down)
 
 
@@ -83,10 +91,17 @@ DURABLE = WriteConcern(w="majority", j=True)
 
 
 async def enqueue(
-    services: Services, event_id: str, bucket: str, key: str, callback_url: str | None, file_name: str | None
+    services: Services,
+    request: Request,
+    event_id: str,
+    bucket: str,
+    key: str,
+    callback_url: str | None,
+    file_name: str | None,
 ) -> None:
     entry = OutboxDocument(
         id=event_id,
+        client=client_of(request.scope),
         payload=OutboxPayload(bucket=bucket, object=key),
         callback_url=callback_url,
         file_name=file_label(file_name),
@@ -102,12 +117,15 @@ async def enqueue(
         400: {"model": Problem, "description": "an empty file, a bad bucket name or callback URL"},
         403: {"model": Problem, "description": "a bucket outside ALLOWED_BUCKETS"},
         409: {"model": Problem, "description": "the bucket cannot be written to"},
+        408: {"model": Problem, "description": "the upload stopped, or dripped (UPLOAD_IDLE_TIMEOUT_S)"},
         413: {"model": Problem, "description": "larger than MAX_UPLOAD_BYTES"},
         415: {"model": Problem, "description": "not a video container"},
+        **QUOTA,
     },
 )
 async def upload_video(
     services: ServicesDep,
+    request: Request,
     file: Annotated[UploadFile, File(description="the video")],
     bucket: Annotated[str | None, Form()] = None,
     callback_url: Annotated[str | None, Form(max_length=2048, description="POSTed to when the job ends")] = None,
@@ -130,7 +148,7 @@ async def upload_video(
         log.error("upload refused by storage", bucket=bucket, reason=error.reason)
         raise client_error(f"bucket {bucket!r} cannot be written to", status.HTTP_409_CONFLICT) from error
     try:
-        await enqueue(services, event_id, bucket, key, callback_url or None, file.filename)
+        await enqueue(services, request, event_id, bucket, key, callback_url or None, file.filename)
     except BaseException:
         await services.store.delete(bucket, key)  # leave nothing behind
         raise
@@ -142,9 +160,10 @@ async def upload_video(
     "/request",
     responses={400: {"model": Problem, "description": "a bad key, bucket name or callback URL"},
                403: {"model": Problem, "description": "a bucket outside ALLOWED_BUCKETS"},
-               404: {"model": Problem, "description": "no such object in storage"}},
+               404: {"model": Problem, "description": "no such object in storage"},
+               413: {"model": Problem, "description": "a body larger than MAX_REQUEST_BYTES"}, **QUOTA},
 )  # fmt: skip
-async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
+async def request_video(services: ServicesDep, request: Request, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
     if body.callback_url:
@@ -152,7 +171,7 @@ async def request_video(services: ServicesDep, body: VideoRequest) -> Accepted:
     if not await services.store.exists(bucket, key):
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     event_id = str(uuid.uuid4())
-    await enqueue(services, event_id, bucket, key, body.callback_url or None, key)
+    await enqueue(services, request, event_id, bucket, key, body.callback_url or None, key)
     return Accepted(event_id=event_id)
 
 
@@ -240,7 +259,7 @@ async def live_updates(services: Services, request: Request, job: str | None) ->
         active = {"status": {"$in": [OutboxStatus.NEW.value, OutboxStatus.SENT.value]}}
         return await services.outbox.find(active).sort("created_at", -1).limit(MAX_PAGE).to_list(None)
 
-    async with services.feed.listen(job) as listener:
+    async with services.feed.listen(job, client_of(request.scope)) as listener:
         docs, current_state = await current(), True
         if job is not None and not docs:
             return  # deleted meanwhile
@@ -263,15 +282,21 @@ async def live_updates(services: Services, request: Request, job: str | None) ->
                     yield b": keepalive\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
 
 
-def event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+def event_stream(services: Services, request: Request, job: str | None) -> StreamingResponse:
+    """The stream of `live_updates`, or 429 with Retry-After while its client or the server has no room."""
+    try:
+        services.feed.room(client_of(request.scope))
+    except TooManyStreams as error:
+        retry = {"Retry-After": str(STREAM_RETRY_AFTER_S)}
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error), retry) from None
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
-    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+    return StreamingResponse(live_updates(services, request, job), media_type="text/event-stream", headers=headers)
 
 
 @router.get("/jobs/events", response_class=StreamingResponse, responses=SSE)
 async def all_job_events(services: ServicesDep, request: Request) -> StreamingResponse:
     """Live status and progress of every job (Server-Sent Events): the jobs in progress first."""
-    return event_stream(live_updates(services, request, None))
+    return event_stream(services, request, None)
 
 
 @router.get(
@@ -284,22 +309,50 @@ async def job_events(services: ServicesDep, request: Request, event_id: str) -> 
     event_id = check_event_id(event_id)
     if await services.outbox.find_one({"_id": event_id}, {"_id": 1}) is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
-    return event_stream(live_updates(services, request, event_id))
+    return event_stream(services, request, event_id)
 
 
 @router.post(
     "/session",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={204: {"description": "the session cookie is set", "headers": {"Set-Cookie": {
-        "description": "vdetect_session=...; HttpOnly; SameSite=strict; Path=/api", "schema": {"type": "string"}}}}},
+        "description": "vdetect_session=...; HttpOnly; Max-Age=43200; SameSite=strict; Path=/api (Secure over TLS)",
+        "schema": {"type": "string"}}}},
+        401: {"model": Problem, "description": "no valid X-API-Key header: a session is opened only with the key"}},
 )  # fmt: skip
 async def session(services: ServicesDep, request: Request, response: Response) -> None:
     """Exchange the X-API-Key header (checked, like every /api path, before the request is read) for an
-    HttpOnly session cookie: the web page's sign-in, so the browser's uploads, event streams and video
-    player work without the key in a URL."""
-    if (key := services.settings.api_key) is not None:
-        response.set_cookie(SESSION_COOKIE, session_token(key.get_secret_value()), httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https", path="/api")  # fmt: skip
+    HttpOnly session cookie that expires after SESSION_TTL_S: the web page's sign-in, so the browser's
+    uploads, event streams and video player work without the key in a URL."""
+    settings = services.settings
+    if (matches := key_check(settings.api_key)) is None:
+        return  # no key, no sign-in needed
+    if not matches(request.headers.get("x-api-key")):  # a session does not open another one
+        raise client_error("a valid X-API-Key header is required", status.HTTP_401_UNAUTHORIZED)
+    token, _ = await sessions.open_session(services.sessions, settings.session_ttl_s, client_of(request.scope))
+    secure = sessions.secure_cookie(settings.session_cookie_secure, request.url.scheme, request.headers)
+    response.set_cookie(sessions.COOKIE, token, max_age=int(settings.session_ttl_s), httponly=True,
+                        samesite="strict", secure=secure, path="/api")  # fmt: skip
+
+
+@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
+async def sign_out(
+    services: ServicesDep,
+    request: Request,
+    response: Response,
+    every: Annotated[bool, Query(alias="all", description="revoke every session (needs X-API-Key)")] = False,
+) -> None:
+    """Sign out: the session of this cookie is revoked and the cookie removed; with `all=true` and the
+    X-API-Key header, every session of every browser is revoked."""
+    if every:
+        matches = key_check(services.settings.api_key)
+        if matches is not None and not matches(request.headers.get("x-api-key")):
+            raise client_error("revoking every session needs the X-API-Key header", status.HTTP_403_FORBIDDEN)
+        revoked = await sessions.revoke_all(services.sessions)
+    else:
+        revoked = await sessions.revoke(services.sessions, request.cookies.get(sessions.COOKIE))
+    log.info("sessions revoked", sessions=revoked)
+    response.delete_cookie(sessions.COOKIE, path="/api", httponly=True, samesite="strict")
 
 
 @router.get(

@@ -28,10 +28,18 @@ def check_bucket(bucket: str, allowed: set[str]) -> str:
     return bucket
 
 
+MAX_KEY_BYTES = 1024  # S3's limit
+MAX_KEY_PART_BYTES = 255  # a file name's, in the local stack's folder
+
+
 def check_object_key(key: str) -> str:
     parts = key.split("/")
     if key.startswith("/") or any(part in {"", ".", ".."} for part in parts) or not key.isprintable():
-        raise client_error(f"invalid object key {key!r}: a relative path without empty, '.' or '..' parts")
+        raise client_error(f"invalid object key {key[:100]!r}: a relative path without empty, '.' or '..' parts")
+    if len(key.encode()) > MAX_KEY_BYTES or any(len(part.encode()) > MAX_KEY_PART_BYTES for part in parts):
+        raise client_error(
+            f"invalid object key: at most {MAX_KEY_BYTES} bytes, and {MAX_KEY_PART_BYTES} between two slashes"
+        )
     return key
 
 

@@ -20,6 +20,7 @@ OUTBOX = "outbox"
 PREDICTIONS = "runner_predictions"
 FRAMES = "runner_frames"
 CHECKPOINTS = "relay_checkpoints"
+SESSIONS = "sessions"  # the web page's sign-ins (api.sessions)
 
 
 def utcnow() -> datetime:
@@ -83,6 +84,7 @@ class OutboxDocument(JobState):
     relayed_at: datetime | None = None
     webhook: str | None = Field(default=None, description="`pending` until the webhook relay is done with it")
     sent_to: dict[str, int] | None = Field(default=None, description="partition -> offset of the outbox event")
+    client: str | None = Field(default=None, description="the submitting client's address (jobs waiting per client)")
 
 
 class OutboxEvent(Contract):

@@ -7,20 +7,23 @@ from typing import Any
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
-from events.contracts import OUTBOX, PREDICTIONS
+from events.contracts import OUTBOX, PREDICTIONS, SESSIONS
 from events.log import get_logger
 
 log = get_logger(__name__)
 
 # main_db: the outbox relay's sweep and stall check find jobs by status and age; status/all pages by
-# (created_at, _id), optionally of one status; the webhook relay's sweep finds pending deliveries.
+# (created_at, _id), optionally of one status; the webhook relay's sweep finds pending deliveries; the
+# API counts the jobs waiting per client.
 MAIN_DB = {
     OUTBOX: [
         IndexModel([("status", ASCENDING), ("relayed_at", ASCENDING)]),
         IndexModel([("created_at", ASCENDING), ("_id", ASCENDING)]),
         IndexModel([("status", ASCENDING), ("created_at", ASCENDING), ("_id", ASCENDING)]),
         IndexModel([("webhook", ASCENDING)], sparse=True),
+        IndexModel([("client", ASCENDING), ("status", ASCENDING)]),
     ],
+    SESSIONS: [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)],  # expired sessions go
 }
 # runner_db: the S3 relay's sweep and the runner's stall check find jobs by status and age.
 RUNNER_DB = {

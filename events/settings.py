@@ -102,6 +102,10 @@ class Settings(BaseSettings):
         default=100, ge=1, description="jobs waiting or in progress of one client address; more: 429"
     )
     api_key: SecretStr | None = Field(default=None, description="when set, every /api path but health needs it")
+    session_ttl_s: float = Field(default=12 * 3600, gt=0, description="how long a sign-in of the web page lasts")
+    session_cookie_secure: bool = Field(
+        default=False, description="always mark the session cookie Secure (it is over https or X-Forwarded-Proto)"
+    )
     allow_anonymous: bool = Field(default=False, description="start on a network address without API_KEY")
     cors_origins: str = Field(default="", description="comma-separated origins allowed cross-origin; empty: none")
     stack_status_file: Path | None = Field(

@@ -27,6 +27,7 @@ R = TypeVar("R")
 COPY_CHUNK = 1024 * 1024
 RANGE_CHUNK = 256 * 1024
 S3_PART_SIZE = 16 * 1024 * 1024
+MAX_NAME_BYTES = 255  # a file name's (ENAMETOOLONG beyond)
 MISSING_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 # Answers about one bucket or key that no retry can change. Wrong credentials are not among them:
 # they concern every job, so they stop the service (after retries) instead of failing jobs one by one.
@@ -89,6 +90,8 @@ class DirectoryStore:
 
     def _path(self, bucket: str, key: str) -> Path:
         """The object's file; PermanentStorageError if the key escapes the root or the bucket is gone."""
+        if any(len(part.encode()) > MAX_NAME_BYTES for part in key.split("/")):
+            raise PermanentStorageError(bucket, key, PERMANENT_CODES["KeyTooLongError"])
         path = (self.root / bucket / key).resolve()
         if not path.is_relative_to((self.root / bucket).resolve()) or "/" in bucket or bucket in ("", ".", ".."):
             raise PermanentStorageError(bucket, key, "invalid object key: it escapes the bucket")
