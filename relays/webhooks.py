@@ -7,9 +7,15 @@ killed mid-way delivers after its restart (at least once; the delivery id lets t
 repeat). Each delivery runs on its own, retried with exponential back-off until the receiver answers
 2xx within WEBHOOK_TIMEOUT_S or WEBHOOK_MAX_ATTEMPTS are spent; each attempt is recorded in the job's
 document (`webhook_attempts`, `webhook_last`), so a restarted relay goes on counting.
+
+A receiver cannot hold the relay: an attempt has one deadline for all of it (connecting, sending,
+the answer's headers), the answer's body is never read, and the connection goes to the address that
+was checked (`events.webhooks`), with the URL's host in `Host` and in TLS's SNI. A URL that can never
+be delivered to (refused by the rules, or one the HTTP client cannot send) is given up and recorded.
 """
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -26,7 +32,7 @@ from events.contracts import CHECKPOINTS, OUTBOX, JobState, utcnow
 from events.health import health_app
 from events.jobstate import FINAL
 from events.log import get_logger
-from events.retry import transient
+from events.retry import is_infrastructure, transient
 from events.runtime import http_server
 from events.settings import Settings
 from events.statuses import OutboxStatus
@@ -51,6 +57,14 @@ MAX_BACKOFF_S = 600
 CONCURRENT_DELIVERIES = 32
 
 
+def pinned(callback_url: str, address: str) -> tuple[httpx.URL, dict[str, Any]]:
+    """The URL with its host replaced by the checked address, and the request's TLS name (SNI, and the
+    name the certificate is verified against) set to the URL's host."""
+    url = httpx.URL(callback_url)
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return url.copy_with(host=address), extensions
+
+
 def body_of(job: JobState, public_url: str) -> bytes:
     """The webhook's JSON body; `result_url` on the API as receivers reach it (PUBLIC_URL)."""
     seconds = round(((job.finished_at or utcnow()) - job.created_at).total_seconds(), 3)
@@ -66,8 +80,11 @@ def body_of(job: JobState, public_url: str) -> bytes:
 class Deliveries:
     """Runs each pending delivery once in this process, however often the stream or sweep sees it."""
 
-    def __init__(self, jobs: AsyncCollection, client: httpx.AsyncClient, settings: Settings) -> None:
-        self.jobs, self.client, self.settings = jobs, client, settings
+    def __init__(
+        self, jobs: AsyncCollection, client: httpx.AsyncClient, settings: Settings,
+        resolver: webhooks.Resolver = webhooks.resolve,
+    ) -> None:  # fmt: skip
+        self.jobs, self.client, self.settings, self.resolver = jobs, client, settings, resolver
         self.running: dict[str, asyncio.Task] = {}
         self.limit = asyncio.Semaphore(CONCURRENT_DELIVERIES)
         self.delivered = self.given_up = self.attempts = 0
@@ -84,7 +101,14 @@ class Deliveries:
             try:
                 await self._deliver(job, attempts_before)
             except Exception as error:  # noqa: BLE001 - one delivery never stops the others
-                log.error("webhook delivery stopped, resumed after a restart", error=f"{type(error).__name__}: {error}")
+                reason = f"{type(error).__name__}: {error}"[:200]
+                if is_infrastructure(error):  # the database: the delivery stays pending, resumed after a restart
+                    log.error("webhook delivery stopped, resumed after a restart", error=reason)
+                    return
+                log.error("webhook delivery cannot go on, given up", error=reason)
+                with contextlib.suppress(Exception):
+                    await self.record(job.id, f"given up: {reason}")
+                    await self.finish(job.id, "failed")
 
     async def _deliver(self, job: JobState, attempts_before: int) -> None:
         assert job.callback_url is not None
@@ -108,24 +132,31 @@ class Deliveries:
         """One POST; returns `delivered`, `refused` (never to be tried again) or `retry`."""
         assert job.callback_url is not None
         try:
-            await webhooks.check_callback_url(job.callback_url, self.settings.webhook_allow_private)
-        except webhooks.RefusedURL as error:
-            await self.record(job.id, f"refused: {error}")
+            addresses = await webhooks.check_callback_url(job.callback_url, self.settings.webhook_allow_private,
+                                                          self.resolver)  # fmt: skip
+            url, extensions = pinned(job.callback_url, addresses[0])
+        except (webhooks.RefusedURL, httpx.InvalidURL) as error:
+            await self.record(job.id, f"refused: {error}"[:200])
             return "refused"
         timestamp = int(time.time())
         secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else ""
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "vdetect-webhooks",
+            "Host": httpx.URL(job.callback_url).netloc.decode("ascii"),
             "X-Vdetect-Delivery": delivery,
             "X-Vdetect-Timestamp": str(timestamp),
             "X-Vdetect-Signature": webhooks.signature(secret, timestamp, body),
         }
         async with self.limit:
             try:
-                response = await self.client.post(job.callback_url, content=body, headers=headers)
-                result = f"HTTP {response.status_code}"
-                ok = response.is_success
+                async with (
+                    asyncio.timeout(self.settings.webhook_timeout_s),
+                    self.client.stream("POST", url, content=body, headers=headers, extensions=extensions) as response,
+                ):  # the answer's body is not read: closing the stream drops the connection
+                    result, ok = f"HTTP {response.status_code}", response.is_success
+            except TimeoutError:
+                result, ok = f"no answer within {self.settings.webhook_timeout_s:g} s", False
             except httpx.HTTPError as error:
                 result, ok = f"{type(error).__name__}: {error}"[:200], False
         self.attempts += 1

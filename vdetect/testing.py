@@ -263,7 +263,8 @@ def webhook_receiver(secret: str) -> Iterator[Receiver]:
                                      self.headers["X-Vdetect-Signature"])  # fmt: skip
             with state.lock:
                 state.received.append({"body": body, "code": code, "signed": signed, "at": time.time(),
-                                       "delivery": self.headers["X-Vdetect-Delivery"]})  # fmt: skip
+                                       "delivery": self.headers["X-Vdetect-Delivery"],
+                                       "host": self.headers["Host"]})  # fmt: skip
             self.send_response(code)
             self.send_header("Content-Length", "0")
             self.end_headers()

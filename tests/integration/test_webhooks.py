@@ -1,8 +1,10 @@
 """The webhook relay against real SecantusDB and a real HTTP receiver started by the test."""
 
 import asyncio
+import contextlib
+import resource
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import httpx
@@ -104,3 +106,110 @@ async def test_every_webhook_arrives_although_the_relay_is_killed_mid_run(hook_s
     for job in jobs:  # one delivery id per job across both processes
         assert len({t["delivery"] for t in receiver.attempts()[job["_id"]]}) == 1
     assert all(t["signed"] for t in receiver.received)
+
+
+@contextlib.asynccontextmanager
+async def hostile_receiver(kind: str) -> AsyncIterator[str]:
+    """A receiver that fights back, on a free loopback port; yields its URL prefix. `drip-headers`: reads
+    the request, then sends its answer's headers a byte every 0.5 s; `drip-body`: answers 200 at once,
+    then its body a byte every 0.5 s; `big-body`: answers 200 with a 600 MB body, as fast as it goes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await reader.readuntil(b"\r\n\r\n")
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 629145600\r\n\r\n"
+            if kind == "drip-headers":
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.5)
+            writer.write(head)
+            chunk = b"\0" * (1 if kind == "drip-body" else 1024 * 1024)
+            for _ in range(600 if kind == "big-body" else 10_000):
+                writer.write(chunk)
+                await writer.drain()
+                if kind == "drip-body":
+                    await asyncio.sleep(0.5)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook/"
+    finally:
+        server.close()
+
+
+async def test_receivers_that_drip_or_flood_cost_one_attempt_each_and_never_the_relay(hook_settings, mongo, receiver):
+    """32 receivers dripping their answers held every delivery slot for good; a 600 MB answer was read
+    into the relay's memory. Now an attempt has one deadline and the answer's body is never read."""
+    db = mongo[hook_settings.main_db]
+    settings = hook_settings.model_copy(update={"webhook_timeout_s": 2, "webhook_max_attempts": 1})
+    async with (
+        hostile_receiver("drip-headers") as dripping,
+        hostile_receiver("drip-body") as slow_body,
+        hostile_receiver("big-body") as flood,
+        httpx.AsyncClient(timeout=5) as http,
+    ):
+        drippers = [ended_job(receiver) for _ in range(relays.webhooks.CONCURRENT_DELIVERIES + 8)]
+        for job in drippers:
+            job["callback_url"] = dripping + job["_id"]
+        answered = [{**ended_job(receiver), "callback_url": prefix + "x"} for prefix in (slow_body, flood)]
+        good = ended_job(receiver)
+        deliveries = relays.webhooks.Deliveries(db[OUTBOX], http, settings)
+        peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        async with serving(relays.webhooks.build(db, deliveries, settings)):
+            await db[OUTBOX].insert_many(drippers)
+            await eventually(lambda: asyncio.sleep(0, len(deliveries.running) >= len(drippers)))
+            await db[OUTBOX].insert_many([*answered, good])
+            started = asyncio.get_running_loop().time()
+            await eventually(lambda: asyncio.sleep(0, good["_id"] in receiver.delivered()), timeout=30)
+            waited = asyncio.get_running_loop().time() - started
+            await eventually(lambda: counted(db[OUTBOX], {"webhook": {"$ne": webhooks.PENDING}}, len(drippers) + 3))
+        grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert waited < 3 * settings.webhook_timeout_s, f"the good receiver waited {waited:.1f} s"
+    for job in answered:  # 200 came at once: delivered, whatever the body does after
+        assert (await db[OUTBOX].find_one({"_id": job["_id"]}))["webhook"] == "delivered"
+    dripped = await db[OUTBOX].find_one({"_id": drippers[0]["_id"]})
+    assert dripped["webhook"] == "failed" and dripped["webhook_last"] == "no answer within 2 s"
+    assert grown_mb < 100, f"the relay's peak memory grew by {grown_mb:.0f} MB"
+
+
+async def test_the_relay_connects_to_the_address_it_checked_not_to_a_second_answer(hook_settings, mongo, receiver):
+    """DNS rebinding: a name that answers a public address to the check and a private one to the
+    connection. The relay resolves once, checks, and connects to that address with the name as Host."""
+    db = mongo[hook_settings.main_db]
+    answers: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        answers.append(host)
+        return ["127.0.0.1"] if host == "rebind.invalid" else []
+
+    job = ended_job(receiver)
+    job["callback_url"] = f"http://rebind.invalid:{receiver.port}/hooks/{job['_id']}"  # no resolver knows it
+    async with httpx.AsyncClient(timeout=5) as http:
+        deliveries = relays.webhooks.Deliveries(db[OUTBOX], http, hook_settings, resolver)
+        async with serving(relays.webhooks.build(db, deliveries, hook_settings)):
+            await db[OUTBOX].insert_one(job)
+            await eventually(lambda: db[OUTBOX].find_one({"_id": job["_id"], "webhook": "delivered"}))
+    assert answers == ["rebind.invalid"]  # resolved once, for the check
+    (attempt,) = receiver.attempts()[job["_id"]]
+    assert attempt["host"] == f"rebind.invalid:{receiver.port}" and attempt["signed"]
+
+
+async def test_a_url_that_can_never_be_delivered_to_is_given_up_and_recorded(hook_settings, mongo, receiver):
+    """Accepted before the rules refused it: a control character made httpx raise InvalidURL, which
+    no retry caught, and the job stayed `webhook: pending` for ever."""
+    db = mongo[hook_settings.main_db]
+    broken, public_only = ended_job(receiver), ended_job(receiver)
+    broken["callback_url"] = f"http://127.0.0.1:{receiver.port}/hooks/\x07"
+    public_only["callback_url"] = "http://100.64.0.1/hook"  # carrier-grade NAT: not global
+    strict = hook_settings.model_copy(update={"webhook_allow_private": False})
+    async with httpx.AsyncClient(timeout=5) as http:
+        deliveries = relays.webhooks.Deliveries(db[OUTBOX], http, strict)
+        async with serving(relays.webhooks.build(db, deliveries, strict)):
+            await db[OUTBOX].insert_many([broken, public_only])
+            await eventually(lambda: counted(db[OUTBOX], {"webhook": "refused"}, 2))
+    for job, words in ((broken, "control characters"), (public_only, "not public")):
+        doc = await db[OUTBOX].find_one({"_id": job["_id"]})
+        assert doc["webhook_last"].startswith("refused:") and words in doc["webhook_last"]
+    assert receiver.received == []
