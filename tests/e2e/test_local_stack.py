@@ -4,6 +4,7 @@ live updates read over Server-Sent Events and a webhook received by a real HTTP 
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ from events.clients import mongo_client
 from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState
 from events.indexes import MAIN_DB, RUNNER_DB
 from events.settings import Settings
+from tests import hostile
 from tests.conftest import read_topic
 from tests.servers import bikes_video
 from vdetect.bench import long_video
@@ -276,6 +278,10 @@ def test_every_service_serves_metrics_that_moved_with_the_jobs(stack: Stack) -> 
     )
 
 
+def peak_mb(pid: int) -> int:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1]) // 1024
+
+
 def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 5000)  # looks like MP4, is not
@@ -285,6 +291,28 @@ def test_a_corrupt_video_ends_failed_with_its_reason(stack: Stack, tmp_path) -> 
         o for o in httpx.get(f"{stack.api}/status/all").json()["operations"] if o["video_id"] == answer["event_id"]
     ]
     assert operation["status_code"] == "failed" and operation["error"] == answer["error"]
+
+
+CRAFTED = {  # the red-team pass's files: each stopped the runner or took it to gigabytes before
+    "two_programs.ts": (hostile.two_programs_ts, "could not be decoded"),
+    "80_million_frames.mp4": (hostile.frame_bomb, "declares 80000000 frames"),
+    "larger_than_declared.mp4": (lambda: hostile.larger_than_declared(8200, 1000), "a frame is 8200x1000 pixels"),
+}
+
+
+def test_crafted_videos_uploaded_over_http_fail_their_own_jobs_and_never_the_runner(stack: Stack, tmp_path) -> None:
+    runner = stack.pid("runner")
+    ids = {}
+    for name, (make, _) in CRAFTED.items():
+        (tmp_path / name).write_bytes(make())
+        ids[name] = upload(stack.api, tmp_path / name)
+    fine = upload(stack.api, bikes_video())
+    for name, (_, reason) in CRAFTED.items():
+        answer = wait_finished(ids[name], stack.api)
+        assert answer["status"] == "failed" and reason in answer["error"], (name, answer)
+    assert wait_ready(fine, stack.api)["status"] == "ready"
+    assert stack.pid("runner") == runner  # never restarted
+    assert peak_mb(runner) < 1024, f"the runner peaked at {peak_mb(runner)} MB"
 
 
 def test_replaying_the_job_events_rebuilds_the_same_read_model_and_the_indexes_exist(stack: Stack, tmp_path) -> None:

@@ -326,6 +326,14 @@ REFUSED_CALLBACKS = [
     ("http://169.254.169.254/latest/meta-data", "private"),  # cloud metadata: link-local
     ("http://user:pw@93.184.215.14/hook", "credentials"),
     (f"https://{'a' * 64}.example/hook", "cannot be resolved"),  # a label longer than DNS allows
+    ("http://100.64.0.1/hook", "not public"),  # carrier-grade NAT (a cloud's metadata service lives there)
+    ("http://[fec0::1]/hook", "not public"),  # site-local
+    ("http://192.0.0.8/hook", "not public"),  # IETF protocol assignments
+    ("http://[2002:7f00:1::]/hook", "not public"),  # 6to4 of 127.0.0.1
+    ("http://[64:ff9b::a00:1]/hook", "not public"),  # NAT64 of 10.0.0.1
+    ("http://[::ffff:127.0.0.1]/hook", "not public"),  # IPv4-mapped loopback
+    ("http://example.com/\x07", "control characters"),
+    ("http://[::1", "not a valid URL"),
 ]
 
 

@@ -53,3 +53,17 @@ def test_video_containers_are_recognised_by_their_bytes() -> None:
     assert looks_like_video(b"RIFF\0\0\0\0AVI LIST")
     assert not looks_like_video(b"%PDF-1.7 ...")
     assert not looks_like_video(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [("93.184.215.14", True), ("2606:4700::1111", True), ("64:ff9b::5db8:d70e", True),  # NAT64 of a public one
+     ("100.64.0.1", False), ("100.100.100.200", False), ("192.0.0.8", False), ("fec0::1", False),
+     ("2002:7f00:1::", False), ("2002:a00:1::", False), ("::ffff:10.0.0.1", False), ("64:ff9b::7f00:1", False),
+     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False), ("169.254.169.254", False), ("fd00::1", False),
+     ("224.0.0.1", False), ("ff02::1", False), ("0.0.0.0", False), ("255.255.255.255", False)],
+)  # fmt: skip
+def test_only_globally_routable_addresses_receive_webhooks_also_when_carried_in_ipv6(address, public) -> None:
+    from events.webhooks import is_public
+
+    assert is_public(address) is public
