@@ -10,6 +10,7 @@ import json
 import queue
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,24 @@ FINAL = ("ready", "failed")
 CSV_HEADER = ("event_id", "frame", "class", "conf", "x1", "y1", "x2", "y2")
 
 
+COME_BACK = (429, 503)  # answers that say when to try again (Retry-After)
+MAX_STREAMS = 8  # live update streams one `submit` keeps open (the server allows 16 per client)
+
+
+def detail_of(answer: httpx.Response) -> str:
+    try:
+        return str(answer.json().get("detail", answer.text))
+    except ValueError:
+        return answer.text
+
+
+def retry_after(answer: httpx.Response) -> float:
+    try:
+        return min(max(float(answer.headers.get("retry-after", "5")), 1.0), 300.0)
+    except ValueError:
+        return 5.0
+
+
 class ClientError(Exception):
     """A usage or connection error: exit status 2, with the message."""
 
@@ -33,23 +52,31 @@ class Api:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/") + "/api", headers=headers, timeout=timeout)
 
-    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+    def request(self, method: str, path: str, later: bool = False, **options: Any) -> httpx.Response:
+        """The answer; ClientError for an error answer (but 404, and with `later` 429 and 503: come back)."""
         try:
             answer = self.http.request(method, path, **options)
         except httpx.HTTPError as error:
             raise ClientError(f"cannot reach the API at {self.http.base_url}: {error}") from error
+        if later and answer.status_code in COME_BACK and "retry-after" in answer.headers:
+            return answer
         if answer.status_code >= 400 and answer.status_code != 404:
-            try:
-                detail = answer.json().get("detail", answer.text)
-            except ValueError:
-                detail = answer.text
-            raise ClientError(f"{method} {path}: {answer.status_code} {detail}")
+            raise ClientError(f"{method} {path}: {answer.status_code} {detail_of(answer)}")
         return answer
 
-    def upload(self, video: Path) -> str:
-        with video.open("rb") as content:
-            files = {"file": (video.name, content, "video/mp4")}
-            return self.request("POST", "/upload_video", files=files, timeout=None).json()["event_id"]
+    def upload(self, video: Path, err: Console | None = None) -> str:
+        """Upload a video; while the server says to come back later (its queue is full, or the database
+        restarts), wait as long as it says and send it again."""
+        while True:
+            with video.open("rb") as content:
+                files = {"file": (video.name, content, "video/mp4")}
+                answer = self.request("POST", "/upload_video", later=True, files=files, timeout=None)
+            if answer.status_code not in COME_BACK:
+                return answer.json()["event_id"]
+            wait = retry_after(answer)
+            if err is not None:
+                err.print(f"{video.name}: {detail_of(answer)}; sending it again in {wait:g} s", highlight=False)
+            time.sleep(wait)
 
     def result(self, event_id: str) -> dict:
         answer = self.request("GET", f"/result_video/{event_id}", timeout=None)
@@ -77,10 +104,13 @@ def follow(api: Api, ids: list[str], err: Console) -> dict[str, dict]:
     """Follow every job to its end, showing progress; returns each job's last status message."""
     updates: queue.Queue[tuple[str, dict | Exception]] = queue.Queue()
 
+    streams = threading.Semaphore(MAX_STREAMS)  # jobs run about in order: the first ones end first
+
     def watch(event_id: str) -> None:
         try:
-            for message in api.events(event_id):
-                updates.put((event_id, message))
+            with streams:
+                for message in api.events(event_id):
+                    updates.put((event_id, message))
             updates.put((event_id, ClientError("the stream ended before the job did")))
         except ClientError as error:
             updates.put((event_id, error))
@@ -134,7 +164,7 @@ def submit(files: list[Path], url: str, api_key: str | None, wait: bool, output:
     api = Api(url, api_key)
     ids = []
     for video in files:
-        ids.append(api.upload(video))
+        ids.append(api.upload(video, err))
         out.print(ids[-1], highlight=False)
     if not wait and output is None:
         return OK
