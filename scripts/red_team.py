@@ -113,28 +113,10 @@ def quiet_uploads(stack: Stack, _work: Path) -> None:
 
 
 def hostile_receivers(stack: Stack, work: Path) -> None:
-    async def serve(kind: str) -> asyncio.base_events.Server:
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                await reader.readuntil(b"\r\n\r\n")
-                head = b"HTTP/1.1 200 OK\r\nContent-Length: 629145600\r\n\r\n"
-                if kind == "drip":
-                    for byte in head:
-                        writer.write(bytes([byte]))
-                        await writer.drain()
-                        await asyncio.sleep(2)
-                writer.write(head)
-                for _ in range(600):
-                    writer.write(b"\0" * 2**20)
-                    await writer.drain()
-            writer.close()
-
-        return await asyncio.start_server(answer, "127.0.0.1", 0)
-
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    drip = asyncio.run_coroutine_threadsafe(serve("drip"), loop).result()
-    flood = asyncio.run_coroutine_threadsafe(serve("flood"), loop).result()
+    drip = asyncio.run_coroutine_threadsafe(hostile.webhook_receiver("drip-headers", 2.0), loop).result()
+    flood = asyncio.run_coroutine_threadsafe(hostile.webhook_receiver("big-body"), loop).result()
     relay = stack.pid("webhook-relay")
     broken = work / "broken.mp4"  # fails at once: its webhook goes out at once
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 500)

@@ -3,6 +3,8 @@
 `mjpeg_mp4` writes an MP4 box by box, so that what its sample table declares (frame count, size) can
 differ from what its samples hold, as a hostile file's does."""
 
+import asyncio
+import contextlib
 import io
 import struct
 from typing import cast
@@ -129,3 +131,29 @@ def seed_videos(hostile: bool = True) -> dict[str, bytes]:
         seeds["two_programs.ts"] = two_programs_ts()
         seeds["larger_than_declared.mp4"] = larger_than_declared(640, 480)
     return seeds
+
+
+async def webhook_receiver(kind: str, drip_s: float = 0.5) -> asyncio.Server:
+    """A webhook receiver that fights back, on a free loopback port (`server.sockets[0]`). `drip-headers`:
+    reads the request, then sends its answer's headers a byte every `drip_s`; `drip-body`: answers 200
+    at once, then its body a byte every `drip_s`; `big-body`: answers 200 with 600 MB, as fast as it goes."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: 629145600\r\n\r\n"
+            if kind == "drip-headers":
+                for byte in head:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(drip_s)
+            writer.write(head)
+            chunk = b"\0" * (1 if kind == "drip-body" else 1024 * 1024)
+            for _ in range(600 if kind == "big-body" else 10_000):
+                writer.write(chunk)
+                await writer.drain()
+                if kind == "drip-body":
+                    await asyncio.sleep(drip_s)
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)

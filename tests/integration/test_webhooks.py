@@ -15,6 +15,7 @@ import relays.webhooks
 from events import webhooks
 from events.contracts import OUTBOX, OutboxDocument, OutboxPayload
 from events.statuses import OutboxStatus
+from tests import hostile
 from tests.conftest import counted, eventually, relay, serving
 from vdetect.testing import Receiver, webhook_receiver
 
@@ -110,29 +111,8 @@ async def test_every_webhook_arrives_although_the_relay_is_killed_mid_run(hook_s
 
 @contextlib.asynccontextmanager
 async def hostile_receiver(kind: str) -> AsyncIterator[str]:
-    """A receiver that fights back, on a free loopback port; yields its URL prefix. `drip-headers`: reads
-    the request, then sends its answer's headers a byte every 0.5 s; `drip-body`: answers 200 at once,
-    then its body a byte every 0.5 s; `big-body`: answers 200 with a 600 MB body, as fast as it goes."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            await reader.readuntil(b"\r\n\r\n")
-            head = b"HTTP/1.1 200 OK\r\nContent-Length: 629145600\r\n\r\n"
-            if kind == "drip-headers":
-                for byte in head:
-                    writer.write(bytes([byte]))
-                    await writer.drain()
-                    await asyncio.sleep(0.5)
-            writer.write(head)
-            chunk = b"\0" * (1 if kind == "drip-body" else 1024 * 1024)
-            for _ in range(600 if kind == "big-body" else 10_000):
-                writer.write(chunk)
-                await writer.drain()
-                if kind == "drip-body":
-                    await asyncio.sleep(0.5)
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    """`tests.hostile.webhook_receiver` while the test runs; yields its URL prefix."""
+    server = await hostile.webhook_receiver(kind)
     try:
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook/"
     finally:
