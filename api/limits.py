@@ -28,6 +28,12 @@ async def refuse(send: Send, code: int, detail: str, headers: dict[str, str] | N
     await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
 
+async def unavailable(send: Send) -> None:
+    """503 with Retry-After: the database a check needs is unreachable (as the app answers it)."""
+    await refuse(send, status.HTTP_503_SERVICE_UNAVAILABLE, "the database is unreachable; try again shortly",
+                 {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+
+
 FOREIGN_WRITE = "a write signed in by the session cookie must come from this server's own page"
 
 
@@ -50,8 +56,7 @@ class ApiKeyGate:
             try:
                 valid = token is not None and await sessions.is_valid(scope["app"].state.services.sessions, token)
             except PyMongoError:
-                await refuse(send, status.HTTP_503_SERVICE_UNAVAILABLE, "the database is unreachable; try again "
-                             "shortly", {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+                await unavailable(send)
                 return
             if not valid:
                 await refuse(send, status.HTTP_401_UNAUTHORIZED, "a valid X-API-Key header is required",
@@ -114,8 +119,7 @@ class JobQuota:
             mine = await outbox.count_documents({**waiting, "client": client_of(scope)}, limit=self.per_client)
             everyone = await outbox.count_documents(waiting, limit=self.total) if mine < self.per_client else 0
         except PyMongoError:
-            await refuse(send, status.HTTP_503_SERVICE_UNAVAILABLE, "the database is unreachable; try again shortly",
-                         {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+            await unavailable(send)
             return
         if mine >= self.per_client or everyone >= self.total:
             whose = f"this client has {mine}" if mine >= self.per_client else f"the server has {everyone}"
