@@ -2,8 +2,10 @@
 
 import asyncio
 import contextlib
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
@@ -199,9 +201,27 @@ async def status_all(
     return Operations(operations=operations, total=len(operations), next=following)
 
 
-async def stream_ready(store: ObjectStore, bucket: str, key: str, head: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The `ready` answer, its prediction streamed frame by frame from the detection file (with the
-    video's frame rate, when the file knows it: a player maps frames to time with it)."""
+async def stream_ready(
+    store: ObjectStore, bucket: str, key: str, head: dict[str, Any], size: int
+) -> AsyncIterator[bytes]:
+    """The `ready` answer: the stored detection file's bytes passed through from storage as they are
+    (its `prediction` list is last), after the answer's own members (and the video's frame rate, when
+    the file knows it: a player maps frames to time with it). Nothing is parsed but the header."""
+    first = b"".join(
+        [chunk async for chunk in store.read_range(bucket, key, 0, min(size, detection_file.HEADER_BYTES))]
+    )
+    if (found := detection_file.split(first)) is None:  # not the layout `detection_file.write` makes
+        async for chunk in parsed_ready(store, bucket, key, head):
+            yield chunk
+        return
+    stored, start = found
+    yield detection_file.open_object({**head, "fps": stored["fps"]} if stored.get("fps") is not None else head)
+    async for chunk in store.read_range(bucket, key, start, size - start):  # the list's members and `]}`
+        yield chunk
+
+
+async def parsed_ready(store: ObjectStore, bucket: str, key: str, head: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The `ready` answer from a detection file of another layout, its frames parsed one by one."""
     async with store.local_copy(bucket, key) as path:
         if (fps := (await asyncio.to_thread(detection_file.header, path)).get("fps")) is not None:
             head = {**head, "fps": fps}
@@ -211,23 +231,40 @@ async def stream_ready(store: ObjectStore, bucket: str, key: str, head: dict[str
         yield b"]}"
 
 
+def result_etag(event_id: str, size: int, ready_at: datetime) -> str:
+    """A ready result never changes: its tag is the job and the stored file's size and time."""
+    return '"' + hashlib.sha256(f"{event_id}/{size}/{ready_at.isoformat()}".encode()).hexdigest()[:32] + '"'
+
+
 @router.get(
     "/result_video/{event_id}",
     response_model=ResultReady | ResultPending,
     responses={**NOT_FOUND, 422: {"model": Problem, "description": "the id is not a UUID"}},
 )
-async def result_video(services: ServicesDep, event_id: str) -> StreamingResponse | ResultPending:
-    """The result (its prediction streamed: it may be hundreds of MB) or where the job stands."""
+async def result_video(
+    services: ServicesDep,
+    event_id: str,
+    if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+) -> Response | ResultPending:
+    """The result (its prediction streamed from storage as stored: it may be hundreds of MB) or where the
+    job stands. A ready result never changes: it has an `ETag`, and `If-None-Match` with it answers 304."""
     event_id = check_event_id(event_id)
     doc = await services.outbox.find_one({"_id": event_id})
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
     (view,) = await views(services.store, [doc])
-    if view.status == OutboxStatus.READY:
-        head = {"status": view.status, "event_id": event_id, **view.times()}
-        body = stream_ready(services.store, view.state.payload.bucket, detection_key(event_id), head)
-        return StreamingResponse(body, media_type="application/json")
-    return view.pending()
+    bucket, key = view.state.payload.bucket, detection_key(event_id)
+    size = await services.store.size(bucket, key) if view.ready_at is not None else None
+    if view.status != OutboxStatus.READY or view.ready_at is None or size is None:
+        return view.pending()
+    tag = result_etag(event_id, size, view.ready_at)
+    # cached by the browser, and by shared caches only where no key guards the API
+    caching = {"ETag": tag, "Cache-Control": f"{'private' if services.settings.api_key else 'public'}, max-age=86400"}
+    if if_none_match is not None and tag in [each.strip() for each in if_none_match.split(",")]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=caching)
+    head = {"status": view.status, "event_id": event_id, **view.times()}
+    body = stream_ready(services.store, bucket, key, head, size)
+    return StreamingResponse(body, media_type="application/json", headers=caching)
 
 
 def sse(view: JobView) -> bytes:

@@ -13,6 +13,8 @@ from typing import IO, Any
 import ijson
 
 CHUNK_BYTES = 1024 * 1024
+PREDICTION = b',"prediction":['
+HEADER_BYTES = 64 * 1024  # the header is a few small members: found in the file's first bytes
 
 
 def compact(value: Any) -> bytes:
@@ -29,7 +31,21 @@ def frame_json(doc: dict[str, Any]) -> bytes:
 
 def open_object(head: dict[str, Any]) -> bytes:
     """`{...head, "prediction": [`: the start of a JSON object whose last member is the prediction list."""
-    return compact(head)[:-1] + b',"prediction":['
+    return compact(head)[:-1] + PREDICTION
+
+
+def split(first: bytes) -> tuple[dict[str, Any], int] | None:
+    """(The header, where the prediction list's members start) from a detection file's first bytes, as
+    `write` lays it out; None for another layout. The marker cannot occur inside the header's strings
+    (their quotes are escaped), so its first occurrence ends the header."""
+    at = first.find(PREDICTION)
+    if at <= 0:
+        return None
+    try:
+        head = json.loads(first[:at] + b"}")
+    except ValueError:
+        return None
+    return (head, at + len(PREDICTION)) if isinstance(head, dict) else None
 
 
 async def write(out: IO[bytes], head: dict[str, Any], frames: AsyncIterable[dict[str, Any]]) -> int:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from events import topics
+from events import detection_file, topics
 from events.clients import ensure_topics, kafka_producer
 from events.contracts import (
     DetectedObject,
@@ -112,6 +112,39 @@ def test_readiness_comes_from_storage(client: TestClient, settings) -> None:
     assert answer["prediction"] == [{"frame": 0, "objects": [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.9}]}]
     (operation,) = client.get("/api/status/all").json()["operations"]
     assert operation["status_code"] == "ready"
+
+
+def test_a_ready_result_passes_the_stored_file_through_with_an_etag_and_304(client: TestClient, settings) -> None:
+    """The relay's layout (`prediction` last) is streamed from storage as it is: the same answer as parsing
+    it, and a result that never changes is cached by tag."""
+    event_id = upload(client)["event_id"]
+    frames = [{"frame": 5 * i, "objects": [{"class": "car", "box": [1.5, 2, 3, 4.25], "conf": 0.9}] * (i % 3)}
+              for i in range(2000)]  # fmt: skip
+    target = settings.storage_dir / "videos" / detection_key(event_id)
+    target.parent.mkdir(parents=True)
+
+    async def frame_docs():
+        for frame in frames:
+            yield frame
+
+    with target.open("wb") as out:
+        asyncio.run(detection_file.write(out, {"event_id": event_id, "fps": 25.0, "total_frames": 2000},
+                                         frame_docs()))  # fmt: skip
+    answer = client.get(f"/api/result_video/{event_id}")
+    body = answer.json()
+    assert body["status"] == "ready" and body["fps"] == 25.0 and body["prediction"] == frames
+    assert set(body) == {"status", "event_id", "fps", "prediction", "processing_time_seconds",
+                         "processing_time_formatted"}  # fmt: skip
+    tag = answer.headers["etag"]
+    assert answer.headers["cache-control"] == "public, max-age=86400"
+    cached = client.get(f"/api/result_video/{event_id}", headers={"If-None-Match": tag})
+    assert cached.status_code == 304 and cached.content == b"" and cached.headers["etag"] == tag
+    other = client.get(f"/api/result_video/{event_id}", headers={"If-None-Match": '"another"'})
+    assert other.status_code == 200 and other.json() == body
+    assert detection_file.split(target.read_bytes()[:1000]) == (
+        {"event_id": event_id, "fps": 25.0, "total_frames": 2000},
+        target.read_bytes().index(b"[") + 1,
+    )
 
 
 def test_request_enqueues_a_video_already_in_storage(client: TestClient, settings) -> None:
