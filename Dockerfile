@@ -6,14 +6,14 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml requirements.lock README.md LICENSE ./
 COPY api ./api
 COPY events ./events
 COPY inference ./inference
 COPY relays ./relays
 COPY runner ./runner
 COPY vdetect ./vdetect
-RUN pip install .
+RUN pip install -c requirements.lock .
 
 FROM python:3.11.13-slim-bookworm
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin vdetect

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ULTRALYTICS_ASSETS := ultralytics==8.4.190
 
-.PHONY: up test test-fast lint bench clean
+.PHONY: up test test-fast lint bench lock clean
 
 up: $(VENV)/.run-deps
 	$(VENV)/bin/vdetect up
@@ -32,13 +32,14 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.run-deps: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e ".[local]"
+# Installs take the versions in requirements.lock (a constraints file: what pyproject.toml asks for, pinned).
+$(VENV)/.run-deps: pyproject.toml requirements.lock | $(VENV)/bin/python
+	$(PY) -m pip install -q -c requirements.lock -e ".[local]"
 	touch $@
 
 # Ultralytics' wheel is installed without its dependencies (no torch): the tests only read its photos.
-$(VENV)/.test-deps: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e ".[test]"
+$(VENV)/.test-deps: pyproject.toml requirements.lock | $(VENV)/bin/python
+	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
 	$(PY) -m pip install -q --no-deps $(ULTRALYTICS_ASSETS)
 	touch $(VENV)/.run-deps $@
 
@@ -60,6 +61,13 @@ $(VENV)/.bench-deps: | $(VENV)/bin/python
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Refresh requirements.lock after a change of pyproject.toml's dependencies (pip-tools resolves them).
+lock: | $(VENV)/bin/python
+	$(PY) -m pip install -q pip-tools
+	$(PY) -m piptools compile -q --extra local --extra test --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o requirements.lock pyproject.toml
+	sed -i '/^vdetect @ /d' requirements.lock  # the project itself, named by its own extras
 
 clean:
 	rm -rf $(VENV) node_modules data
