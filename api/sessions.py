@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pymongo.asynchronous.collection import AsyncCollection
 from starlette.datastructures import Headers
 
-from events.contracts import utcnow
+from events.contracts import SessionDocument, utcnow
 
 COOKIE = "vdetect_session"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -29,7 +29,8 @@ async def open_session(sessions: AsyncCollection, ttl_s: float, client: str) -> 
     """A new session: (its token, for the cookie; when it expires)."""
     token, now = secrets.token_urlsafe(32), utcnow()
     expires = now + timedelta(seconds=ttl_s)
-    await sessions.insert_one({"_id": digest(token), "created_at": now, "expires_at": expires, "client": client})
+    await sessions.insert_one(SessionDocument(id=digest(token), created_at=now, expires_at=expires,
+                                              client=client).to_mongo())  # fmt: skip
     return token, expires
 
 

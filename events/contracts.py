@@ -23,6 +23,14 @@ CHECKPOINTS = "relay_checkpoints"
 SESSIONS = "sessions"  # the web page's sign-ins (api.sessions)
 
 
+def documents() -> dict[tuple[str, str], type["Contract"]]:
+    """(Database role, collection) -> the model of its documents: `main` is MAIN_DB, `runner` RUNNER_DB
+    (each relay's checkpoints live beside what it watches). Every field any service writes is in its model."""
+    return {("main", OUTBOX): OutboxDocument, ("main", SESSIONS): SessionDocument, ("main", CHECKPOINTS): Checkpoint,
+            ("runner", PREDICTIONS): RunnerPrediction, ("runner", FRAMES): FrameDocument,
+            ("runner", CHECKPOINTS): Checkpoint}  # fmt: skip
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -85,6 +93,10 @@ class OutboxDocument(JobState):
     webhook: str | None = Field(default=None, description="`pending` until the webhook relay is done with it")
     sent_to: dict[str, int] | None = Field(default=None, description="partition -> offset of the outbox event")
     client: str | None = Field(default=None, description="the submitting client's address (jobs waiting per client)")
+    redeliveries: int | None = Field(default=None, description="times the outbox relay sent the event again")
+    webhook_attempts: int | None = Field(default=None, description="webhook deliveries attempted so far")
+    webhook_last: str | None = Field(default=None, description="the last attempt's outcome (`HTTP 200`, a reason)")
+    webhook_last_at: datetime | None = None
 
 
 class OutboxEvent(Contract):
@@ -214,15 +226,34 @@ class RunnerPrediction(Contract):
     status: RunnerStatus = RunnerStatus.PROCESSING
     tasks: dict[str, int] = Field(default_factory=dict, description="partition -> offset of the job's last task")
     created_at: datetime = Field(default_factory=utcnow)
+    completed_at: datetime | None = Field(default=None, description="when every frame's result was stored")
     ready_at: datetime | None = None
     output_s3: StorageLocation | None = None
     error: str | None = None
+    export_error: str | None = Field(default=None, description="why storage refused the job's outcome")
     failed_at: datetime | None = None
     updated_at: datetime | None = Field(default=None, description="last progress: for the stall watchdog")
     resends: int = 0
 
     def is_complete(self) -> bool:
         return self.total_frames is not None and self.received_frames >= self.total_frames
+
+
+class Checkpoint(Contract):
+    """`relay_checkpoints` (beside the collection a relay watches): the relay's latest resume token."""
+
+    id: str = Field(alias="_id", description="the relay's name")
+    token: dict[str, Any]
+    updated_at: datetime
+
+
+class SessionDocument(Contract):
+    """`main_db.sessions`: one sign-in of the web page (`api.sessions`), removed after `expires_at`."""
+
+    id: str = Field(alias="_id", description="the SHA-256 of the session's token (the token is never stored)")
+    created_at: datetime
+    expires_at: datetime
+    client: str
 
 
 class DetectionHeader(Contract):

@@ -25,7 +25,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from events import detection_file, topics
+from events import detection_file, runnerstate, topics
 from events.clients import ensure_topics, kafka_producer, mongo_client, object_store
 from events.contracts import (
     CHECKPOINTS,
@@ -57,7 +57,7 @@ log = get_logger(__name__)
 NAME = "s3-relay"
 PROCESSING = RunnerStatus.PROCESSING.value
 PREDICTABLE, FAILED = RunnerStatus.PREDICTABLE.value, RunnerStatus.FAILED.value
-OUTCOMES = [PREDICTABLE, FAILED]
+OUTCOMES = [status.value for status in runnerstate.OUTCOMES]
 PROGRESS_FIELDS = ("received_frames", "total_frames", "frames_expected")
 PIPELINE = [
     {
@@ -149,23 +149,24 @@ def exporter(
 ):
     @transient
     async def mark_exported(job: RunnerPrediction, location: StorageLocation) -> None:
-        condition: dict[str, Any]
+        move = runnerstate.Move.EXPORT
+        update: dict[str, Any] = {"status": runnerstate.status_after(job.status, move),
+                                  "output_s3": location.to_mongo()}  # fmt: skip
+        condition = runnerstate.where(move, job.status)
         if job.status == RunnerStatus.PREDICTABLE:
-            condition = {"status": PREDICTABLE}
-            update = {"status": RunnerStatus.READY.value, "ready_at": utcnow(), "output_s3": location.to_mongo()}
-        else:
-            condition = {"status": FAILED, "output_s3": {"$exists": False}}
-            update = {"output_s3": location.to_mongo()}
+            update["ready_at"] = utcnow()
+        else:  # a failure's outcome is recorded once
+            condition["output_s3"] = {"$exists": False}
         await predictions.update_one({"_id": job.id, **condition}, {"$set": update})
 
     @transient
     async def mark_unexportable(job: RunnerPrediction, error: PermanentStorageError) -> None:
         """The outcome cannot be written: the job fails with the reason, and is not tried again."""
-        reason = f"the job's outcome could not be written to storage: {error}"
+        reason, move = f"the job's outcome could not be written to storage: {error}", runnerstate.Move.REFUSE
         await predictions.update_one(
-            {"_id": job.id, "status": {"$in": OUTCOMES}, "output_s3": {"$exists": False}},
-            {"$set": {"status": FAILED, "export_error": reason, "error": job.error or reason,
-                      "failed_at": job.failed_at or utcnow()}},
+            {"_id": job.id, **runnerstate.where(move), "output_s3": {"$exists": False}},
+            {"$set": {"status": runnerstate.status_after(job.status, move), "export_error": reason,
+                      "error": job.error or reason, "failed_at": job.failed_at or utcnow()}},
         )  # fmt: skip
 
     async def sorted_frames(job_id: str):

@@ -10,12 +10,13 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from events import runnerstate
 from events.contracts import FrameDocument, InferenceResult, RunnerPrediction, utcnow
 from events.log import get_logger
 from events.retry import transient
 from events.statuses import RunnerStatus
 
-PROCESSING = {"status": RunnerStatus.PROCESSING.value}
+PROCESSING = runnerstate.WHILE_PROCESSING
 DUPLICATE_KEY = 11000
 log = get_logger(__name__)
 
@@ -136,9 +137,10 @@ class Jobs:
             log.warning("frame results lost by the database, counted again", stored=stored,
                         expected=job.total_frames, lost_results=1)  # fmt: skip
             return False
+        move = runnerstate.Move.COMPLETE
         outcome = await self.collection.update_one(
-            {"_id": job.id, **PROCESSING},
-            {"$set": {"status": RunnerStatus.PREDICTABLE.value, "completed_at": utcnow()}},
+            {"_id": job.id, **runnerstate.where(move)},
+            {"$set": {"status": runnerstate.status_after(RunnerStatus.PROCESSING, move), "completed_at": utcnow()}},
         )
         return outcome.modified_count == 1
 
@@ -171,8 +173,10 @@ class Jobs:
 
     @transient
     async def fail(self, event_id: str, reason: str) -> bool:
+        move = runnerstate.Move.FAIL
         outcome = await self.collection.update_one(
-            {"_id": event_id, **PROCESSING},
-            {"$set": {"status": RunnerStatus.FAILED.value, "error": reason, "failed_at": utcnow()}},
-        )
+            {"_id": event_id, **runnerstate.where(move)},
+            {"$set": {"status": runnerstate.status_after(RunnerStatus.PROCESSING, move), "error": reason,
+                      "failed_at": utcnow()}},
+        )  # fmt: skip
         return outcome.modified_count == 1

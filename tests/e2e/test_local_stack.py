@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from api.projector import Projector
 from events import topics
 from events.clients import mongo_client
-from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState
+from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState, documents
 from events.indexes import MAIN_DB, RUNNER_DB
 from events.settings import Settings
 from tests import hostile
@@ -406,6 +407,32 @@ def test_a_service_that_dies_is_restarted_and_leaves_no_process_behind(stack: St
     wait_until(lambda: httpx.get(f"{stack.api}/health", timeout=5).json()["down"] == [], 60, "health to clear")
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").status_code == 200, 60, "health")
     wait_until(lambda: not session_members(old), 30, "the dead runner's pool workers to end")
+
+
+def test_every_document_the_services_wrote_is_its_model_with_no_field_beyond_it(stack: Stack) -> None:
+    """Run after the jobs above (uploads, webhooks, failures, deletions): a field written by any service
+    and declared by no model fails here (a model reading with `extra="ignore"` would drop it silently)."""
+    settings = stack_settings(stack)
+
+    async def strays() -> tuple[dict[str, int], list[str]]:
+        checked, found = {}, []
+        async with mongo_client(**settings.mongo()) as client:
+            for (role, collection), model in documents().items():
+                config = {**model.model_config, "extra": "forbid"}
+                strict: type[BaseModel] = type(f"Strict{model.__name__}", (model,), {"model_config": config})
+                database = settings.main_db if role == "main" else settings.runner_db
+                checked[f"{role}.{collection}"] = 0
+                async for doc in client[database][collection].find():
+                    checked[f"{role}.{collection}"] += 1
+                    try:
+                        strict.model_validate(doc)
+                    except ValidationError as error:
+                        found.append(f"{role}.{collection}: {error}")
+        return checked, found
+
+    checked, found = asyncio.run(strays())
+    assert not found, found
+    assert checked["main.outbox"] and checked["runner.runner_predictions"] and checked["main.relay_checkpoints"]
 
 
 def test_sigterm_stops_the_whole_stack_cleanly(stack: Stack) -> None:

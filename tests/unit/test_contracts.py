@@ -110,3 +110,31 @@ def test_frame_documents_of_a_job_sort_by_frame_number_within_one_id_range() -> 
     result = InferenceResult(event_id="job", frame=5, objects=[], error="bad frame")
     assert FrameDocument.of(result).to_mongo() == {"_id": "job:0000000005", "job": "job", "frame": 5,
                                                    "objects": [], "error": "bad frame"}  # fmt: skip
+
+
+def test_every_field_a_service_writes_in_an_update_is_declared_by_a_document_model() -> None:
+    """A static look at every `$set`, `$inc`, `$max`, `$unset` written as a literal in the services; the
+    end-to-end test checks what they actually stored (test_every_document_the_services_wrote_is_...)."""
+    import ast
+    from pathlib import Path
+
+    from events.contracts import documents
+
+    declared = {field.alias or name for model in documents().values() for name, field in model.model_fields.items()}
+    operators = {"$set", "$inc", "$max", "$min", "$unset", "$setOnInsert"}
+    root = Path(__file__).resolve().parent.parent.parent
+    written: dict[str, str] = {}
+    for folder in ("api", "events", "relays", "runner"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.Dict):
+                    continue
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value in operators and isinstance(value, ast.Dict):
+                        for field in value.keys:
+                            if isinstance(field, ast.Constant) and isinstance(field.value, str):
+                                written[field.value.split(".")[0]] = f"{path.relative_to(root)}:{field.lineno}"
+                            elif isinstance(field, ast.JoinedStr) and isinstance(field.values[0], ast.Constant):
+                                written[str(field.values[0].value).split(".")[0]] = f"{path.relative_to(root)}"
+    assert written, "the scan found the services' updates"
+    assert {name: where for name, where in written.items() if name not in declared} == {}
