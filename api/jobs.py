@@ -22,6 +22,7 @@ from events.storage import ObjectStore, PermanentStorageError
 CONCURRENT_CHECKS = 16
 MISSING_RESULT = "the result is no longer in storage"
 MAX_CURSOR = 256
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"  # base64url without padding
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,27 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from fastapi.responses import StreamingResponse
 from pymongo import WriteConcern
 from starlette.concurrency import iterate_in_threadpool
 
 from api import sessions
 from api.deps import Services, ServicesDep, key_check
-from api.jobs import JobView, after_cursor, cursor_of, views
+from api.jobs import CURSOR_PATTERN, MAX_CURSOR, JobView, after_cursor, cursor_of, views
 from api.limits import client_of
 from api.live import GONE, TooManyStreams
 from api.schemas import (
@@ -34,7 +47,6 @@ from api.validation import (
     PROBE_BYTES,
     check_bucket,
     check_callback_url,
-    check_event_id,
     check_object_key,
     client_error,
     file_label,
@@ -62,6 +74,14 @@ QUOTA: dict[int | str, dict[str, Any]] = {
     429: {"model": Problem, "description": "too many jobs waiting, of this client or in all; try after Retry-After"}
 }
 MAX_PAGE = 1000
+
+
+def job_id(event_id: Annotated[uuid.UUID, Path(description="the job's event_id")]) -> str:
+    """A path's job id: a UUID (the document says so; anything else is FastAPI's 422), as the jobs store it."""
+    return str(event_id)
+
+
+JobId = Annotated[str, Depends(job_id)]
 KEEPALIVE_S = 15
 STREAM_RETRY_AFTER_S = 10
 
@@ -182,7 +202,15 @@ async def status_all(
     services: ServicesDep,
     status_filter: Annotated[OutboxStatus | None, Query(alias="status", description="only jobs in this status")] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="a page of this many jobs; all if unset")] = None,
-    after: Annotated[str | None, Query(description="the `next` cursor of the previous page")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_CURSOR,
+            pattern=CURSOR_PATTERN,
+            description="the `next` cursor of the previous page",
+        ),
+    ] = None,
 ) -> Operations:
     """Jobs in the order they were accepted, a page at a time; each job's readiness checked in storage."""
     query: dict[str, Any] = {"status": status_filter.value} if status_filter else {}
@@ -239,16 +267,15 @@ def result_etag(event_id: str, size: int, ready_at: datetime) -> str:
 @router.get(
     "/result_video/{event_id}",
     response_model=ResultReady | ResultPending,
-    responses={**NOT_FOUND, 422: {"model": Problem, "description": "the id is not a UUID"}},
+    responses=NOT_FOUND,
 )
 async def result_video(
     services: ServicesDep,
-    event_id: str,
+    event_id: JobId,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response | ResultPending:
     """The result (its prediction streamed from storage as stored: it may be hundreds of MB) or where the
     job stands. A ready result never changes: it has an `ETag`, and `If-None-Match` with it answers 304."""
-    event_id = check_event_id(event_id)
     doc = await services.outbox.find_one({"_id": event_id})
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
@@ -341,26 +368,41 @@ async def all_job_events(services: ServicesDep, request: Request) -> StreamingRe
     response_class=StreamingResponse,
     responses={**SSE, **NOT_FOUND},
 )
-async def job_events(services: ServicesDep, request: Request, event_id: str) -> StreamingResponse:
+async def job_events(services: ServicesDep, request: Request, event_id: JobId) -> StreamingResponse:
     """Live status and progress of one job (Server-Sent Events); the stream ends after ready or failed."""
-    event_id = check_event_id(event_id)
     if await services.outbox.find_one({"_id": event_id}, {"_id": 1}) is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
     return event_stream(services, request, event_id)
 
 
-@router.post(
+@router.api_route(
     "/session",
+    methods=["POST", "DELETE"],
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={204: {"description": "the session cookie is set", "headers": {"Set-Cookie": {
+    responses={204: {"description": "POST: the session cookie is set; DELETE: it is revoked and removed",
+                     "headers": {"Set-Cookie": {
         "description": "vdetect_session=...; HttpOnly; Max-Age=43200; SameSite=strict; Path=/api (Secure over TLS)",
         "schema": {"type": "string"}}}},
-        401: {"model": Problem, "description": "no valid X-API-Key header: a session is opened only with the key"}},
+        401: {"model": Problem, "description": "POST without a valid X-API-Key: a session opens only with the key"},
+        403: {"model": Problem, "description": "DELETE with `all=true` without the X-API-Key header"}},
 )  # fmt: skip
-async def session(services: ServicesDep, request: Request, response: Response) -> None:
-    """Exchange the X-API-Key header (checked, like every /api path, before the request is read) for an
-    HttpOnly session cookie that expires after SESSION_TTL_S: the web page's sign-in, so the browser's
-    uploads, event streams and video player work without the key in a URL."""
+async def session(
+    services: ServicesDep,
+    request: Request,
+    response: Response,
+    every: Annotated[bool, Query(alias="all", description="DELETE: revoke every session (needs X-API-Key)")] = False,
+) -> None:
+    """POST signs in: the X-API-Key header (checked, like every /api path, before the request is read) is
+    exchanged for an HttpOnly session cookie that expires after SESSION_TTL_S, so the web page's uploads,
+    event streams and video player work without the key in a URL. DELETE signs out: this cookie's
+    session is revoked and the cookie removed; with `all=true` and the key, every session is revoked."""
+    if request.method == "DELETE":
+        await sign_out(services, request, response, every)
+    else:
+        await sign_in(services, request, response)
+
+
+async def sign_in(services: Services, request: Request, response: Response) -> None:
     settings = services.settings
     if (matches := key_check(settings.api_key)) is None:
         return  # no key, no sign-in needed
@@ -372,15 +414,7 @@ async def session(services: ServicesDep, request: Request, response: Response) -
                         samesite="strict", secure=secure, path="/api")  # fmt: skip
 
 
-@router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
-async def sign_out(
-    services: ServicesDep,
-    request: Request,
-    response: Response,
-    every: Annotated[bool, Query(alias="all", description="revoke every session (needs X-API-Key)")] = False,
-) -> None:
-    """Sign out: the session of this cookie is revoked and the cookie removed; with `all=true` and the
-    X-API-Key header, every session of every browser is revoked."""
+async def sign_out(services: Services, request: Request, response: Response, every: bool) -> None:
     if every:
         matches = key_check(services.settings.api_key)
         if matches is not None and not matches(request.headers.get("x-api-key")):
@@ -401,10 +435,9 @@ async def sign_out(
                **NOT_FOUND, 416: {"model": Problem, "description": "a range outside the video"}},
 )  # fmt: skip
 async def video(
-    services: ServicesDep, event_id: str, range_header: Annotated[str | None, Header(alias="Range")] = None
+    services: ServicesDep, event_id: JobId, range_header: Annotated[str | None, Header(alias="Range")] = None
 ):
     """The uploaded video, with HTTP range requests (a browser's player seeks with them)."""
-    event_id = check_event_id(event_id)
     doc = await services.outbox.find_one({"_id": event_id}, {"payload": 1})
     size = await services.store.size(doc["payload"]["bucket"], doc["payload"]["object"]) if doc else None
     if doc is None or size is None:
@@ -459,9 +492,8 @@ async def forget(services: Services, doc: dict[str, Any]) -> int:
 
 
 @router.delete("/jobs/{event_id}", responses=NOT_FOUND)
-async def delete_job(services: ServicesDep, event_id: str) -> Cleaned:
+async def delete_job(services: ServicesDep, event_id: JobId) -> Cleaned:
     """Remove one job: its objects and its records."""
-    event_id = check_event_id(event_id)
     doc = await services.outbox.find_one({"_id": event_id}, {"payload": 1})
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)

@@ -2,7 +2,6 @@
 
 import re
 import unicodedata
-import uuid
 
 from fastapi import HTTPException, status
 
@@ -55,14 +54,6 @@ def file_label(name: str | None) -> str | None:
         keep = MAX_FILE_NAME - 1
         shown = shown[: keep - keep // 3] + "…" + shown[-(keep // 3) :]
     return shown or None
-
-
-def check_event_id(event_id: str) -> str:
-    try:
-        parsed = uuid.UUID(event_id)
-    except ValueError:
-        raise client_error(f"event_id must be a UUID, got {event_id!r}", 422) from None
-    return str(parsed)
 
 
 def looks_like_video(head: bytes) -> bool:

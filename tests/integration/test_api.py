@@ -147,6 +147,14 @@ def test_a_ready_result_passes_the_stored_file_through_with_an_etag_and_304(clie
     )
 
 
+def test_event_ids_must_be_uuids(client: TestClient) -> None:
+    """Moved from the unit tests onto the real path: the route's id is a UUID, in any case, stored lower."""
+    answer = client.get("/api/result_video/B365CD4D-8336-419D-A390-0AD166EAECA5")
+    assert answer.status_code == 404 and "b365cd4d-8336-419d-a390-0ad166eaeca5" in answer.json()["detail"]
+    refused = client.get("/api/result_video/nope")
+    assert refused.status_code == 422
+
+
 def test_request_enqueues_a_video_already_in_storage(client: TestClient, settings) -> None:
     source = upload(client)["event_id"]
     answer = client.post("/api/request", json={"bucket": "videos", "object": f"input/{source}.mp4"})

@@ -177,8 +177,10 @@ MALFORMED = [  # (what, request, code, words of the answer): every parameter a c
      422, ""),
     ("bucket-not-a-name", lambda c: c.post("/api/request", json={"object": "a.mp4", "bucket": "../x"}), 400, "bucket"),
     ("cursor-nested", lambda c: c.get("/api/status/all", params={
-        "after": base64.urlsafe_b64encode(b"[" * 3000).decode()}), 400, "cursor"),
-    ("cursor-long", lambda c: c.get("/api/status/all", params={"after": "A" * 5000}), 400, "cursor"),
+        "after": base64.urlsafe_b64encode(b"[" * 3000).decode()}), 422, "at most 256 characters"),
+    ("cursor-long", lambda c: c.get("/api/status/all", params={"after": "A" * 5000}), 422, "at most 256 characters"),
+    ("cursor-not-ours", lambda c: c.get("/api/status/all", params={"after": "W1tbW1tbW1tb"}), 400, "cursor"),
+    ("cursor-empty", lambda c: c.get("/api/status/all", params={"after": ""}), 422, "at least 1 character"),
     ("limit-not-a-number", lambda c: c.get("/api/status/all", params={"limit": "x"}), 422, ""),
     ("status-unknown", lambda c: c.get("/api/status/all", params={"status": "lost"}), 422, ""),
     ("event-id", lambda c: c.get("/api/jobs/not-a-uuid/events"), 422, "UUID"),

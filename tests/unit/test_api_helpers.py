@@ -2,7 +2,7 @@ import pytest
 from fastapi import HTTPException
 
 from api.timing import elapsed_seconds, format_duration
-from api.validation import check_bucket, check_event_id, check_object_key, looks_like_video
+from api.validation import check_bucket, check_object_key, looks_like_video
 from tests.servers import bikes_video
 
 
@@ -38,13 +38,6 @@ def test_invalid_buckets_are_refused(bucket: str) -> None:
 def test_unsafe_object_keys_are_refused(key: str) -> None:
     with pytest.raises(HTTPException):
         check_object_key(key)
-
-
-def test_event_ids_must_be_uuids() -> None:
-    assert check_event_id("B365CD4D-8336-419D-A390-0AD166EAECA5") == "b365cd4d-8336-419d-a390-0ad166eaeca5"
-    with pytest.raises(HTTPException) as error:
-        check_event_id("nope")
-    assert error.value.status_code == 422
 
 
 def test_video_containers_are_recognised_by_their_bytes() -> None:
