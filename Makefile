@@ -26,7 +26,7 @@ lint: $(VENV)/.test-deps
 
 # The figures of the README's Performance section (Ultralytics: see there).
 bench: $(VENV)/.test-deps $(VENV)/.bench-deps
-	$(VENV)/bin/vdetect bench
+	$(PY) -m bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -38,7 +38,7 @@ import typer
 from pymongo import MongoClient
 
 from events.settings import Settings
-from vdetect.testing import (
+from tests.harness import (
     Stack,
     StillWaiting,
     isolate,

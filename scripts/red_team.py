@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import hostile  # noqa: E402
+from tests.harness import Stack, local_stack, upload, wait_finished, webhook_receiver  # noqa: E402
 from tests.servers import bikes_video  # noqa: E402
-from vdetect.testing import Stack, local_stack, upload, wait_finished, webhook_receiver  # noqa: E402
 
 SECRET = "whsec-red-team"
 

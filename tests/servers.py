@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vdetect.stack import executable, tansu_binary, wait_for_port
-from vdetect.testing import free_port
+from tests.harness import free_port
+from vdetect.stack import secantus_argv, tansu_argv, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 S3RVER = ROOT / "node_modules" / ".bin" / "s3rver"
@@ -49,19 +49,14 @@ class Server:
 
 def secantus(folder: Path) -> Server:
     port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    argv = [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
-            "--storage-path", str(folder / "db"), "--cache-size", "256M", "--noop-heartbeat-seconds", "1"]  # fmt: skip
-    return Server(argv, port, folder / "secantusdb.log")
+    folder.mkdir(parents=True, exist_ok=True)  # a 1 s heartbeat, no sync per commit: quicker tests
+    return Server(secantus_argv(port, folder / "db", heartbeat_s=1, sync=False), port, folder / "secantusdb.log")
 
 
 def tansu(folder: Path) -> Server:
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
-    url = f"tcp://127.0.0.1:{port}"
-    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]  # fmt: skip
-    return Server(argv, port, folder / "tansu.log")
+    return Server(tansu_argv(port), port, folder / "tansu.log")
 
 
 def s3rver(folder: Path) -> Server:
@@ -105,3 +100,18 @@ def photo(name: str) -> np.ndarray:
     if image is None:
         raise FileNotFoundError(ultralytics_asset(name))
     return image
+
+
+def long_video(video: Path, folder: Path, loops: int) -> Path:
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (item := capture.read())[0]:
+        frames.append(item[1])
+    height, width = frames[0].shape[:2]
+    path = folder / f"long_x{loops}.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (width, height))
+    for _ in range(loops):
+        for frame in frames:
+            writer.write(frame)
+    writer.release()
+    return path

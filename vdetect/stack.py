@@ -239,27 +239,27 @@ def wait_for_health(urls: list[str], timeout: float, stopping: list[bool]) -> bo
     return not waiting
 
 
+def secantus_argv(port: int, storage: Path, heartbeat_s: float = NOOP_HEARTBEAT_S, sync: bool = True) -> list[str]:
+    """How SecantusDB is started, here and by the tests and the bench: on loopback, a 256 MB cache, a no-op
+    heartbeat (quiet change streams still advance their resume tokens), each commit synced (`sync`)."""
+    argv = [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage),
+            "--cache-size", "256M", "--noop-heartbeat-seconds", f"{heartbeat_s:g}"]  # fmt: skip
+    return [*argv, "--sync-on-commit"] if sync else argv
+
+
+def tansu_argv(port: int) -> list[str]:
+    """How Tansu is started, here and by the tests: on loopback, its log in memory."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]  # fmt: skip
+
+
 def servers(data_dir: Path, ports: PortPlan, env: dict[str, str]) -> list[Child]:
     logs = data_dir / "logs"
-    kafka_url = f"tcp://127.0.0.1:{ports.kafka}"
     return [
-        Child(
-            "secantusdb",
-            [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(ports.mongo),
-             "--storage-path", str(data_dir / "mongo"), "--cache-size", "256M",
-             "--noop-heartbeat-seconds", str(NOOP_HEARTBEAT_S), "--sync-on-commit"],
-            env,
-            logs / "secantusdb.log",
-            max_backoff_s=SERVER_MAX_BACKOFF_S,
-        ),
-        Child(
-            "tansu",
-            [str(tansu_binary()), "broker", "--listener-url", kafka_url, "--advertised-listener-url", kafka_url,
-             "--storage-engine", "memory://tansu/"],
-            env,
-            logs / "tansu.log",
-            max_backoff_s=SERVER_MAX_BACKOFF_S,
-        ),
+        Child("secantusdb", secantus_argv(ports.mongo, data_dir / "mongo"), env, logs / "secantusdb.log",
+              max_backoff_s=SERVER_MAX_BACKOFF_S),
+        Child("tansu", tansu_argv(ports.kafka), env, logs / "tansu.log", max_backoff_s=SERVER_MAX_BACKOFF_S),
     ]  # fmt: skip
 
 

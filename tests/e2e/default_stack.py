@@ -1,6 +1,6 @@
 """Run the stack exactly as `make up` starts it, with its defaults, and report what a new user gets.
 
-Meant to run in a network namespace of its own (`vdetect.testing.isolated`), where the default ports
+Meant to run in a network namespace of its own (`tests.harness.isolated`), where the default ports
 are free whatever else runs on the machine:
 
     unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m tests.e2e.default_stack'
@@ -27,8 +27,8 @@ import typer
 
 from events.ports import PortPlan
 from events.settings import Settings
+from tests.harness import Stack, upload, wait_finished, wait_until
 from vdetect.stack import inference_workers_for
-from vdetect.testing import Stack, upload, wait_finished, wait_until
 
 SERVERS = ("mongo", "kafka")  # not HTTP: they are checked by the jobs going through
 EXITED = ("process exited, restarting", "process keeps failing", "cannot start the stack", "server did not start")

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from tests.harness import isolated
 from tests.servers import ROOT
-from vdetect.testing import isolated
 
 pytestmark = pytest.mark.e2e
 

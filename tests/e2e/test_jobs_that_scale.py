@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.harness import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 from tests.servers import bikes_video, photo
-from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 STALL_TIMEOUT_S = 5

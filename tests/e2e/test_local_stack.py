@@ -25,9 +25,7 @@ from events.indexes import MAIN_DB, RUNNER_DB
 from events.settings import Settings
 from tests import hostile
 from tests.conftest import read_topic
-from tests.servers import bikes_video
-from vdetect.bench import long_video
-from vdetect.testing import (
+from tests.harness import (
     Receiver,
     Stack,
     follow,
@@ -38,6 +36,7 @@ from vdetect.testing import (
     wait_until,
     webhook_receiver,
 )
+from tests.servers import bikes_video, long_video
 
 pytestmark = pytest.mark.e2e
 SECRET = "whsec-e2e"

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.harness import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 from tests.servers import Server, bikes_video, running, s3rver
-from vdetect.testing import Stack, local_stack, upload, wait_finished, wait_ready, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ from events.contracts import (
     utcnow,
 )
 from relays.follow import job_event_publisher
+from tests.harness import wait_until
 from tests.servers import bikes_video
-from vdetect.testing import wait_until
 
 
 @pytest.fixture

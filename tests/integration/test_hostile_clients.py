@@ -16,10 +16,10 @@ from pymongo import MongoClient
 
 from api.app import create_app
 from events.contracts import OUTBOX, OutboxDocument, OutboxPayload
+from tests.harness import wait_until
 from tests.integration.test_api import upload
 from tests.integration.test_web import raw_upload, serving
 from tests.servers import bikes_video
-from vdetect.testing import wait_until
 
 KEY = "s3cret-hostile"
 

@@ -12,7 +12,7 @@ import httpx
 from pymongo import MongoClient
 
 from tests.conftest import RelayProcess, settings_env
-from vdetect.testing import free_port, wait_until
+from tests.harness import free_port, wait_until
 
 SECRETS = {
     "API_KEY": "key-7d1f0a9c3b5e-SECRET",

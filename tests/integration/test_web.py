@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
+from tests.harness import free_port, wait_until
 from tests.servers import bikes_video
-from vdetect.testing import free_port, wait_until
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 KEY = "s3cret-web"

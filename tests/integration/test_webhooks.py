@@ -17,7 +17,7 @@ from events.contracts import OUTBOX, OutboxDocument, OutboxPayload
 from events.statuses import OutboxStatus
 from tests import hostile
 from tests.conftest import counted, eventually, relay, serving
-from vdetect.testing import Receiver, webhook_receiver
+from tests.harness import Receiver, webhook_receiver
 
 SECRET = "whsec-test"
 

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from events.clients import refused_topics
 from events.runtime import loopback, read_ahead
 from events.settings import Settings
+from tests.harness import EPHEMERAL_RANGE, LOWEST_PORT, free_port
 from vdetect.cli import app
-from vdetect.testing import EPHEMERAL_RANGE, LOWEST_PORT, free_port
 
 
 @pytest.mark.parametrize("service", ["api", "runner", "outbox-relay", "inference"])

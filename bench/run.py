@@ -1,4 +1,4 @@
-"""`vdetect bench`: the pipeline against the model alone and against Ultralytics, side by side in one run.
+"""`python -m bench` (`make bench`): the pipeline against the model alone and Ultralytics, side by side.
 
 Figures printed (and returned as one JSON line):
 - detector alone: frames/s of the ONNX detector on exactly the frames the pipeline samples (decoded
@@ -63,7 +63,7 @@ from relays import outbox as outbox_relay
 from relays import s3 as s3_relay
 from relays.follow import job_event_publisher
 from runner.frames import encode_frame, sample_frames
-from vdetect.testing import (
+from tests.harness import (
     Receiver,
     Stack,
     follow,
@@ -75,6 +75,7 @@ from vdetect.testing import (
     wait_until,
     webhook_receiver,
 )
+from tests.servers import long_video
 
 BENCH_SECRET = "bench-webhook-secret"
 ULTRALYTICS = """
@@ -436,21 +437,6 @@ def api_memory(stack: Stack, video: Path, folder: Path, large_mb: int) -> dict:
     return {"peak_rss_mb": result}
 
 
-def long_video(video: Path, folder: Path, loops: int) -> Path:
-    capture = cv2.VideoCapture(str(video))
-    frames = []
-    while (item := capture.read())[0]:
-        frames.append(item[1])
-    height, width = frames[0].shape[:2]
-    path = folder / f"long_x{loops}.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 25, (width, height))
-    for _ in range(loops):
-        for frame in frames:
-            writer.write(frame)
-    writer.release()
-    return path
-
-
 def runner_memory(stack: Stack, video: Path, folder: Path, loops: int) -> dict:
     result = {}
     for name, path in (("short", video), (f"long_x{loops}", long_video(video, folder, loops))):
@@ -538,14 +524,13 @@ def durable_insert_cost(folder: Path, count: int = 200) -> dict:
     """An upload's acknowledging write (w="majority", j=True) with and without SecantusDB's fsync per commit."""
     from pymongo import WriteConcern
 
-    from vdetect.stack import executable, wait_for_port
-    from vdetect.testing import free_port
+    from tests.harness import free_port
+    from vdetect.stack import secantus_argv, wait_for_port
 
     result = {}
     for name, extra in (("default", []), ("sync_on_commit", ["--sync-on-commit"])):
         port = free_port()
-        argv = [executable("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
-                "--storage-path", str(folder / name), "--cache-size", "256M", *extra]  # fmt: skip
+        argv = secantus_argv(port, folder / name, sync=bool(extra))
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(port, server, "secantusdb")
