@@ -6,7 +6,7 @@ import resource
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -26,6 +26,7 @@ from events.contracts import (
     input_key,
     utcnow,
 )
+from events.settings import Settings
 from runner.jobs import Jobs
 from runner.service import Runner
 from tests import hostile
@@ -42,14 +43,27 @@ def pool():
 
 
 @pytest.fixture
-async def runner(settings, mongo, kafka_topics, pool) -> AsyncIterator[Runner]:
+async def make_runner(settings, mongo, kafka_topics, pool) -> AsyncIterator[Callable[[Settings], Runner]]:
+    """A runner on these settings (the default: the test's), as the service builds it."""
     db = mongo[settings.runner_db]
     await object_store(settings).ensure_bucket("videos")
     async with (
         kafka_producer(settings) as producer,
         group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
     ):
-        yield Runner(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(settings), producer, pool, settings, tasks)
+        yield lambda chosen: Runner.build(Jobs(db[PREDICTIONS], db[FRAMES]), object_store(chosen), producer, pool,
+                                          chosen, tasks)  # fmt: skip
+
+
+@pytest.fixture
+def runner(make_runner, settings) -> Runner:
+    return make_runner(settings)
+
+
+async def start(runner: Runner, event: OutboxEvent) -> None:
+    """Start a job as the jobs loop does (it takes a slot and goes on), then wait for its fan-out to end."""
+    await runner.fan_outs.start_job(event)
+    await runner.fan_outs.fanned_out(event.event_id)
 
 
 async def consume_all_tasks(settings, expected: int) -> None:
@@ -81,8 +95,8 @@ async def job(runner: Runner, event_id: str) -> Any:
 
 async def test_a_video_fans_out_one_task_per_sampled_frame_once(runner: Runner, settings):
     event = upload(settings, bikes_video())
-    await runner.start_job(event)
-    await runner.start_job(event)  # a redelivered outbox event does not start the job twice
+    await start(runner, event)
+    await start(runner, event)  # a redelivered outbox event does not start the job twice
     doc = await job(runner, event.event_id)
     assert doc["status"] == "processing" and doc["total_frames"] == BIKES_SAMPLED
     assert doc["received_frames"] == 0 and doc["bucket"] == "videos"
@@ -99,15 +113,15 @@ async def test_a_video_fans_out_one_task_per_sampled_frame_once(runner: Runner, 
 
 async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runner, settings):
     event = upload(settings, bikes_video())
-    await runner.start_job(event)
+    await start(runner, event)
     car = DetectedObject(class_name="car", box=[1, 2, 3, 4], conf=0.5)
     frames = list(range(0, 250, 5))
     results = [InferenceResult(event_id=event.event_id, frame=f, objects=[car] if f % 10 else []) for f in frames]
-    await asyncio.gather(*(runner.store_results([r]) for r in reversed(results[1:])))
-    await runner.store_results([results[2]])  # a redelivered result changes nothing
+    await asyncio.gather(*(runner.results.store([r]) for r in reversed(results[1:])))
+    await runner.results.store([results[2]])  # a redelivered result changes nothing
     doc = await job(runner, event.event_id)
     assert doc["status"] == "processing" and doc["received_frames"] == BIKES_SAMPLED - 1
-    await runner.store_results([results[0]])
+    await runner.results.store([results[0]])
     doc = await job(runner, event.event_id)
     assert doc["status"] == "predictable"
     assert doc["received_frames"] == BIKES_SAMPLED
@@ -115,7 +129,7 @@ async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runn
     assert [f["frame"] for f in stored] == frames  # one small document per frame, in frame order by _id
     assert stored[1]["objects"] == [{"class": "car", "box": [1, 2, 3, 4], "conf": 0.5}]
     assert runner.stats.duplicate_results == 1
-    await runner.store_results([results[3]])  # late duplicate after completion
+    await runner.results.store([results[3]])  # late duplicate after completion
     assert (await job(runner, event.event_id))["status"] == "predictable"
 
 
@@ -124,15 +138,15 @@ async def test_a_job_is_not_complete_while_frame_documents_it_counted_are_missin
     the job then stays in processing with the counter set back to what is stored (the stall check
     resends the missing frames), and completes once they are there."""
     event = upload(settings, bikes_video())
-    await runner.start_job(event)
+    await start(runner, event)
     results = [InferenceResult(event_id=event.event_id, frame=f, objects=[]) for f in range(0, 250, 5)]
-    await runner.store_results(results[:-1])
+    await runner.results.store(results[:-1])
     await runner.jobs.frames.delete_many({"job": event.event_id, "frame": {"$in": [170, 230]}})  # lost
-    await runner.store_results(results[-1:])  # the counter says 50 of 50
+    await runner.results.store(results[-1:])  # the counter says 50 of 50
     doc = await job(runner, event.event_id)
     assert doc["status"] == "processing" and doc["received_frames"] == BIKES_SAMPLED - 2
     assert await runner.jobs.stored_frames(event.event_id) == frozenset(range(0, 250, 5)) - {170, 230}
-    await runner.store_results([r for r in results if r.frame in (170, 230)])  # sent again, detected again
+    await runner.results.store([r for r in results if r.frame in (170, 230)])  # sent again, detected again
     doc = await job(runner, event.event_id)
     assert doc["status"] == "predictable" and doc["received_frames"] == BIKES_SAMPLED
 
@@ -144,7 +158,7 @@ async def test_a_job_is_not_complete_while_frame_documents_it_counted_are_missin
 )
 async def test_a_broken_or_missing_video_fails_the_job_with_a_reason(runner: Runner, settings, content, reason):
     event = upload(settings, content=content)
-    await runner.start_job(event)
+    await start(runner, event)
     doc = await job(runner, event.event_id)
     assert doc["status"] == "failed"
     assert reason in doc["error"]
@@ -155,45 +169,45 @@ async def age(runner: Runner, event_id: str, seconds: float = 3600) -> None:
     await runner.jobs.collection.update_one(
         {"_id": event_id}, {"$set": {"updated_at": utcnow() - timedelta(seconds=seconds)}}
     )
-    if event_id in runner.taken_at:
-        runner.taken_at[event_id] -= seconds
+    if event_id in runner.stalls.taken_at:
+        runner.stalls.taken_at[event_id] -= seconds
 
 
 async def test_a_quiet_job_whose_frames_are_queued_waits_and_one_whose_frames_were_lost_is_resent(runner, settings):
     event = upload(settings, bikes_video())
-    await runner.start_job(event)
+    await start(runner, event)
     for frame in range(0, 150, 5):  # 30 of 50 results arrive; the other 20 frames are queued
-        await runner.store_results([InferenceResult(event_id=event.event_id, frame=frame, objects=[])])
+        await runner.results.store([InferenceResult(event_id=event.event_id, frame=frame, objects=[])])
     for _ in range(3):  # quiet for an hour, but its frames wait for the inference workers: no resend
         await age(runner, event.event_id)
-        await runner.resend_stalled()
+        await runner.stalls.resend_stalled()
     assert runner.stats.resends == 0 and runner.stats.waiting == 1
     await consume_all_tasks(settings, BIKES_SAMPLED)  # taken by inference, and their results lost
     await age(runner, event.event_id)
-    await runner.resend_stalled()  # first look with nothing queued: its results may still be on their way
+    await runner.stalls.resend_stalled()  # first look with nothing queued: its results may still be on their way
     assert runner.stats.resends == 0
     await age(runner, event.event_id)
-    await runner.resend_stalled()  # a stall timeout later, still nothing: the frames were lost
+    await runner.stalls.resend_stalled()  # a stall timeout later, still nothing: the frames were lost
     assert runner.stats.resends == 1
     tasks = [InferenceTask.from_bytes(m.value) for m in await read_topic(settings, topics.INFERENCE_TASKS, 70)]
     sent = Counter(t.frame for t in tasks)
     assert len(tasks) == BIKES_SAMPLED + 20
     assert sorted(frame for frame, times in sent.items() if times == 2) == list(range(150, 250, 5))
-    await runner.store_results([InferenceResult(event_id=event.event_id, frame=150, objects=[])])
+    await runner.results.store([InferenceResult(event_id=event.event_id, frame=150, objects=[])])
     assert (await job(runner, event.event_id))["resends"] == 0  # progress: the count starts again
 
 
 async def test_a_job_whose_resends_bring_nothing_back_fails(runner, settings):
     settings.max_resends = 1  # the runner reads its settings when it checks: one resend, then it fails
     event = upload(settings, bikes_video())
-    await runner.start_job(event)
+    await start(runner, event)
     expected = BIKES_SAMPLED
     for _ in range(settings.max_resends + 1):
         await consume_all_tasks(settings, expected)  # every frame taken, no result ever comes back
         expected = BIKES_SAMPLED
         for _ in range(2):
             await age(runner, event.event_id)
-            await runner.resend_stalled()
+            await runner.stalls.resend_stalled()
     doc = await job(runner, event.event_id)
     assert runner.stats.resends == settings.max_resends
     assert doc["status"] == "failed" and "no progress after 1 resends" in doc["error"]
@@ -204,7 +218,7 @@ async def test_a_job_whose_runner_died_while_reading_the_video_is_fanned_out_aga
     assert await runner.jobs.create(event.event_id, "videos", event.payload.object)  # then the runner "died"
     for _ in range(2):  # nothing of it in flight: marked at the first look, fanned out again at the next
         await age(runner, event.event_id)
-        await runner.resend_stalled()
+        await runner.stalls.resend_stalled()
     doc = await job(runner, event.event_id)
     assert doc["total_frames"] == BIKES_SAMPLED and doc["resends"] == 1
     assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED
@@ -220,11 +234,11 @@ async def test_frames_resent_after_a_broker_lost_its_log_are_waited_for_while_qu
     await runner.jobs.collection.update_one({"_id": event.event_id}, {"$set": {"tasks": lost}})
     for _ in range(2):  # the old offsets are past the topic's end: lost, so fanned out again
         await age(runner, event.event_id)
-        await runner.resend_stalled()
+        await runner.stalls.resend_stalled()
     assert len(await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)) == BIKES_SAMPLED
     for _ in range(2):  # nobody has taken the resent frames
         await age(runner, event.event_id)
-        await runner.resend_stalled()
+        await runner.stalls.resend_stalled()
     doc = await job(runner, event.event_id)
     assert doc["status"] == "processing" and runner.stats.resends == 1
     assert doc["resends"] == 0  # what the broker lost is not the job's fault: it does not count towards MAX_RESENDS
@@ -236,19 +250,22 @@ async def wait_for(check) -> None:  # noqa: ANN001
     await eventually(lambda: asyncio.sleep(0, check()), interval=0.01)
 
 
-async def test_a_job_runs_at_most_frames_in_flight_ahead_of_its_stored_results(runner: Runner, settings):
-    runner.settings = settings.model_copy(update={"runner_frames_in_flight": 10})
+async def test_a_job_runs_at_most_frames_in_flight_ahead_of_its_stored_results(make_runner, settings):
+    runner = make_runner(settings.model_copy(update={"runner_frames_in_flight": 10}))
     event = upload(settings, bikes_video())
-    fanning = asyncio.create_task(runner.start_job(event))
-    await wait_for(lambda: event.event_id in runner.flows and runner.flows[event.event_id].published == 10)
-    flow = runner.flows[event.event_id]
+    await runner.fan_outs.start_job(event)
+    fanning = runner.fan_outs.fanning[event.event_id]
+    await wait_for(
+        lambda: event.event_id in runner.fan_outs.flows and runner.fan_outs.flows[event.event_id].published == 10
+    )
+    flow = runner.fan_outs.flows[event.event_id]
     await asyncio.sleep(0.3)  # watched for a while: it publishes no more than its room
     assert flow.published == 10 and not fanning.done()
     stored = 0
     while not fanning.done():  # results come back, five at a time: the runner publishes as they do
         if flow.published - stored >= 5 or (flow.published == BIKES_SAMPLED and stored < BIKES_SAMPLED):
             batch = range(stored, min(stored + 5, flow.published))
-            await runner.store_results([InferenceResult(event_id=event.event_id, frame=5 * i, objects=[])
+            await runner.results.store([InferenceResult(event_id=event.event_id, frame=5 * i, objects=[])
                                         for i in batch])  # fmt: skip
             stored += len(batch)
             assert flow.published - stored <= 10
@@ -256,23 +273,22 @@ async def test_a_job_runs_at_most_frames_in_flight_ahead_of_its_stored_results(r
     await fanning
     doc = await job(runner, event.event_id)
     assert doc["total_frames"] == BIKES_SAMPLED and doc["status"] in ("processing", "predictable")
-    assert event.event_id not in runner.flows  # nothing kept once the job is fanned out
+    assert event.event_id not in runner.fan_outs.flows  # nothing kept once the job is fanned out
 
 
-async def test_the_jobs_loop_fans_jobs_out_side_by_side_and_stops_them_on_stop(runner: Runner, settings):
-    runner.settings = settings.model_copy(update={"runner_frames_in_flight": 5, "runner_active_jobs": 2})
+async def test_the_jobs_loop_fans_jobs_out_side_by_side_and_stops_them_on_stop(make_runner, settings):
+    runner = make_runner(settings.model_copy(update={"runner_frames_in_flight": 5, "runner_active_jobs": 2}))
     stop = asyncio.Event()
-    fan_outs = asyncio.create_task(runner.run_fan_outs(stop))
-    await wait_for(lambda: runner.slots is not None)
+    fan_outs = asyncio.create_task(runner.fan_outs.run(stop))
     first, second = upload(settings, bikes_video()), upload(settings, bikes_video())
-    await runner.start_job(first)  # returns once the job exists: its frames are published meanwhile
-    await runner.start_job(second)
-    await wait_for(lambda: all(e.event_id in runner.flows and runner.flows[e.event_id].published == 5
+    await runner.fan_outs.start_job(first)  # returns once the job exists: its frames are published meanwhile
+    await runner.fan_outs.start_job(second)
+    await wait_for(lambda: all(e.event_id in runner.fan_outs.flows and runner.fan_outs.flows[e.event_id].published == 5
                                for e in (first, second)))  # fmt: skip
-    assert len(runner.fanning) == 2 and runner.slots is not None and runner.slots.locked()  # a third job waits
+    assert len(runner.fan_outs.fanning) == 2 and runner.fan_outs.slots.locked()  # a third job waits
     stop.set()
     await asyncio.wait_for(fan_outs, 30)
-    assert not runner.fanning and not runner.flows  # cancelled: the stall check resends their frames
+    assert not runner.fan_outs.fanning and not runner.fan_outs.flows  # cancelled: the stall check resends their frames
     for event in (first, second):
         assert (await job(runner, event.event_id))["status"] == "processing"
 
@@ -291,11 +307,10 @@ async def test_a_crafted_video_fails_its_own_job_and_never_stops_the_runner(runn
     make, reason = HOSTILE[name]
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stop = asyncio.Event()
-    fan_outs = asyncio.create_task(runner.run_fan_outs(stop))
-    await wait_for(lambda: runner.slots is not None)
+    fan_outs = asyncio.create_task(runner.fan_outs.run(stop))
     crafted, fine = upload(settings, content=make()), upload(settings, bikes_video())
-    await runner.start_job(crafted)
-    await runner.start_job(fine)
+    await runner.fan_outs.start_job(crafted)
+    await runner.fan_outs.start_job(fine)
 
     async def finished() -> bool:
         doc = await job(runner, crafted.event_id)
@@ -303,17 +318,17 @@ async def test_a_crafted_video_fails_its_own_job_and_never_stops_the_runner(runn
 
     await eventually(finished, timeout=60)
     assert reason in (await job(runner, crafted.event_id))["error"]
-    assert not fan_outs.done() and runner.crash is None  # the runner goes on, with the other job
+    assert not fan_outs.done() and runner.fan_outs.crash is None  # the runner goes on, with the other job
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
     assert grown_mb < 300, f"the runner's peak memory grew by {grown_mb:.0f} MB"
     stop.set()
     await asyncio.wait_for(fan_outs, 30)
 
 
-async def test_a_video_longer_than_the_limit_fails_before_a_frame_is_sent(runner: Runner, settings):
-    runner.settings = settings.model_copy(update={"max_video_seconds": 5})
+async def test_a_video_longer_than_the_limit_fails_before_a_frame_is_sent(make_runner, settings):
+    runner = make_runner(settings.model_copy(update={"max_video_seconds": 5}))
     event = upload(settings, bikes_video())  # 10 s
-    await runner.start_job(event)
+    await start(runner, event)
     doc = await job(runner, event.event_id)
     assert doc["status"] == "failed" and doc["error"] == "the video lasts 10 s, longer than the limit of 5 s"
     assert runner.stats.frames_published == 0
