@@ -24,7 +24,7 @@ lint: $(VENV)/.test-deps
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# The figures of the README's Performance section (Ultralytics: see there).
+# The figures of docs/performance.md (Ultralytics: see there).
 bench: $(VENV)/.test-deps $(VENV)/.bench-deps
 	$(PY) -m bench
 

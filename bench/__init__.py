@@ -1,1 +1,1 @@
-"""The benchmark (`python -m bench`): figures of the README's Performance section."""
+"""The benchmark (`python -m bench`): the figures of docs/performance.md."""

@@ -3,7 +3,7 @@ what each attack costs now: the answer, how long it took, the peak memory of the
 
     python scripts/red_team.py            # about two minutes; one JSON line per attack, then a summary
 
-Each attack's tests are in the README's security table; this script gives the figures."""
+Each attack's tests are in docs/security.md's table; this script gives the figures."""
 
 import asyncio
 import contextlib

@@ -238,8 +238,8 @@ def test_the_init_script_writes_through_the_writable_primary() -> None:
 
 
 def test_password_rotation_is_documented_and_the_init_says_what_went_wrong() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "### Rotating the MongoDB passwords" in readme and "db.changeUserPassword" in readme
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert "### Rotating the MongoDB passwords" in operations and "db.changeUserPassword" in operations
     assert "changeUserPassword" in (ROOT / "replica-set" / "init.js").read_text()
 
 

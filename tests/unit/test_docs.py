@@ -1,4 +1,5 @@
-"""The README documents every setting, and CI runs the README's test command."""
+"""The docs document every setting and port, CI runs the README's test command, and every document is
+reachable from the README with links that resolve."""
 
 import re
 from pathlib import Path
@@ -8,10 +9,11 @@ from events.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text()
 
 
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+def test_every_setting_is_in_the_configuration_table() -> None:
+    table = OPERATIONS.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in table]
     assert not missing, f"settings missing from the README: {missing}"
 
@@ -55,9 +57,17 @@ def test_every_endpoint_is_documented_with_an_example_of_its_answer() -> None:
     assert request["examples"][0]["object"]
 
 
-def test_the_readme_port_table_is_the_port_plan() -> None:
+def test_the_port_table_is_the_port_plan() -> None:
     from events.ports import DEFAULT
 
-    table = README.split("### The port plan", 1)[1].split("\n#", 1)[0]
+    table = OPERATIONS.split("### The port plan", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| [^|]+ \| (\d+) \| `--([a-z0-9-]+)-port` \|$", table, re.M)
     assert {name: int(port) for port, name in rows} == DEFAULT.ports()
+
+
+def test_every_document_is_linked_from_the_readme_and_every_link_resolves() -> None:
+    documents = sorted((ROOT / "docs").glob("*.md"))
+    assert documents and all(f"](docs/{doc.name})" in README for doc in documents)
+    for page in [ROOT / "README.md", *documents]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
