@@ -37,8 +37,10 @@ import httpx
 import typer
 from pymongo import MongoClient
 
-from events.settings import Settings
-from tests.harness import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: the tests' harness
+
+from events.settings import Settings  # noqa: E402
+from tests.harness import (  # noqa: E402
     Stack,
     StillWaiting,
     isolate,

@@ -17,6 +17,8 @@ from pathlib import Path
 import atheris
 import av
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: runner/, tests/
+
 with atheris.instrument_imports():
     from runner.frames import VideoError, sample_frames, video_info
 
