@@ -16,6 +16,7 @@ from api.deps import Services, key_check
 from api.limits import ApiKeyGate, BodyLimits, JobQuota, SecurityHeaders, UploadSlots
 from api.live import JobFeed
 from api.projector import Projector
+from api.readmodel import ReadModel
 from api.routes import router
 from events.clients import mongo_client, object_store
 from events.contracts import OUTBOX, SESSIONS
@@ -60,13 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with mongo_client(**settings.mongo()) as follower, asyncio.TaskGroup() as background:
                 feed = JobFeed(follower[settings.main_db][OUTBOX], settings.max_event_streams_per_client,
                                settings.max_event_streams)  # fmt: skip
-                app.state.services = Services(settings=settings, outbox=outbox, store=store, feed=feed,
+                app.state.services = Services(settings=settings, jobs=ReadModel(outbox), store=store, feed=feed,
                                               sessions=main[settings.main_db][SESSIONS])  # fmt: skip
-                tasks = [
-                    background.create_task(feed.run(stop)),
-                    background.create_task(projector.run(settings, Projector(follower[settings.main_db][OUTBOX]),
-                                                         stop)),
-                ]  # fmt: skip
+                folded = Projector(ReadModel(follower[settings.main_db][OUTBOX]))
+                tasks = [background.create_task(feed.run(stop)),
+                         background.create_task(projector.run(settings, folded, stop))]  # fmt: skip
                 try:
                     yield
                 finally:

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 from pymongo.asynchronous.collection import AsyncCollection
 
 from api.live import JobFeed
+from api.readmodel import ReadModel
 from events.settings import Settings
 from events.storage import ObjectStore
 
@@ -17,7 +18,7 @@ from events.storage import ObjectStore
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    outbox: AsyncCollection  # the outbox, and the read model of jobs (the API never reads runner_db)
+    jobs: ReadModel  # main_db.outbox: the read model of jobs (the API never reads runner_db)
     store: ObjectStore
     feed: JobFeed  # live updates of the read model
     sessions: AsyncCollection  # the web page's sessions (api.sessions)

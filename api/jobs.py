@@ -6,9 +6,6 @@ what storage holds. Everything else (status, progress, failure) comes from the r
 """
 
 import asyncio
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,8 +18,6 @@ from events.storage import ObjectStore, PermanentStorageError
 
 CONCURRENT_CHECKS = 16
 MISSING_RESULT = "the result is no longer in storage"
-MAX_CURSOR = 256
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"  # base64url without padding
 
 
 @dataclass(frozen=True)
@@ -107,24 +102,3 @@ async def views(store: ObjectStore, docs: list[dict[str, Any]], check_pending: b
             return JobView(state, await ready_at(store, state))
 
     return list(await asyncio.gather(*(view(doc) for doc in docs)))
-
-
-def cursor_of(state: JobState) -> str:
-    """An opaque page cursor: the position of `state` in (created_at, _id) order."""
-    raw = json.dumps([state.created_at.isoformat(), state.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def after_cursor(cursor: str) -> dict[str, Any]:
-    """The query for jobs after the cursor; ValueError if it is not one of ours."""
-    try:
-        if len(cursor) > MAX_CURSOR:  # ours are about 100 characters
-            raise ValueError("too long")
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job = json.loads(raw)
-        at = datetime.fromisoformat(created)
-    except (binascii.Error, ValueError, TypeError, RecursionError) as error:
-        raise ValueError("the `after` cursor is not valid: pass the `next` of a previous page") from error
-    if not isinstance(job, str):
-        raise ValueError("the `after` cursor is not valid: pass the `next` of a previous page")
-    return {"$or": [{"created_at": {"$gt": at}}, {"created_at": at, "_id": {"$gt": job}}]}

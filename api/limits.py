@@ -4,7 +4,6 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 from fastapi import HTTPException, status
 from pymongo.errors import PyMongoError
@@ -13,7 +12,6 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import sessions
-from events.statuses import OutboxStatus
 
 OPEN_PATHS = {"/api", "/api/", "/api/health"}
 UPLOAD_PATHS = {"/api/upload_video"}
@@ -91,7 +89,6 @@ class UploadSlots:
 
 
 JOB_PATHS = {"/api/upload_video", "/api/request"}
-WAITING = [OutboxStatus.NEW.value, OutboxStatus.SENT.value]
 QUOTA_RETRY_AFTER_S = 30
 
 
@@ -113,11 +110,10 @@ class JobQuota:
         if scope["type"] != "http" or scope.get("path") not in JOB_PATHS or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        outbox = scope["app"].state.services.outbox
-        waiting: dict[str, Any] = {"status": {"$in": WAITING}}
+        jobs = scope["app"].state.services.jobs
         try:  # counted up to the limit only: the cost of a check never grows with the backlog
-            mine = await outbox.count_documents({**waiting, "client": client_of(scope)}, limit=self.per_client)
-            everyone = await outbox.count_documents(waiting, limit=self.total) if mine < self.per_client else 0
+            mine = await jobs.waiting(client_of(scope), self.per_client)
+            everyone = await jobs.waiting(None, self.total) if mine < self.per_client else 0
         except PyMongoError:
             await unavailable(send)
             return

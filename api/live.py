@@ -1,4 +1,5 @@
-"""Live updates: one change stream on the read model per API process, fanned out to every listener.
+"""Live updates: one change stream on the read model per API process, fanned out to every listener, and
+the Server-Sent Events stream each client reads (`updates`, its decisions in the pure `Shown`).
 
 Each Server-Sent Events client listens here instead of opening a change stream of its own, so a
 thousand open pages cost one database cursor, not a thousand connections. A listener keeps only the
@@ -11,13 +12,19 @@ many streams are open is bounded too, per client address and in all (`JobFeed.ro
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, OperationFailure
+from starlette.requests import Request
 
+from api.jobs import JobView, views
+from api.readmodel import ReadModel
+from events.jobstate import FINAL
 from events.log import get_logger
 from events.runtime import wait_or_stop
+from events.storage import ObjectStore
 
 log = get_logger(__name__)
 AWAIT_MS = 200
@@ -34,6 +41,8 @@ PIPELINE = [
     }
 ]
 GONE = "gone"  # the job was deleted
+KEEPALIVE_S = 15  # a quiet stream sends a comment this often: proxies do not close it
+KEEPALIVE = b": keepalive\n\n"
 MAX_HELD = 1000  # changed jobs one listener keeps before it reads the current state again
 
 
@@ -123,3 +132,80 @@ class JobFeed:
                 for listener in list(self.listeners):
                     listener.resync = True
                     listener.changed.set()
+
+
+@dataclass
+class Shown:
+    """What one stream has shown, and what it does next: the pure core of `updates`.
+
+    A pending job's version is kept once shown, so nothing older is sent again (a change stream and a
+    reread may bring the same document twice); a final status is kept by nobody (it does not change:
+    memory stays bounded); a job's own stream is over after its final status, or when it is deleted."""
+
+    job: str | None  # None: every job
+    versions: dict[str, int] = field(default_factory=dict)
+    over: bool = False
+
+    def fresh(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The documents newer than what was shown of their job."""
+        return [doc for doc in docs if doc.get("version", 0) > self.versions.get(doc["_id"], -1)]
+
+    def show(self, view: JobView) -> None:
+        if view.status in FINAL:
+            self.versions.pop(view.state.id, None)
+            self.over = self.over or self.job is not None
+        else:
+            self.versions[view.state.id] = view.state.version
+
+    def after(self, changes: dict[str, dict[str, Any] | str], resync: bool) -> tuple[str, list[dict[str, Any]]]:
+        """What a listener's changes call for: ("reread", []) the current state (changes may have been
+        missed), ("end", []) the stream (its job was deleted), ("keepalive", []) after a quiet wait, or
+        ("show", documents)."""
+        if resync:
+            return "reread", []
+        if self.job is not None and changes.get(self.job) == GONE:
+            return "end", []
+        if not changes:
+            return "keepalive", []
+        return "show", [doc for doc in changes.values() if isinstance(doc, dict)]
+
+
+def sse(view: JobView) -> bytes:
+    return f"event: status\ndata: {view.pending().model_dump_json()}\n\n".encode()
+
+
+async def updates(
+    feed: JobFeed, jobs: ReadModel, store: ObjectStore, request: Request, job: str | None, client: str, page: int
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events: the current state first (one job's, or the `page` newest jobs in progress), then
+    every change the read model's change stream brings; a job's own stream ends after its final status."""
+    shown = Shown(job)
+
+    async def current() -> list[dict[str, Any]]:
+        if job is not None:
+            return [doc] if (doc := await jobs.get(job)) else []
+        return await jobs.active(page)
+
+    async with feed.listen(job, client) as listener:
+        docs, checked = await current(), True
+        if job is not None and not docs:
+            return  # deleted meanwhile
+        while True:
+            # a change of a pending job is shown as the read model has it (storage checked only when read whole)
+            for view in await views(store, shown.fresh(docs), checked):
+                yield sse(view)
+                shown.show(view)
+                if shown.over:
+                    return
+            if await request.is_disconnected() or feed.closed:
+                return
+            changes = await listener.next(KEEPALIVE_S)
+            step, docs = shown.after(changes, listener.resync)
+            checked = step == "reread"
+            if step == "reread":
+                listener.resync = False
+                docs = await current()
+            elif step == "end":
+                return
+            elif step == "keepalive":
+                yield KEEPALIVE

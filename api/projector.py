@@ -10,9 +10,8 @@ import asyncio
 from collections import defaultdict
 
 from aiokafka.structs import ConsumerRecord
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
 
+from api.readmodel import ReadModel
 from events import metrics, topics
 from events.clients import ensure_topics, kafka_consumer, kafka_producer
 from events.consume import Item, Loop, parse_with
@@ -33,7 +32,7 @@ STATE_FIELDS = set(JobState.model_fields) - {"id", "payload", "created_at", "cal
 
 
 class Projector:
-    def __init__(self, jobs: AsyncCollection) -> None:
+    def __init__(self, jobs: ReadModel) -> None:
         self.jobs = jobs
         metrics.start_at_zero(metrics.JOBS, *({"status": status.value} for status in OutboxStatus))
 
@@ -48,8 +47,7 @@ class Projector:
     @transient
     async def project_job(self, job: str, events: list[JobEvent]) -> None:
         while True:
-            doc = await self.jobs.find_one({"_id": job})
-            before = JobState.model_validate(doc) if doc else None
+            before = await self.jobs.state(job)
             after = before
             for event in events:
                 after = apply(after, event)
@@ -64,17 +62,11 @@ class Projector:
     async def _write(self, before: JobState | None, after: JobState | None) -> bool:
         if after is None:
             assert before is not None
-            await self.jobs.delete_one({"_id": before.id})
+            await self.jobs.remove(before.id)
             return True
         if before is None:  # a replay into an empty read model: `accepted` creates the job
-            try:
-                await self.jobs.insert_one(after.to_mongo())
-            except DuplicateKeyError:
-                return False
-            return True
-        fields = after.model_dump(include=STATE_FIELDS)
-        written = await self.jobs.update_one({"_id": after.id, "version": before.version}, {"$set": fields})
-        return written.matched_count == 1
+            return await self.jobs.create(after)
+        return await self.jobs.move(before, after.model_dump(include=STATE_FIELDS))
 
     async def handle(self, items: list[Item[JobEvent]]) -> None:
         await self.project([event for _, event in items])

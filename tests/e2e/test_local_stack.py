@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from api.projector import Projector
+from api.readmodel import ReadModel
 from events import topics
 from events.clients import mongo_client
 from events.contracts import FRAMES, OUTBOX, PREDICTIONS, JobEvent, JobState, documents
@@ -325,7 +326,7 @@ def test_replaying_the_job_events_rebuilds_the_same_read_model_and_the_indexes_e
             await rebuilt.drop()
             count = await client[settings.main_db][OUTBOX].count_documents({})
             messages = await read_topic(settings, topics.JOB_EVENTS, 4 * count)  # at least accepted, sent...
-            await Projector(rebuilt).project([JobEvent.from_bytes(m.value) for m in messages])
+            await Projector(ReadModel(rebuilt)).project([JobEvent.from_bytes(m.value) for m in messages])
             replayed = {doc["_id"]: JobState.model_validate(doc) async for doc in rebuilt.find()}
             indexes = {
                 name: set(await client[database][collection].index_information())

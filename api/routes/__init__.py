@@ -1,0 +1,12 @@
+"""The API's endpoints under /api, one module per resource; the business actions are `api.commands`,
+every query of the read model `api.readmodel`."""
+
+from fastapi import APIRouter
+
+from api.routes import events, health, jobs, results, session, uploads
+from api.routes.common import ERRORS
+
+router = APIRouter(responses=ERRORS)
+router.add_api_route("", health.health, methods=["GET"], include_in_schema=False)  # /api itself
+for part in (health, uploads, jobs, results, events, session):
+    router.include_router(part.router)
