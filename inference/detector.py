@@ -10,7 +10,8 @@ import onnxruntime as ort
 
 from events.contracts import DetectedObject
 from inference.coco import COCO_NAMES
-from inference.postprocess import decode, letterbox, to_tensor
+from inference.postprocess import decode
+from inference.preprocess import letterbox, to_tensor
 
 
 class Detector(Protocol):

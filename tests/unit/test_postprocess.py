@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from inference.postprocess import Letterbox, decode, letterbox, nms, to_tensor
+from inference.postprocess import decode, nms
+from inference.preprocess import Letterbox, letterbox, to_tensor
 
 
 def test_letterbox_keeps_aspect_ratio_and_centres_the_frame() -> None:
