@@ -185,19 +185,6 @@ class GroupOffsets:
                 committed[partition] = 0
         return committed, ends
 
-    @staticmethod
-    def waiting(offsets: dict[str, int] | dict[int, int], committed: dict[int, int], ends: dict[int, int]) -> bool:
-        """True if any of these messages (partition -> offset) is still waiting for the group."""
-        return any(committed.get(int(p), 0) <= offset < ends.get(int(p), 0) for p, offset in offsets.items())
-
-    @staticmethod
-    def lost(offsets: dict[str, int] | dict[int, int], ends: dict[int, int]) -> bool:
-        """True if the topic no longer holds some of these messages: a broker that restarted empty (Tansu
-        keeps its log in memory) numbers its messages from 0 again. Reliable soon after such a restart,
-        before the new log grows past the old offsets; after that, the stall checks find what was lost.
-        A partition whose end is unknown decides nothing."""
-        return any(int(p) in ends and offset >= ends[int(p)] for p, offset in offsets.items())
-
 
 @asynccontextmanager
 async def group_offsets(settings: Settings, topic: str, group_id: str) -> AsyncIterator[GroupOffsets]:

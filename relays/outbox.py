@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from events import topics
+from events import inflight, topics
 from events.clients import GroupOffsets, ensure_topics, group_offsets, kafka_producer, mongo_client
 from events.contracts import (
     CHECKPOINTS,
@@ -109,7 +109,6 @@ async def resend_lost(
     the new one). A job the runner did take is never sent again: the runner creates its document at
     once, which the S3 relay publishes as `started`."""
     now = utcnow()
-    cutoff = now - timedelta(seconds=settings.stall_timeout_s)
     committed, ends = await runner.positions()  # before the query: an event sent after it is not taken for lost
     recent = now - timedelta(seconds=min(LOST_AFTER_S, settings.stall_timeout_s))
     unstarted = {"sent_to": {"$ne": None}, "relayed_at": {"$lt": recent}, "started_at": None,
@@ -118,11 +117,9 @@ async def resend_lost(
     async for doc in outbox.find(unstarted):
         entry = OutboxDocument.model_validate(doc)
         sent_to = entry.sent_to or {}  # never empty here: the query asks for it
-        if not GroupOffsets.lost(sent_to, ends):
-            if entry.relayed_at is None or entry.relayed_at >= cutoff:
-                continue  # not lost, and sent recently: the runner may take it yet
-            if GroupOffsets.waiting(sent_to, committed, ends):
-                continue  # queued for the runner: a busy queue only delays a job
+        waited = (now - entry.relayed_at).total_seconds() if entry.relayed_at else None
+        if not inflight.resend(inflight.where(sent_to, committed, ends), waited, settings.stall_timeout_s):
+            continue  # queued for the runner (a busy queue only delays a job), or sent recently: it may take it yet
         with structlog.contextvars.bound_contextvars(event_id=entry.id):
             sent = await send(producer, settings.topic(topics.OUTBOX_EVENTS), entry)
             await outbox.update_one(

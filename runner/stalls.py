@@ -5,7 +5,7 @@ the job's last frame message per partition (recorded by its fan-out), the infere
 offsets and the frame topic's end offsets, and whether the runners' group has consumed every result.
 """
 
-from events.clients import GroupOffsets
+from events import inflight
 from events.contracts import RunnerPrediction
 
 BEAT_S = 2.0  # a live fan-out refreshes its job and records its frame messages' offsets this often
@@ -22,10 +22,10 @@ def why_resend(
     `committed` and `ends`: the inference group's committed offsets and the frame topic's ends;
     `drained`: the runners' group has consumed every result; `busy`: frames may be somewhere (see
     `Runner.in_flight`); `stalled`: no progress for STALL_TIMEOUT_S."""
-    if GroupOffsets.lost(job.tasks, ends):
+    if inflight.lost(job.tasks, ends):
         return BROKER_LOST  # a broker that restarted empty
     if not job.tasks:
         return "its fan-out stopped before it recorded a frame"  # its runner died
-    if drained and not GroupOffsets.waiting(job.tasks, committed, ends):
+    if drained and not inflight.waiting(job.tasks, committed, ends):
         return "its frames were taken and no result is on its way"  # lost between acknowledgement and store
     return "no progress for STALL_TIMEOUT_S and nothing in flight" if stalled and not busy else None

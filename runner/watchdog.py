@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import structlog
 
+from events import inflight
 from events.clients import GroupOffsets
 from events.contracts import RunnerPrediction, utcnow
 from events.log import get_logger
@@ -38,16 +39,16 @@ class StallWatch:
     taken_at: dict[str, float] = field(default_factory=dict)  # job -> when its frames were seen all taken
 
     def in_flight(self, quiet: list[RunnerPrediction], committed: dict[int, int], ends: dict[int, int]) -> set[str]:
-        """The quiet jobs that may still have frames somewhere: queued for inference or being detected
-        (the inference group has not committed past the job's last frame message, and the topic still
-        holds it), or detected so recently that their results may still be on their way to this runner
+        """The quiet jobs that may still have frames somewhere (`events.inflight`): queued for inference or
+        being detected, or taken so recently that their results may still be on their way to this runner
         (less than STALL_TIMEOUT_S since the frames were seen all taken, with no progress since)."""
         now, busy = time.monotonic(), set()
         for job in quiet:
-            if GroupOffsets.waiting(job.tasks, committed, ends):
-                busy.add(job.id)
+            place = inflight.where(job.tasks, committed, ends)
+            if place == inflight.Where.QUEUED:
                 self.taken_at.pop(job.id, None)
-            elif now - self.taken_at.setdefault(job.id, now) < self.settings.stall_timeout_s:
+            waited = now - self.taken_at.setdefault(job.id, now) if place == inflight.Where.TAKEN else None
+            if not inflight.resend(place, waited, self.settings.stall_timeout_s) and place != inflight.Where.LOST:
                 busy.add(job.id)
         return busy
 

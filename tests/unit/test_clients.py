@@ -115,14 +115,3 @@ async def test_a_send_answered_with_an_unknown_error_is_sent_again(
     finally:
         await producer.stop()
     assert answers.sent == sent
-
-
-def test_messages_are_lost_when_the_topic_ends_before_them_and_waiting_while_the_group_is_behind() -> None:
-    from events.clients import GroupOffsets
-
-    ends, committed = {0: 10, 1: 3}, {0: 4, 1: 3}
-    assert GroupOffsets.waiting({"0": 7}, committed, ends) and not GroupOffsets.waiting({"0": 2}, committed, ends)
-    assert GroupOffsets.lost({"1": 5}, ends)  # a broker that restarted empty numbers from 0 again
-    assert not GroupOffsets.lost({"0": 9, "1": 2}, ends)  # still held (queued or consumed)
-    assert not GroupOffsets.lost({"2": 50}, ends)  # a partition whose end is unknown decides nothing
-    assert not GroupOffsets.lost({}, ends)
