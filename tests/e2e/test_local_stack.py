@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import BaseModel, ValidationError
+from pymongo import MongoClient
 
 from api.projector import Projector
 from api.readmodel import ReadModel
@@ -314,6 +315,11 @@ def test_crafted_videos_uploaded_over_http_fail_their_own_jobs_and_never_the_run
     assert wait_ready(fine, stack.api)["status"] == "ready"
     assert stack.pid("runner") == runner  # never restarted
     assert peak_mb(runner) < 1024, f"the runner peaked at {peak_mb(runner)} MB"
+    settings = stack_settings(stack)  # the answers read storage; the read model folds `ready` moments later
+    with MongoClient(**settings.mongo()) as client:
+        outbox = client[settings.main_db][OUTBOX]
+        ended = {"_id": {"$in": [*ids.values(), fine]}, "status": {"$in": ["ready", "failed"]}}
+        wait_until(lambda: outbox.count_documents(ended) == len(ids) + 1, 30, "the read model to settle")
 
 
 def test_replaying_the_job_events_rebuilds_the_same_read_model_and_the_indexes_exist(stack: Stack, tmp_path) -> None:
