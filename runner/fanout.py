@@ -1,164 +1,42 @@
-"""The runner's fan-out: a job's video becomes frame messages on `inference_tasks`.
-
-Frames are published while the video is read: decoding runs in a thread of its own, a few frames
-ahead of the event loop, preprocessing and JPEG encoding in a process pool, with a bounded window in
-flight, so memory does not grow with video length. Up to RUNNER_ACTIVE_JOBS jobs are fanned out side
-by side (the slots exist from construction), each at most RUNNER_FRAMES_IN_FLIGHT frames ahead of its
-stored results, so their frames share the inference workers.
-"""
+"""The runner's fan-out: up to RUNNER_ACTIVE_JOBS jobs are fanned out side by side (the slots exist from
+construction), each published by `runner.publish`, so their frames share the inference workers; a job
+whose video cannot be read fails with the reason, and one whose frames are all stored completes."""
 
 import asyncio
-import contextlib
 import time
-from collections import deque
-from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.structs import RecordMetadata
-
-from events import metrics, topics
-from events.contracts import InferenceTask, OutboxEvent
+from events.contracts import OutboxEvent
 from events.log import get_logger
-from events.runtime import read_ahead
-from events.settings import Settings
-from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
-from runner.frames import Frame, VideoError, encode_frame, sample_frames
+from runner.frames import VideoError
 from runner.jobs import Jobs
 from runner.lifecycle import Lifecycle, Stats
-from runner.probe import probe
-from runner.stalls import BEAT_S
+from runner.publish import Flow, JobOver, Publisher
 
 log = get_logger(__name__)
-DELIVERY_BATCH = 256
-FLOW_CHECK_S = 2.0  # a fan-out waiting for room reads its job's progress this often (another runner's results)
-FINAL_BEAT_S = 2.0  # a fan-out cancelled at a stop records its offsets within this, or not at all
-
-
-class JobOver(Exception):
-    """The job failed or was deleted while it was fanned out: the rest of its frames is not sent."""
-
-
-@dataclass
-class Flow:
-    """A job being fanned out: frames published and stored since it started, so that it stays at most
-    RUNNER_FRAMES_IN_FLIGHT frames ahead of inference and jobs fanned out together share the workers."""
-
-    stored_before: int  # the job's stored frames when this fan-out started (a resend's)
-    published: int = 0
-    stored: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def in_flight(self) -> int:
-        return self.published - self.stored
 
 
 @dataclass
 class FanOut:
     jobs: Jobs
     store: ObjectStore
-    producer: AIOKafkaProducer
-    pool: Executor
-    settings: Settings
+    publisher: Publisher
+    active_jobs: int  # RUNNER_ACTIVE_JOBS
     lifecycle: Lifecycle
     stats: Stats
-    flows: dict[str, Flow] = field(default_factory=dict)  # the jobs being fanned out
     fanning: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # job -> its fan-out, started by the jobs loop
     crash: BaseException | None = None
     stopping: bool = False
     crashed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.slots = asyncio.Semaphore(self.settings.runner_active_jobs)  # RUNNER_ACTIVE_JOBS fan-outs at once
-        metrics.start_at_zero(metrics.FRAMES, {"stage": "published"})
+        self.slots = asyncio.Semaphore(self.active_jobs)
 
-    async def wait_for_room(self, event_id: str, flow: Flow) -> None:
-        """Wait while RUNNER_FRAMES_IN_FLIGHT of the job's frames are published and not stored. Results this
-        runner stores wake it at once; another runner's are read from the job every FLOW_CHECK_S. After
-        STALL_TIMEOUT_S without progress it goes on: frames were lost, which the stall check mends."""
-        progress_at = time.monotonic()
-        while flow.in_flight >= self.settings.runner_frames_in_flight:
-            stored, flow.changed = flow.stored, asyncio.Event()
-            try:
-                await asyncio.wait_for(flow.changed.wait(), FLOW_CHECK_S)
-            except TimeoutError:
-                job = await self.jobs.get(event_id)
-                if job is None or job.status != RunnerStatus.PROCESSING:
-                    raise JobOver from None
-                flow.stored = max(flow.stored, job.received_frames - flow.stored_before)
-            if flow.stored > stored:
-                progress_at = time.monotonic()
-            elif time.monotonic() - progress_at > self.settings.stall_timeout_s:
-                log.warning("no frame came back for a while, publishing on", in_flight=flow.in_flight)
-                return
-
-    async def publish_frames(
-        self, path: Path, event_id: str, sent: dict[int, int], skip: frozenset[int] = frozenset()
-    ) -> int:
-        """Sample, scale, preprocess and publish the frames of one video, but those in `skip` (already
-        detected); `sent` is kept up to date with the offset of the job's last message per partition.
-
-        Returns how many frames the video has at this stride (published or skipped)."""
-        loop = asyncio.get_running_loop()
-        flow = self.flows[event_id] = Flow(stored_before=len(skip))
-        topic, key = self.settings.topic(topics.INFERENCE_TASKS), event_id.encode()
-        window = 2 * self.settings.preprocess_workers
-        pending: deque[tuple[Frame, asyncio.Future[str]]] = deque()
-        deliveries: list[asyncio.Future[RecordMetadata]] = []
-        # Keyed by the job, but spread round-robin over the partitions: one video keeps every
-        # inference worker busy, not only the one that owns the key's partition.
-        partitions = sorted(await self.producer.partitions_for(topic))
-
-        async def delivered() -> None:
-            for metadata in await asyncio.gather(*deliveries):
-                sent[metadata.partition] = max(sent.get(metadata.partition, -1), metadata.offset)
-            deliveries.clear()
-
-        async def publish_oldest() -> None:
-            frame, encoded = pending.popleft()
-            task = InferenceTask(
-                event_id=event_id, frame=frame.index, image=await encoded, width=frame.width, height=frame.height
-            )
-            partition = partitions[(frame.index // self.settings.frame_stride) % len(partitions)]
-            deliveries.append(await self.producer.send(topic, task.to_bytes(), key=key, partition=partition))
-            if len(deliveries) >= DELIVERY_BATCH:
-                await delivered()
-
-        limits = self.settings
-        if not skip:  # a resend's video passed these checks when the job started
-            info = await probe(path, limits.video_probe_memory_mb, limits.video_probe_timeout_s)
-            info.check(limits.max_video_frames, limits.max_video_seconds)
-            await self.jobs.expect(event_id, info.sampled(limits.frame_stride), info.fps)
-        frames = sample_frames(path, limits.frame_stride, limits.model_input_size, limits.max_video_frames)
-        count = 0
-        try:
-            async with contextlib.aclosing(read_ahead(frames, window)) as decoded:
-                async for frame in decoded:
-                    count += 1
-                    if frame.index in skip:
-                        continue
-                    if flow.in_flight >= self.settings.runner_frames_in_flight:
-                        while pending:  # everything encoded goes out before the job waits for room
-                            await publish_oldest()
-                        await delivered()
-                        await self.wait_for_room(event_id, flow)
-                    flow.published += 1
-                    encoding = loop.run_in_executor(self.pool, encode_frame, frame.image, self.settings.jpeg_quality)
-                    pending.append((frame, encoding))
-                    if len(pending) >= window:
-                        await publish_oldest()
-            while pending:
-                await publish_oldest()
-            await delivered()
-        finally:
-            self.flows.pop(event_id, None)
-        self.stats.frames_published += count - len(skip)
-        metrics.FRAMES.labels(stage="published").inc(count - len(skip))
-        return count
+    @property
+    def flows(self) -> dict[str, Flow]:
+        """The jobs being fanned out, and how far each is ahead of its stored results."""
+        return self.publisher.flows
 
     async def start_job(self, event: OutboxEvent) -> None:
         """Create the job, then fan it out alongside the jobs being fanned out already: the jobs loop waits
@@ -211,37 +89,13 @@ class FanOut:
         if self.crash is not None:
             raise self.crash
 
-    @contextlib.asynccontextmanager
-    async def heartbeat(self, event_id: str, sent: dict[int, int]) -> AsyncIterator[None]:
-        """While a job is fanned out (its video downloaded, then read), its clock is kept fresh and the
-        offsets sent so far are saved; a runner that dies mid-way stops the heartbeat."""
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(BEAT_S)
-                await self.jobs.touch(event_id, dict(sent))
-
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        except asyncio.CancelledError:  # stopped half way (SIGTERM): where its frames went tells the stall checks
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(FINAL_BEAT_S):
-                    await self.jobs.touch(event_id, sent)
-            raise
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.jobs.touch(event_id, sent)
-
     async def fan_out(self, event_id: str, bucket: str, key: str, skip: frozenset[int] = frozenset()) -> None:
         """Publish the frames of a job (but `skip`), then record how many it has; a broken video fails it."""
         started = time.monotonic()
         sent: dict[int, int] = {}
         try:
-            async with self.heartbeat(event_id, sent), self.store.local_copy(bucket, key) as path:
-                total = await self.publish_frames(path, event_id, sent, skip)
+            async with self.publisher.heartbeat(event_id, sent), self.store.local_copy(bucket, key) as path:
+                total = await self.publisher.publish(path, event_id, sent, skip)
             if total == 0:
                 raise VideoError("the video has no decodable frames")
         except JobOver:

@@ -10,9 +10,9 @@ from events import metrics
 from events.consume import Item
 from events.contracts import InferenceResult
 from events.log import get_logger
-from runner.fanout import Flow
 from runner.jobs import Jobs
 from runner.lifecycle import Lifecycle, Stats
+from runner.publish import Flow
 
 log = get_logger(__name__)
 

@@ -34,6 +34,7 @@ from events.storage import ObjectStore
 from runner.fanout import FanOut
 from runner.jobs import Jobs
 from runner.lifecycle import Lifecycle, Stats
+from runner.publish import Publisher
 from runner.results import ResultStore
 from runner.watchdog import StallWatch
 
@@ -61,7 +62,8 @@ class Runner:
     ) -> "Runner":  # fmt: skip
         stats = Stats()
         lifecycle = Lifecycle(jobs, stats)
-        fan_outs = FanOut(jobs, store, producer, pool, settings, lifecycle, stats)
+        publisher = Publisher(jobs, producer, pool, settings, stats)
+        fan_outs = FanOut(jobs, store, publisher, settings.runner_active_jobs, lifecycle, stats)
         return cls(jobs, producer, settings, stats, fan_outs, ResultStore(jobs, lifecycle, stats, fan_outs.flows),
                    StallWatch(jobs, fan_outs, settings, stats, tasks, results))  # fmt: skip
 
