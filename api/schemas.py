@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.contracts import FramePrediction
+from events.contracts import FramePrediction, ModelRef
 
 JOB = "6f1c2a9e-3b7d-4c41-9a55-0d2e8b7f4c10"
 PROGRESS = {"frames_total": 50, "frames_done": 20, "progress": 0.4, "eta_seconds": 3.1}
@@ -97,6 +97,7 @@ class ResultReady(BaseModel):
     status: Literal["ready"] = "ready"
     event_id: str
     fps: float | None = Field(default=None, description="the video's frame rate: frame N is at N / fps seconds")
+    model: ModelRef | None = Field(default=None, description="the model that produced the detections")
     prediction: list[FramePrediction]
     processing_time_seconds: float
     processing_time_formatted: str

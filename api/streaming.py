@@ -11,13 +11,20 @@ from starlette.concurrency import iterate_in_threadpool
 from events import detection_file
 from events.storage import ObjectStore
 
+CARRIED = ("fps", "model")  # what the answer takes from the stored file's header, when it is there
+
+
+def carried(stored: dict[str, Any]) -> dict[str, Any]:
+    return {name: stored[name] for name in CARRIED if stored.get(name) is not None}
+
 
 async def stream_ready(
     store: ObjectStore, bucket: str, key: str, head: dict[str, Any], size: int
 ) -> AsyncIterator[bytes]:
     """The `ready` answer: the stored detection file's bytes passed through from storage as they are
-    (its `prediction` list is last), after the answer's own members (and the video's frame rate, when
-    the file knows it: a player maps frames to time with it). Nothing is parsed but the header."""
+    (its `prediction` list is last), after the answer's own members (the video's frame rate, which a
+    player maps frames to time with, and the model that made it, when the file knows them). Nothing is
+    parsed but the header."""
     first = b"".join(
         [chunk async for chunk in store.read_range(bucket, key, 0, min(size, detection_file.HEADER_BYTES))]
     )
@@ -26,7 +33,7 @@ async def stream_ready(
             yield chunk
         return
     stored, start = found
-    yield detection_file.open_object({**head, "fps": stored["fps"]} if stored.get("fps") is not None else head)
+    yield detection_file.open_object({**head, **carried(stored)})
     async for chunk in store.read_range(bucket, key, start, size - start):  # the list's members and `]}`
         yield chunk
 
@@ -34,9 +41,7 @@ async def stream_ready(
 async def parsed_ready(store: ObjectStore, bucket: str, key: str, head: dict[str, Any]) -> AsyncIterator[bytes]:
     """The `ready` answer from a detection file of another layout, its frames parsed one by one."""
     async with store.local_copy(bucket, key) as path:
-        if (fps := (await asyncio.to_thread(detection_file.header, path)).get("fps")) is not None:
-            head = {**head, "fps": fps}
-        yield detection_file.open_object(head)
+        yield detection_file.open_object({**head, **carried(await asyncio.to_thread(detection_file.header, path))})
         async for chunk in iterate_in_threadpool(detection_file.prediction_chunks(path)):
             yield chunk
         yield b"]}"

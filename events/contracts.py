@@ -21,14 +21,15 @@ PREDICTIONS = "runner_predictions"
 FRAMES = "runner_frames"
 CHECKPOINTS = "relay_checkpoints"
 SESSIONS = "sessions"  # the web page's sign-ins (api.sessions)
+MODELS = "models"  # the detection models the workers serve (api.registry), their files in object storage
 
 
 def documents() -> dict[tuple[str, str], type["Contract"]]:
     """(Database role, collection) -> the model of its documents: `main` is MAIN_DB, `runner` RUNNER_DB
     (each relay's checkpoints live beside what it watches). Every field any service writes is in its model."""
     return {("main", OUTBOX): OutboxDocument, ("main", SESSIONS): SessionDocument, ("main", CHECKPOINTS): Checkpoint,
-            ("runner", PREDICTIONS): RunnerPrediction, ("runner", FRAMES): FrameDocument,
-            ("runner", CHECKPOINTS): Checkpoint}  # fmt: skip
+            ("main", MODELS): ModelDocument, ("runner", PREDICTIONS): RunnerPrediction,
+            ("runner", FRAMES): FrameDocument, ("runner", CHECKPOINTS): Checkpoint}  # fmt: skip
 
 
 def utcnow() -> datetime:
@@ -54,8 +55,43 @@ class StorageLocation(Contract):
     object: str
 
 
+class ModelRef(Contract):
+    """The model a job runs: its name when the job was accepted and the content hash of its file (the job
+    keeps it even if the name is later pointed at another file)."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class OutboxPayload(StorageLocation):
     media_type: Literal["video"] = "video"
+    model: ModelRef | None = Field(default=None, description="None: the workers' own default model")
+
+
+class ModelSource(Contract):
+    """Where an imported model came from."""
+
+    format: Literal["pt", "onnx", "builtin"]
+    file: str = Field(max_length=255, description="the imported file's name")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the imported file's (the checkpoint's, for a .pt)")
+    ultralytics: str | None = Field(default=None, max_length=40, description="the version that exported it")
+
+
+class ModelDocument(Contract):
+    """`main_db.models`: one per model name, pointing at a file in object storage by its content hash."""
+
+    id: str = Field(alias="_id", description="the model's name")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the ONNX file's: it lies at models/{sha256}.onnx")
+    bucket: str
+    classes: list[str]
+    imgsz: int
+    layout: Literal["anchors", "end2end"]
+    bytes: int
+    source: ModelSource
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.id, sha256=self.sha256)
 
 
 class JobState(Contract):
@@ -147,6 +183,11 @@ class InferenceTask(Contract):
     image: str = Field(description="base64 of the JPEG-encoded frame, scaled down to the model's input size")
     width: int | None = Field(default=None, gt=0, description="the original frame's width: boxes come back in it")
     height: int | None = Field(default=None, gt=0, description="the original frame's height")
+    model: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the sha256 of the model to run (models/{sha256}.onnx); None: the default",
+    )
 
 
 Box = Annotated[list[float], Field(min_length=4, max_length=4)]
@@ -219,6 +260,7 @@ class RunnerPrediction(Contract):
     id: str = Field(alias="_id")
     bucket: str
     object: str | None = Field(default=None, description="the video's key, to read it again for a resend")
+    model: ModelRef | None = Field(default=None, description="the job's model; None: the workers' default")
     total_frames: int | None = None
     frames_expected: int | None = Field(default=None, description="estimated from the container, for progress")
     fps: float | None = Field(default=None, description="the video's frame rate, from the container")
@@ -262,6 +304,7 @@ class DetectionHeader(Contract):
     event_id: str
     total_frames: int
     fps: float | None = Field(default=None, description="the video's frame rate: frame N is at N / fps seconds")
+    model: ModelRef | None = Field(default=None, description="the model that produced the detections")
     created_at: datetime
     completed_at: datetime
 
@@ -292,6 +335,10 @@ def failure_key(event_id: str) -> str:
 
 def detection_key(event_id: str) -> str:
     return f"detection/{event_id}.json"
+
+
+def model_key(sha256: str) -> str:
+    return f"models/{sha256}.onnx"
 
 
 def input_key(event_id: str) -> str:

@@ -73,7 +73,12 @@ class Settings(BaseSettings):
     video_probe_timeout_s: float = Field(default=60.0, gt=0, description="time a video may take to open")
 
     # Inference.
-    model_path: Path = DEFAULT_MODEL
+    model_path: Path = Field(default=DEFAULT_MODEL, description="the built-in model, registered as DEFAULT_MODEL")
+    default_model: str = Field(
+        default="", description="the model a job runs when it names none; empty: MODEL_PATH's name without .onnx"
+    )
+    inference_max_models: int = Field(default=4, ge=1, description="models one inference worker keeps loaded")
+    max_model_bytes: int = Field(default=512 * 1024**2, gt=0, description="the largest model file an import takes")
     conf_threshold: float = Field(default=0.25, ge=0, le=1)
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
     max_detections: int = Field(default=300, ge=1, description="at most this many boxes per frame, best first")
@@ -164,6 +169,10 @@ class Settings(BaseSettings):
     @property
     def cors_allowlist(self) -> set[str]:
         return {origin.strip() for origin in self.cors_origins.split(",") if origin.strip()}
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or self.model_path.name.removesuffix(".onnx")
 
     @property
     def bucket_allowlist(self) -> set[str]:

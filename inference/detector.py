@@ -1,6 +1,5 @@
 """The detector port and its ONNX Runtime adapter (the default backend)."""
 
-import ast
 from collections import defaultdict
 from pathlib import Path
 from typing import Protocol
@@ -9,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from events.contracts import DetectedObject
-from inference.coco import COCO_NAMES
-from inference.postprocess import decode
+from events.modelfile import ModelInfo, describe
+from inference.postprocess import decode, decode_end2end
 from inference.preprocess import letterbox, to_tensor
 
 
@@ -20,16 +19,6 @@ class Detector(Protocol):
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
         """BGR frames of any size -> one list of objects per frame, boxes in that frame's pixels."""
         ...
-
-
-def class_names(metadata: dict[str, str], count: int) -> tuple[str, ...]:
-    """Names stored in an Ultralytics export; a COCO model that stores only "0".."79" gets COCO's names."""
-    raw = metadata.get("names")
-    names = ast.literal_eval(raw) if raw else {}
-    ordered = tuple(str(names.get(i, i)) for i in range(count))
-    if count == len(COCO_NAMES) and all(name == str(i) for i, name in enumerate(ordered)):
-        return COCO_NAMES
-    return ordered
 
 
 CUDA = "CUDAExecutionProvider"
@@ -67,16 +56,8 @@ class OnnxDetector:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_path), options, providers=execution_providers(device))
-        model_input = self.session.get_inputs()[0]
-        self.input_name = model_input.name
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        height = model_input.shape[2]
-        self.size = height if isinstance(height, int) else ast.literal_eval(metadata.get("imgsz", "[640]"))[0]
-        self.batch_fixed = isinstance(model_input.shape[0], int)
-        # a model with dynamic height and width takes frames padded only to its stride ("rect")
-        self.stride = int(metadata.get("stride", 32)) if not isinstance(model_input.shape[2], int) else None
-        count = self.session.get_outputs()[0].shape[1]
-        self.names = class_names(metadata, (count if isinstance(count, int) else 84) - 4)
+        self.info = session_info(self.session)
+        self.names, self.size, self.stride = self.info.names, self.info.imgsz, self.info.stride
         self.conf_threshold = conf_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
@@ -86,13 +67,26 @@ class OnnxDetector:
         fitted = [letterbox(image, self.size, self.stride) for image in images]
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (boxed, _) in enumerate(fitted):
-            groups[boxed.shape if not self.batch_fixed else (i,)].append(i)
+            groups[boxed.shape if not self.info.batch_fixed else (i,)].append(i)
         results: list[list[DetectedObject]] = [[] for _ in images]
         for members in groups.values():
-            (outputs,) = self.session.run(None, {self.input_name: to_tensor([fitted[i][0] for i in members])})
+            (outputs,) = self.session.run(None, {self.info.input_name: to_tensor([fitted[i][0] for i in members])})
             for i, output in zip(members, outputs, strict=True):
+                found = (
+                    decode_end2end(output, fitted[i][1], self.conf_threshold, self.max_detections)
+                    if self.info.layout == "end2end"
+                    else decode(output, fitted[i][1], self.conf_threshold, self.iou_threshold, self.max_detections)
+                )
                 results[i] = [
                     DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
-                    for d in decode(output, fitted[i][1], self.conf_threshold, self.iou_threshold, self.max_detections)
+                    for d in found
+                    if 0 <= d.class_id < len(self.names)
                 ]
         return results
+
+
+def session_info(session: ort.InferenceSession) -> ModelInfo:
+    """The serving facts of a loaded model (`events.modelfile`)."""
+    return describe([(i.name, list(i.shape)) for i in session.get_inputs()],
+                    [list(o.shape) for o in session.get_outputs()],
+                    dict(session.get_modelmeta().custom_metadata_map))  # fmt: skip

@@ -1,8 +1,9 @@
 """Pure post-processing behind a YOLO model: confidence filter, NMS, boxes back to the frame's pixels.
 
-The model's output layout is `[batch, 4 + classes, anchors]` (Ultralytics' default ONNX export for
-YOLOv8, YOLOv10 without its end-to-end head, YOLO11): boxes as centre x, centre y, width, height in
-the letterboxed input's pixels, then one score per class.
+Two output layouts (`events.modelfile`): `anchors`, `[batch, 4 + classes, anchors]` (boxes as centre x,
+centre y, width, height in the letterboxed input's pixels, then one score per class: `decode`, with
+NMS), and `end2end`, `[batch, max_det, 6]` (x1, y1, x2, y2, score, class, already without duplicates:
+`decode_end2end`).
 """
 
 from dataclasses import dataclass
@@ -53,7 +54,19 @@ def decode(
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     confs, class_ids = confs[mask], class_ids[mask]
     keep = nms(boxes + class_ids[:, None] * MAX_WH, confs, iou_threshold)[:max_det]
-    boxes = boxes[keep]
+    return detections(boxes[keep], class_ids[keep], confs[keep], fit)
+
+
+def decode_end2end(output: np.ndarray, fit: Letterbox, conf_threshold: float, max_det: int = 300) -> list[Detection]:
+    """One image's end-to-end output `[max_det, 6]` -> detections in original-frame pixels (no NMS: the
+    model's one-to-one head gives one box per object)."""
+    rows = output[output[:, 4] >= conf_threshold]
+    rows = rows[rows[:, 4].argsort()[::-1]][:max_det]
+    return detections(rows[:, :4].copy(), rows[:, 5].astype(np.int64), rows[:, 4], fit)
+
+
+def detections(boxes: np.ndarray, class_ids: np.ndarray, confs: np.ndarray, fit: Letterbox) -> list[Detection]:
+    """xyxy boxes in the letterboxed input's pixels -> detections in the frame's, rounded."""
     boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - fit.pad_x) / fit.scale).clip(0, fit.width)
     boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - fit.pad_y) / fit.scale).clip(0, fit.height)
     return [
@@ -62,5 +75,5 @@ def decode(
             box=(round(float(box[0]), 1), round(float(box[1]), 1), round(float(box[2]), 1), round(float(box[3]), 1)),
             conf=round(float(s), 4),
         )  # fmt: skip
-        for box, c, s in zip(boxes, class_ids[keep], confs[keep], strict=True)
+        for box, c, s in zip(boxes, class_ids, confs, strict=True)
     ]

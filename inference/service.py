@@ -9,7 +9,9 @@ its job still completes. The loop moves on either way.
 import asyncio
 import base64
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,15 +21,17 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from fastapi import FastAPI
 
 from events import metrics, topics
-from events.clients import ensure_topics, kafka_consumer, kafka_producer, records
+from events.clients import ensure_topics, kafka_consumer, kafka_producer, object_store, records
 from events.consume import Item, Loop
 from events.contracts import DetectedObject, InferenceResult, InferenceTask
 from events.deadletter import dead_letter
 from events.health import health_app
 from events.log import get_logger
+from events.modelfile import sha256_of
 from events.runtime import http_server, startup_deadline
 from events.settings import Settings
 from inference.detector import Detector, OnnxDetector
+from inference.models import Models, loader
 
 log = get_logger(__name__)
 SERVICE = "inference"
@@ -80,7 +84,7 @@ def in_original_pixels(objects: list[DetectedObject], task: InferenceTask, image
 
 @dataclass
 class Worker:
-    detector: Detector
+    models: Models
     producer: AIOKafkaProducer
     settings: Settings
     stats: Stats = field(default_factory=Stats)
@@ -93,11 +97,18 @@ class Worker:
         return await asyncio.to_thread(decode_all, messages)
 
     async def detect(self, items: list[Item[Decoded]]) -> None:
-        """One detector call for the batch, then one result per frame."""
+        """One detector call per model in the batch (one, usually), then one result per frame."""
+        by_model: dict[str | None, list[Item[Decoded]]] = defaultdict(list)
+        for item in items:
+            by_model[item[1][0].model].append(item)
+        for model, group in by_model.items():
+            await self.detect_with(await self.models.get(model), group)
+
+    async def detect_with(self, detector: Detector, items: list[Item[Decoded]]) -> None:
         tasks = [task for _, (task, _) in items]
         images = [image for _, (_, image) in items]
         started = time.monotonic()
-        detections = await asyncio.to_thread(self.detector.detect, images)
+        detections = await asyncio.to_thread(detector.detect, images)
         self.stats.busy_seconds += time.monotonic() - started
         metrics.INFERENCE_SECONDS.observe(time.monotonic() - started)
         await self.publish(
@@ -147,7 +158,7 @@ async def next_batch(consumer: AIOKafkaConsumer, size: int, wait_ms: int) -> lis
     return messages
 
 
-def inference_app(detector: Detector, settings: Settings, stats: Stats, loop: Loop) -> FastAPI:
+def inference_app(models: Models, settings: Settings, stats: Stats, loop: Loop) -> FastAPI:
     """/health (ready: joined the workers' group) and /metrics, plus /data: the model and the counters."""
     app = health_app(SERVICE, lambda: {"ready": loop.joined})
 
@@ -157,7 +168,8 @@ def inference_app(detector: Detector, settings: Settings, stats: Stats, loop: Lo
         return {
             "service": SERVICE,
             "model": settings.model_path.name,
-            "classes": len(detector.names),
+            "classes": len(models.default.names),
+            "models_loaded": len(models.loaded),
             "conf_threshold": settings.conf_threshold,
             "iou_threshold": settings.iou_threshold,
             "batch_size": settings.inference_batch_size,
@@ -172,9 +184,9 @@ def inference_app(detector: Detector, settings: Settings, stats: Stats, loop: Lo
     return app
 
 
-def build_detector(settings: Settings) -> Detector:
+def build_detector(settings: Settings, path: Path | None = None) -> Detector:
     return OnnxDetector(
-        settings.model_path,
+        path or settings.model_path,
         settings.conf_threshold,
         settings.iou_threshold,
         settings.inference_threads,
@@ -186,6 +198,10 @@ def build_detector(settings: Settings) -> Detector:
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     deadline = startup_deadline()
     detector = build_detector(settings)
+    store = object_store(settings)
+    models = Models(detector, await asyncio.to_thread(sha256_of, settings.model_path),
+                    loader(store, settings.default_bucket, lambda path: build_detector(settings, path)),
+                    settings.inference_max_models)  # fmt: skip
     await ensure_topics(settings)
     async with (
         kafka_producer(settings) as producer,
@@ -193,11 +209,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP, settings.inference_batch_size
         ) as consumer,
     ):
-        worker = Worker(detector, producer, settings)
+        worker = Worker(models, producer, settings)
         size, wait_ms = settings.inference_batch_size, settings.inference_batch_wait_ms
         loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, size,
                                    fetch=lambda: next_batch(consumer, size, wait_ms), settle=worker.settle)  # fmt: skip
-        async with http_server(inference_app(detector, settings, worker.stats, loop), settings.bind_host,
+        async with http_server(inference_app(models, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
             log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))
             deadline.cancel()

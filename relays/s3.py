@@ -177,7 +177,7 @@ def exporter(
     @transient
     async def write_detection(job: RunnerPrediction, location: StorageLocation) -> bool:
         """Stream the frame documents into a spooled file, then upload it: memory stays flat."""
-        header = DetectionHeader(event_id=job.id, total_frames=job.total_frames or 0, fps=job.fps,
+        header = DetectionHeader(event_id=job.id, total_frames=job.total_frames or 0, fps=job.fps, model=job.model,
                                  created_at=job.created_at, completed_at=utcnow())  # fmt: skip
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out:
             frames_written = await detection_file.write(out, header.model_dump(mode="json"), sorted_frames(job.id))

@@ -44,12 +44,12 @@ class FanOut:
 
         The outbox event is committed once the job exists: a runner that dies while fanning it out
         leaves it to the stall check, which sends its missing frames."""
-        bucket, key = event.payload.bucket, event.payload.object
+        bucket, key, model = event.payload.bucket, event.payload.object, event.payload.model
         await self.slots.acquire()
         try:
             if self.stopping:  # not committed: the runner that starts next takes the event
                 raise asyncio.CancelledError
-            created = await self.jobs.create(event.event_id, bucket, key)
+            created = await self.jobs.create(event.event_id, bucket, key, model)
         except BaseException:
             self.slots.release()
             raise
@@ -58,7 +58,7 @@ class FanOut:
             self.slots.release()
             return
         self.stats.jobs_started += 1
-        task = asyncio.create_task(self.fan_out(event.event_id, bucket, key))
+        task = asyncio.create_task(self.fan_out(event.event_id, bucket, key, model=model.sha256 if model else None))
         self.fanning[event.event_id] = task
         task.add_done_callback(lambda done: self.fan_out_done(event.event_id, done))
 
@@ -89,13 +89,16 @@ class FanOut:
         if self.crash is not None:
             raise self.crash
 
-    async def fan_out(self, event_id: str, bucket: str, key: str, skip: frozenset[int] = frozenset()) -> None:
-        """Publish the frames of a job (but `skip`), then record how many it has; a broken video fails it."""
+    async def fan_out(
+        self, event_id: str, bucket: str, key: str, skip: frozenset[int] = frozenset(), model: str | None = None
+    ) -> None:
+        """Publish the frames of a job (but `skip`) for its model (a hash; None: the workers' default), then
+        record how many it has; a broken video fails it."""
         started = time.monotonic()
         sent: dict[int, int] = {}
         try:
             async with self.publisher.heartbeat(event_id, sent), self.store.local_copy(bucket, key) as path:
-                total = await self.publisher.publish(path, event_id, sent, skip)
+                total = await self.publisher.publish(path, event_id, sent, skip, model)
             if total == 0:
                 raise VideoError("the video has no decodable frames")
         except JobOver:

@@ -11,7 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from events import runnerstate
-from events.contracts import FrameDocument, InferenceResult, RunnerPrediction, utcnow
+from events.contracts import FrameDocument, InferenceResult, ModelRef, RunnerPrediction, utcnow
 from events.log import get_logger
 from events.retry import transient
 from events.statuses import RunnerStatus
@@ -31,10 +31,10 @@ class Jobs:
         self.frames = frames
 
     @transient
-    async def create(self, event_id: str, bucket: str, key: str) -> bool:
+    async def create(self, event_id: str, bucket: str, key: str, model: ModelRef | None = None) -> bool:
         """Start tracking a job; False if it already exists (a redelivered outbox event)."""
         try:
-            job = RunnerPrediction(id=event_id, bucket=bucket, object=key, updated_at=utcnow())
+            job = RunnerPrediction(id=event_id, bucket=bucket, object=key, model=model, updated_at=utcnow())
             await self.collection.insert_one(job.to_mongo())
         except DuplicateKeyError:
             return False

@@ -67,13 +67,19 @@ class Outgoing:
     partitions: list[int]
     stride: int
     sent: dict[int, int]
+    model: str | None  # the sha256 of the job's model; None: the workers' default
     pending: deque[tuple[Frame, asyncio.Future[str]]] = field(default_factory=deque)
     deliveries: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
 
     async def send_oldest(self) -> None:
         frame, encoded = self.pending.popleft()
         task = InferenceTask(
-            event_id=self.event_id, frame=frame.index, image=await encoded, width=frame.width, height=frame.height
+            event_id=self.event_id,
+            frame=frame.index,
+            image=await encoded,
+            width=frame.width,
+            height=frame.height,
+            model=self.model,
         )
         partition = self.partitions[(frame.index // self.stride) % len(self.partitions)]
         self.deliveries.append(
@@ -126,7 +132,10 @@ class Publisher:
                 log.warning("no frame came back for a while, publishing on", in_flight=flow.in_flight)
                 return
 
-    async def publish(self, path: Path, event_id: str, sent: dict[int, int], skip: frozenset[int] = frozenset()) -> int:
+    async def publish(
+        self, path: Path, event_id: str, sent: dict[int, int], skip: frozenset[int] = frozenset(),
+        model: str | None = None,
+    ) -> int:  # fmt: skip
         """Sample, scale, preprocess and publish the frames of one video, but those in `skip` (already
         detected); `sent` is kept up to date with the offset of the job's last message per partition.
 
@@ -138,7 +147,7 @@ class Publisher:
             await self.jobs.expect(event_id, info.sampled(limits.frame_stride), info.fps)
         topic = limits.topic(topics.INFERENCE_TASKS)
         out = Outgoing(self.producer, topic, event_id, sorted(await self.producer.partitions_for(topic)),
-                       limits.frame_stride, sent)  # fmt: skip
+                       limits.frame_stride, sent, model)  # fmt: skip
         flow = self.flows[event_id] = Flow(stored_before=len(skip))
         loop, window = asyncio.get_running_loop(), 2 * limits.preprocess_workers
         frames = sample_frames(path, limits.frame_stride, limits.model_input_size, limits.max_video_frames)

@@ -97,7 +97,9 @@ class StallWatch:
                 log.warning("job stalled: frames lost, resending the missing ones", resends=job.resends,
                             received=len(done), why=why)  # fmt: skip
                 self.stats.resends += 1
-                await self.fan_out.fan_out(job.id, job.bucket, job.object, done)
+                await self.fan_out.fan_out(
+                    job.id, job.bucket, job.object, done, job.model.sha256 if job.model else None
+                )
 
     async def run(self, stop: asyncio.Event) -> None:
         while not await wait_or_stop(stop, min(self.settings.stall_check_interval_s, LOST_AFTER_S)):

@@ -10,6 +10,7 @@ from events import topics
 from events.clients import kafka_consumer, kafka_producer
 from events.consume import Loop
 from events.contracts import DeadLetter, InferenceResult, InferenceTask
+from inference.models import Models
 from inference.service import Worker, build_detector, next_batch
 from tests.conftest import read_topic
 from tests.servers import photo
@@ -68,7 +69,7 @@ async def test_worker_detects_frames_and_dead_letters_poison_messages(settings, 
         ]
         for value, key in sends:
             await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), value, key=key)
-        worker = Worker(build_detector(settings), producer, settings)
+        worker = Worker(Models.only(build_detector(settings)), producer, settings)
         committed, _ = await run_worker(settings, worker, 4)
     assert sum(v or 0 for v in committed.values()) == 4  # every message finished and committed
     results = {r.frame: r for r in (InferenceResult.from_bytes(m.value) for m in
@@ -93,7 +94,7 @@ async def test_a_frame_the_detector_cannot_handle_gets_an_error_result_and_the_w
         ]
         for value in sends:  # one partition: the bad frame sits in a batch with good ones
             await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), value, key=b"k", partition=0)
-        worker = Worker(RaisesOnTinyFrames(build_detector(settings)), producer, settings)
+        worker = Worker(Models.only(RaisesOnTinyFrames(build_detector(settings))), producer, settings)
         committed, alive = await run_worker(settings, worker, 5)
     assert alive and sum(v or 0 for v in committed.values()) == 5
     results = [InferenceResult.from_bytes(m.value) for m in await read_topic(settings, topics.INFERENCE_RESULTS, 5)]
@@ -116,7 +117,7 @@ async def test_boxes_found_on_a_scaled_down_frame_are_mapped_to_the_original_pix
     (full,) = detector.detect([bus])
     async with kafka_producer(settings) as producer:
         await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), task("job", 0, small, (width, height)))
-        await run_worker(settings, Worker(detector, producer, settings), 1)
+        await run_worker(settings, Worker(Models.only(detector), producer, settings), 1)
     (message,) = await read_topic(settings, topics.INFERENCE_RESULTS, 1)
     mapped = InferenceResult.from_bytes(message.value).objects
     assert sorted(o.class_name for o in mapped) == sorted(o.class_name for o in full)

@@ -4,9 +4,10 @@ from collections import Counter
 
 import pytest
 
+from events.coco import COCO_NAMES
+from events.modelfile import class_names
 from events.settings import Settings
-from inference.coco import COCO_NAMES
-from inference.detector import CPU, CUDA, OnnxDetector, class_names, execution_providers
+from inference.detector import CPU, CUDA, OnnxDetector, execution_providers
 from tests.servers import photo
 
 
