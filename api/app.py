@@ -17,12 +17,14 @@ from api.limits import ApiKeyGate, BodyLimits, JobQuota, SecurityHeaders, Upload
 from api.live import JobFeed
 from api.projector import Projector
 from api.readmodel import ReadModel
+from api.registry import ModelRegistry
 from api.routes import router
 from events.clients import mongo_client, object_store
-from events.contracts import OUTBOX, SESSIONS
+from events.contracts import MODELS, OUTBOX, SESSIONS
 from events.indexes import MAIN_DB, ensure_indexes
 from events.log import get_logger
 from events.metrics import add_metrics_route
+from events.modelfile import ModelError
 from events.settings import Settings
 from events.storage import PermanentStorageError
 
@@ -43,6 +45,15 @@ async def database_unavailable(request: Request, error: Exception) -> JSONRespon
     )
 
 
+async def register_builtin(models: ModelRegistry, settings: Settings) -> None:
+    """The package's model under DEFAULT_MODEL's name; if storage refuses it, jobs that name no model
+    still run the workers' own (their detection file then names no model)."""
+    try:
+        await models.register_builtin(settings.model_path)
+    except (PermanentStorageError, ModelError, OSError) as error:
+        log.error("the built-in model could not be registered", model=str(settings.model_path), error=str(error))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -56,13 +67,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 except PermanentStorageError as error:  # a credential that may not create buckets
                     log.warning("allowed bucket not created", bucket=bucket, reason=error.reason)
             await ensure_indexes(main[settings.main_db], MAIN_DB)
+            models = ModelRegistry(main[settings.main_db][MODELS], store, settings.default_bucket,
+                                   settings.default_model_name)  # fmt: skip
+            await register_builtin(models, settings)
             outbox, stop = main[settings.main_db][OUTBOX], asyncio.Event()
             # change streams wait longer than a request may: their own client, without the request timeout
             async with mongo_client(**settings.mongo()) as follower, asyncio.TaskGroup() as background:
                 feed = JobFeed(follower[settings.main_db][OUTBOX], settings.max_event_streams_per_client,
                                settings.max_event_streams)  # fmt: skip
                 app.state.services = Services(settings=settings, jobs=ReadModel(outbox), store=store, feed=feed,
-                                              sessions=main[settings.main_db][SESSIONS])  # fmt: skip
+                                              sessions=main[settings.main_db][SESSIONS], models=models)  # fmt: skip
                 folded = Projector(ReadModel(follower[settings.main_db][OUTBOX]))
                 tasks = [background.create_task(feed.run(stop)),
                          background.create_task(projector.run(settings, folded, stop))]  # fmt: skip
@@ -80,7 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   version="1.0", docs_url=None, redoc_url=None)  # fmt: skip
     # the last added runs first: the key, the jobs waiting, the uploads at once, then the body's size and pace
     app.add_middleware(BodyLimits, upload_bytes=settings.max_upload_bytes, other_bytes=settings.max_request_bytes,
-                       idle_s=settings.upload_idle_timeout_s, min_rate=settings.upload_min_bytes_per_s)  # fmt: skip
+                       idle_s=settings.upload_idle_timeout_s, min_rate=settings.upload_min_bytes_per_s,
+                       model_bytes=settings.max_model_bytes)  # fmt: skip
     app.add_middleware(UploadSlots, slots=settings.max_concurrent_uploads)
     app.add_middleware(JobQuota, per_client=settings.max_waiting_jobs_per_client, total=settings.max_waiting_jobs)
     app.add_middleware(ApiKeyGate, key_matches=key_check(settings.api_key), origins=settings.cors_allowlist)

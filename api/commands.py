@@ -8,7 +8,7 @@ from typing import IO
 from api.readmodel import ReadModel
 from api.validation import file_label
 from events import webhooks
-from events.contracts import OutboxDocument, OutboxPayload, detection_key, failure_key, input_key
+from events.contracts import ModelRef, OutboxDocument, OutboxPayload, detection_key, failure_key, input_key
 from events.log import get_logger
 from events.storage import ObjectStore, PermanentStorageError
 
@@ -33,7 +33,7 @@ async def enqueue(
 
 async def accept_upload(
     jobs: ReadModel, store: ObjectStore, bucket: str, video: IO[bytes], content_type: str, callback_url: str | None,
-    file_name: str | None, client: str,
+    file_name: str | None, client: str, model: ModelRef | None = None,
 ) -> str:  # fmt: skip
     """Store an uploaded video and queue its job; the new job's id. Nothing is left behind if it fails."""
     await jobs.ping()  # the database is down: 503 now, before storing the video
@@ -45,7 +45,8 @@ async def accept_upload(
         log.error("upload refused by storage", bucket=bucket, reason=error.reason)
         raise BucketRefused(bucket) from error
     try:
-        await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key), callback_url, file_name, client)
+        await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key, model=model), callback_url, file_name,
+                      client)  # fmt: skip
     except BaseException:
         await store.delete(bucket, key)  # leave nothing behind
         raise
@@ -53,10 +54,12 @@ async def accept_upload(
     return event_id
 
 
-async def accept_request(jobs: ReadModel, bucket: str, key: str, callback_url: str | None, client: str) -> str:
+async def accept_request(
+    jobs: ReadModel, bucket: str, key: str, callback_url: str | None, client: str, model: ModelRef | None = None
+) -> str:
     """Queue a job for a video already in storage (its existence checked by the caller); its id."""
     event_id = str(uuid.uuid4())
-    await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key), callback_url, key, client)
+    await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key, model=model), callback_url, key, client)
     return event_id
 
 

@@ -11,6 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 
 from api.live import JobFeed
 from api.readmodel import ReadModel
+from api.registry import ModelRegistry
 from events.settings import Settings
 from events.storage import ObjectStore
 
@@ -22,6 +23,7 @@ class Services:
     store: ObjectStore
     feed: JobFeed  # live updates of the read model
     sessions: AsyncCollection  # the web page's sessions (api.sessions)
+    models: ModelRegistry  # main_db.models: the models jobs may name
 
 
 def get_services(request: Request) -> Services:

@@ -14,7 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import sessions
 
 OPEN_PATHS = {"/api", "/api/", "/api/health"}
-UPLOAD_PATHS = {"/api/upload_video"}
+MODELS_PATH = "/api/models"  # a model import: a large body too, bounded by MAX_MODEL_BYTES
+UPLOAD_PATHS = {"/api/upload_video", MODELS_PATH}
 RETRY_AFTER_S = 5
 
 
@@ -143,22 +144,29 @@ def too_slow(detail: str) -> HTTPException:
 class BodyLimits:
     """ASGI middleware: every request body is bounded, in size and in time, before its bytes are held.
 
-    - Size, per path: an upload at most `upload_bytes` (with its form around it), any other body at most
-      `other_bytes`; 413 at once when the declared length passes it, and as soon as the received one does.
+    - Size, per path: an upload at most `upload_bytes` (with its form around it), a model import at most
+      `model_bytes`, any other body at most `other_bytes`; 413 at once when the declared length passes
+      it, and as soon as the received one does.
     - Time: 408 when no byte came for `idle_s`, or when the body arrives slower than `min_rate` bytes
       a second on average (after GRACE_S): a client that sends its headers and goes quiet, or drips,
       gives its upload slot back instead of holding it for ever."""
 
-    def __init__(self, app: ASGIApp, upload_bytes: int, other_bytes: int, idle_s: float, min_rate: int) -> None:
+    def __init__(self, app: ASGIApp, upload_bytes: int, other_bytes: int, idle_s: float, min_rate: int,
+                 model_bytes: int | None = None) -> None:  # fmt: skip
         self.app, self.upload_bytes, self.other_bytes = app, upload_bytes, other_bytes
         self.idle_s, self.min_rate = idle_s, min_rate
+        self.model_bytes = upload_bytes if model_bytes is None else model_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         upload = scope.get("path") in UPLOAD_PATHS
-        allowed = self.upload_bytes if upload else self.other_bytes
+        allowed = (
+            (self.model_bytes if scope.get("path") == MODELS_PATH else self.upload_bytes)
+            if upload
+            else self.other_bytes
+        )
         limit = allowed + (MULTIPART_OVERHEAD if upload else 0)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:

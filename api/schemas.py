@@ -1,10 +1,11 @@
 """What the API shows: request and response bodies (not the same thing as the event contracts)."""
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.contracts import FramePrediction, ModelRef
+from events.contracts import FramePrediction, ModelRef, ModelSource
 
 JOB = "6f1c2a9e-3b7d-4c41-9a55-0d2e8b7f4c10"
 PROGRESS = {"frames_total": 50, "frames_done": 20, "progress": 0.4, "eta_seconds": 3.1}
@@ -52,6 +53,37 @@ class VideoRequest(BaseModel):
     bucket: str | None = Field(default=None, description="defaults to DEFAULT_BUCKET")
     object: str = Field(min_length=1, max_length=1024, description="the video's key in the bucket")
     callback_url: str | None = Field(default=None, max_length=2048, description="POSTed to when the job ends")
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="a model's name (GET /api/models), or DEFAULT_MODEL",
+    )
+
+
+BUILTIN_SHA256 = "ec8fb547d099aefc60958e5d28d66d95bbd1efeac26b63ec0d04d31831e3f245"
+
+
+class ModelEntry(BaseModel):
+    name: str
+    sha256: str = Field(description="the ONNX file's content hash: a job keeps the file it was accepted with")
+    classes: list[str]
+    imgsz: int = Field(description="the long side frames are letterboxed to")
+    layout: Literal["anchors", "end2end"] = Field(
+        description="anchors: [batch, 4 + classes, anchors], NMS in the worker; end2end: [batch, max_det, 6]"
+    )
+    source: ModelSource
+    default: bool = Field(description="jobs that name no model run this one")
+    created_at: datetime
+
+
+class ModelList(BaseModel):
+    model_config = example(models=[{"name": "yolov10n", "sha256": BUILTIN_SHA256, "classes": ["person", "bicycle"],
+                                    "imgsz": 640, "layout": "anchors", "default": True,
+                                    "source": {"format": "builtin", "file": "yolov10n.onnx", "sha256": BUILTIN_SHA256},
+                                    "created_at": "2026-12-02T10:00:00Z"}])  # fmt: skip
+
+    models: list[ModelEntry]
 
 
 class JobProgress(BaseModel):

@@ -160,13 +160,44 @@ def submit(
     api_key: ApiKey = None,
     wait: Annotated[bool, typer.Option(help="follow each job's progress until it ends")] = False,
     output: Output = None,
+    model: Annotated[
+        str | None, typer.Option(help="the model's name (`vdetect model list`); default: the API's")
+    ] = None,
 ) -> None:
     """Upload videos (prints their event ids); with --wait, show progress until they end.
 
     Exit status: 0 every job ready, 1 any failed, 2 a usage or connection error."""
     from vdetect import client
 
-    _client(lambda: client.submit(files, api, api_key, wait, output))
+    _client(lambda: client.submit(files, api, api_key, wait, output, model))
+
+
+model_app = typer.Typer(no_args_is_help=True, help="The detection models jobs may name.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("import")
+def model_import(
+    file: Annotated[Path, typer.Argument(help="an Ultralytics detection checkpoint (.pt) or an ONNX export")],
+    name: Annotated[str | None, typer.Option(help="the name jobs give; default: the file's name")] = None,
+    api: ApiUrl = LOCAL_API,
+    api_key: ApiKey = None,
+) -> None:
+    """Import a model: a .pt is exported to ONNX here first (needs `pip install -e '.[export]'`; loading a
+    checkpoint runs its code: import only checkpoints you trust). Prints name, sha256, layout, classes.
+
+    Exit status: 0 imported, 2 refused (with why) or the API cannot be reached."""
+    from vdetect import models
+
+    _client(lambda: models.import_model(file, name, api, api_key))
+
+
+@model_app.command("list")
+def model_list(api: ApiUrl = LOCAL_API, api_key: ApiKey = None) -> None:
+    """The models jobs may name, with their classes, input size, layout, hash and source."""
+    from vdetect import models
+
+    _client(lambda: models.list_models(api, api_key))
 
 
 @app.command()

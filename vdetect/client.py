@@ -64,13 +64,14 @@ class Api:
             raise ClientError(f"{method} {path}: {answer.status_code} {detail_of(answer)}")
         return answer
 
-    def upload(self, video: Path, err: Console | None = None) -> str:
+    def upload(self, video: Path, err: Console | None = None, model: str | None = None) -> str:
         """Upload a video; while the server says to come back later (its queue is full, or the database
         restarts), wait as long as it says and send it again."""
         while True:
             with video.open("rb") as content:
                 files = {"file": (video.name, content, "video/mp4")}
-                answer = self.request("POST", "/upload_video", later=True, files=files, timeout=None)
+                data = {"model": model} if model else None
+                answer = self.request("POST", "/upload_video", later=True, files=files, data=data, timeout=None)
             if answer.status_code not in COME_BACK:
                 return answer.json()["event_id"]
             wait = retry_after(answer)
@@ -154,7 +155,9 @@ def write_output(path: Path, answers: list[dict]) -> None:
         raise ClientError(f"--output must end in .json or .csv: {path}")
 
 
-def submit(files: list[Path], url: str, api_key: str | None, wait: bool, output: Path | None) -> int:
+def submit(
+    files: list[Path], url: str, api_key: str | None, wait: bool, output: Path | None, model: str | None = None
+) -> int:
     out, err = Console(), Console(stderr=True)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -164,7 +167,7 @@ def submit(files: list[Path], url: str, api_key: str | None, wait: bool, output:
     api = Api(url, api_key)
     ids = []
     for video in files:
-        ids.append(api.upload(video, err))
+        ids.append(api.upload(video, err, model))
         out.print(ids[-1], highlight=False)
     if not wait and output is None:
         return OK

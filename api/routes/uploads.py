@@ -7,6 +7,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from api import commands
 from api.deps import Services, ServicesDep
 from api.limits import client_of
+from api.registry import UnknownModel
 from api.routes.common import QUOTA
 from api.schemas import Accepted, Problem, VideoRequest
 from api.validation import (
@@ -17,6 +18,7 @@ from api.validation import (
     client_error,
     looks_like_video,
 )
+from events.contracts import ModelRef
 
 router = APIRouter()
 
@@ -26,10 +28,18 @@ def webhook_rules(services: Services) -> tuple[bool, bool]:
     return services.settings.webhook_secret is not None, services.settings.webhook_allow_private
 
 
+async def model_of(services: Services, name: str | None) -> ModelRef | None:
+    """The job's model, by name (400 before anything is stored if no model has it), or the default."""
+    try:
+        return await services.models.resolve(name or None)
+    except UnknownModel:
+        raise client_error(f"no model is named {name!r}: GET /api/models lists them") from None
+
+
 @router.post(
     "/upload_video",
     responses={
-        400: {"model": Problem, "description": "an empty file, a bad bucket name or callback URL"},
+        400: {"model": Problem, "description": "an empty file, a bad bucket name or callback URL, an unknown model"},
         403: {"model": Problem, "description": "a bucket outside ALLOWED_BUCKETS"},
         409: {"model": Problem, "description": "the bucket cannot be written to"},
         408: {"model": Problem, "description": "the upload stopped, or dripped (UPLOAD_IDLE_TIMEOUT_S)"},
@@ -44,8 +54,10 @@ async def upload_video(
     file: Annotated[UploadFile, File(description="the video")],
     bucket: Annotated[str | None, Form()] = None,
     callback_url: Annotated[str | None, Form(max_length=2048, description="POSTed to when the job ends")] = None,
+    model: Annotated[str | None, Form(max_length=64, description="a model's name (GET /api/models)")] = None,
 ) -> Accepted:
     bucket = check_bucket(bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
+    chosen = await model_of(services, model)
     if callback_url:
         await check_callback_url(callback_url, *webhook_rules(services))
     head = await file.read(PROBE_BYTES)
@@ -57,7 +69,7 @@ async def upload_video(
     try:
         event_id = await commands.accept_upload(services.jobs, services.store, bucket, file.file,
                                                 file.content_type or "video/mp4", callback_url or None, file.filename,
-                                                client_of(request.scope))  # fmt: skip
+                                                client_of(request.scope), chosen)  # fmt: skip
     except commands.BucketRefused as error:
         raise client_error(f"bucket {bucket!r} cannot be written to", status.HTTP_409_CONFLICT) from error
     return Accepted(event_id=event_id)
@@ -65,7 +77,7 @@ async def upload_video(
 
 @router.post(
     "/request",
-    responses={400: {"model": Problem, "description": "a bad key, bucket name or callback URL"},
+    responses={400: {"model": Problem, "description": "a bad key, bucket name or callback URL, an unknown model"},
                403: {"model": Problem, "description": "a bucket outside ALLOWED_BUCKETS"},
                404: {"model": Problem, "description": "no such object in storage"},
                413: {"model": Problem, "description": "a body larger than MAX_REQUEST_BYTES"}, **QUOTA},
@@ -73,10 +85,11 @@ async def upload_video(
 async def request_video(services: ServicesDep, request: Request, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
+    chosen = await model_of(services, body.model)
     if body.callback_url:
         await check_callback_url(body.callback_url, *webhook_rules(services))
     if not await services.store.exists(bucket, key):
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     client = client_of(request.scope)
     return Accepted(event_id=await commands.accept_request(services.jobs, bucket, key, body.callback_url or None,
-                                                           client))  # fmt: skip
+                                                           client, chosen))  # fmt: skip
