@@ -90,7 +90,7 @@ def ultralytics_asset(name: str) -> Path:
 
     spec = importlib.util.find_spec("ultralytics")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("ultralytics' assets are missing: run `make test` (it installs the wheel, no deps)")
+        raise RuntimeError("ultralytics' assets are missing: run `make test` (it installs the export extra)")
     return Path(next(iter(spec.submodule_search_locations))) / "assets" / name
 
 
