@@ -118,6 +118,7 @@ def test_a_pt_is_imported_and_runs_beside_the_default_model_on_the_same_workers(
     for frame in sample_frames(video, Settings().frame_stride, Settings().model_input_size):
         jpeg = np.frombuffer(base64.b64decode(encode_frame(frame.image, Settings().jpeg_quality)), np.uint8)
         image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        assert image is not None
         sx, sy = frame.width / image.shape[1], frame.height / image.shape[0]
         found = detector.detect([image])[0]
         scale = (sx, sy, sx, sy)
