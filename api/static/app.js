@@ -69,6 +69,7 @@ function upload(file) {
     request.onerror = () => (row.querySelector(".state").textContent = "network error");
     const form = new FormData();
     form.append("file", file);
+    if ($("#model").value) form.append("model", $("#model").value);
     request.send(form);
   };
   send();
@@ -277,4 +278,20 @@ $("#close").onclick = () => {
   result = null;
 };
 
-loadJobs().then(followJobs);
+// ---- models: the upload's model is chosen from GET /api/models (the default first selected) -------
+
+async function loadModels() {
+  const answer = await call("/api/models");
+  if (!answer.ok) return;
+  const select = $("#model");
+  select.replaceChildren();
+  for (const model of (await answer.json()).models) {
+    const option = document.createElement("option");
+    option.value = model.name;
+    option.textContent = `${model.name} (${model.classes.length} classes)`;
+    option.selected = model.default;
+    select.append(option);
+  }
+}
+
+loadModels().then(loadJobs).then(followJobs);

@@ -165,3 +165,23 @@ def test_what_is_not_a_detection_model_is_refused_with_why(stack: Stack, tmp_pat
                           data={"name": "../x"}, timeout=30)  # fmt: skip
     assert bad_name.status_code == 422
     assert "x" not in {m["name"] for m in httpx.get(f"{stack.api}/models", timeout=30).json()["models"]}
+
+
+def test_the_web_page_offers_the_models_and_uploads_with_the_one_chosen(stack: Stack) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/lib/chromium/chromium", args=["--no-sandbox"])
+        page = chromium.new_page()
+        page.goto(stack.api.removesuffix("/api") + "/")
+        page.wait_for_function("() => document.querySelectorAll('#model option').length >= 2")
+        offered = page.eval_on_selector_all("#model option", "options => options.map(o => [o.value, o.selected])")
+        assert ["yolov10n", True] in offered and ["parts", False] in offered  # the default first selected
+        page.select_option("#model", "parts")
+        page.set_input_files("#file", str(bikes_video()))
+        page.wait_for_function("() => document.querySelector('.upload .state').textContent === 'queued'")
+        chromium.close()
+    newest = httpx.get(f"{stack.api}/status/all", params={"limit": 1000}, timeout=30).json()["operations"]
+    jobs = [op["video_id"] for op in newest]
+    answers = [wait_ready(job, stack.api) for job in jobs]
+    assert [a["model"]["name"] for a in answers].count("parts") == 2  # the CLI's job and the page's
