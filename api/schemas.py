@@ -67,7 +67,8 @@ BUILTIN_SHA256 = "ec8fb547d099aefc60958e5d28d66d95bbd1efeac26b63ec0d04d31831e3f2
 class ModelEntry(BaseModel):
     model_config = example(name="parts", sha256=BUILTIN_SHA256, classes=["bolt", "nut"], imgsz=640, layout="end2end",
                            source={"format": "pt", "file": "best.pt", "sha256": BUILTIN_SHA256,
-                                   "ultralytics": "8.4.190"}, default=False, created_at="2026-12-02T10:00:00Z")  # fmt: skip
+                                   "ultralytics": "8.4.190"}, default=False,
+                           created_at="2026-12-02T10:00:00Z")  # fmt: skip
 
     name: str
     sha256: str = Field(description="the ONNX file's content hash: a job keeps the file it was accepted with")
