@@ -8,8 +8,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pymongo.errors import ConnectionFailure, PyMongoError
+from starlette.routing import Match
 
 from api import projector
 from api.deps import Services, key_check
@@ -52,6 +54,14 @@ async def register_builtin(models: ModelRegistry, settings: Settings) -> None:
         await models.register_builtin(settings.model_path)
     except (PermanentStorageError, ModelError, OSError) as error:
         log.error("the built-in model could not be registered", model=str(settings.model_path), error=str(error))
+
+
+async def method_not_allowed(request: Request, error: Exception) -> JSONResponse:
+    """405 with an `Allow` that names every method of the path (Starlette names only the first route's)."""
+    allowed = sorted({method for route in request.app.routes if isinstance(route, APIRoute)
+                      and route.matches(request.scope)[0] != Match.NONE for method in route.methods})  # fmt: skip
+    return JSONResponse({"detail": "Method Not Allowed"}, status.HTTP_405_METHOD_NOT_ALLOWED,
+                        headers={"Allow": ", ".join(allowed)})  # fmt: skip
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(SecurityHeaders)
     app.add_exception_handler(PyMongoError, database_unavailable)
+    app.add_exception_handler(status.HTTP_405_METHOD_NOT_ALLOWED, method_not_allowed)
     app.include_router(router, prefix="/api")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
