@@ -59,7 +59,7 @@ async def register_builtin(models: ModelRegistry, settings: Settings) -> None:
 async def method_not_allowed(request: Request, error: Exception) -> JSONResponse:
     """405 with an `Allow` that names every method of the path (Starlette names only the first route's)."""
     allowed = sorted({method for route in request.app.routes if isinstance(route, APIRoute)
-                      and route.matches(request.scope)[0] != Match.NONE for method in route.methods})  # fmt: skip
+                      and route.matches(request.scope)[0] != Match.NONE for method in route.methods or ()})  # fmt: skip
     return JSONResponse({"detail": "Method Not Allowed"}, status.HTTP_405_METHOD_NOT_ALLOWED,
                         headers={"Allow": ", ".join(allowed)})  # fmt: skip
 
