@@ -53,6 +53,7 @@ class ModelRegistry:
             await self.store.put_if_absent(self.bucket, model_key(sha256), file, "application/octet-stream")
         size = (await asyncio.to_thread(path.stat)).st_size
         doc = ModelDocument(id=name, sha256=sha256, bucket=self.bucket, classes=list(info.names), imgsz=info.imgsz,
+                            stride=info.stride,
                             layout=info.layout, bytes=size, source=source, created_at=utcnow())  # fmt: skip
         if builtin and await self.taken_by_user(name):
             log.info("the default model's name is a user's import: the built-in model is stored, not named", model=name)

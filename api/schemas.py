@@ -65,15 +65,16 @@ BUILTIN_SHA256 = "ec8fb547d099aefc60958e5d28d66d95bbd1efeac26b63ec0d04d31831e3f2
 
 
 class ModelEntry(BaseModel):
-    model_config = example(name="parts", sha256=BUILTIN_SHA256, classes=["bolt", "nut"], imgsz=640, layout="end2end",
+    model_config = example(name="parts", sha256=BUILTIN_SHA256, classes=["bolt", "nut"], imgsz=640, stride=32,
                            source={"format": "pt", "file": "best.pt", "sha256": BUILTIN_SHA256,
-                                   "ultralytics": "8.4.190"}, default=False,
+                                   "ultralytics": "8.4.190"}, default=False, layout="end2end",
                            created_at="2026-12-02T10:00:00Z")  # fmt: skip
 
     name: str
     sha256: str = Field(description="the ONNX file's content hash: a job keeps the file it was accepted with")
     classes: list[str]
     imgsz: int = Field(description="the long side frames are letterboxed to")
+    stride: int | None = Field(default=None, description="a model with dynamic height and width: padded to it")
     layout: Literal["anchors", "end2end"] = Field(
         description="anchors: [batch, 4 + classes, anchors], NMS in the worker; end2end: [batch, max_det, 6]"
     )

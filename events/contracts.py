@@ -85,6 +85,7 @@ class ModelDocument(Contract):
     bucket: str
     classes: list[str]
     imgsz: int
+    stride: int | None = Field(default=None, description="for dynamic height and width: frames padded to it")
     layout: Literal["anchors", "end2end"]
     bytes: int
     source: ModelSource

@@ -4,7 +4,6 @@ An ONNX file is sent to the API as it is (`POST /api/models`, which inspects it)
 exported to ONNX on this machine by `python -m vdetect.export` in a process of its own (loading a
 checkpoint runs its code), then sent with where it came from (its sha256, the Ultralytics version)."""
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -14,17 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from events.modelfile import sha256_of
 from vdetect.client import OK, Api, ClientError
 
 EXPORT_TIMEOUT_S = 1800
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export(checkpoint: Path, out: Path) -> dict:

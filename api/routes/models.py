@@ -23,8 +23,9 @@ MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def entry(doc: ModelDocument, default: str) -> ModelEntry:
-    return ModelEntry(name=doc.id, sha256=doc.sha256, classes=doc.classes, imgsz=doc.imgsz, layout=doc.layout,
-                      source=doc.source, default=doc.id == default, created_at=doc.created_at)  # fmt: skip
+    return ModelEntry(name=doc.id, sha256=doc.sha256, classes=doc.classes, imgsz=doc.imgsz, stride=doc.stride,
+                      layout=doc.layout, source=doc.source, default=doc.id == default,
+                      created_at=doc.created_at)  # fmt: skip
 
 
 @router.get("/models")

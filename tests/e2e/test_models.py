@@ -95,6 +95,7 @@ def test_a_pt_is_imported_and_runs_beside_the_default_model_on_the_same_workers(
     parts, default = models["parts"], models["yolov10n"]
     assert default["default"] and not parts["default"] and default["source"]["format"] == "builtin"
     assert parts["classes"] == list(PARTS.values()) and parts["layout"] == "end2end" and parts["imgsz"] == 640
+    assert parts["stride"] == 32
     assert parts["source"]["format"] == "pt" and parts["source"]["file"] == "parts.pt"
     assert parts["source"]["ultralytics"] == "8.4.190" and len(parts["sha256"]) == 64
     assert parts["source"]["sha256"] == hashlib.sha256(pt.read_bytes()).hexdigest()
