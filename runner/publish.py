@@ -141,36 +141,42 @@ class Publisher:
 
         Returns how many frames the video has at this stride (published or skipped)."""
         limits = self.settings
-        if not skip:  # a resend's video passed these checks when the job started
-            info = await probe(path, limits.video_probe_memory_mb, limits.video_probe_timeout_s)
-            info.check(limits.max_video_frames, limits.max_video_seconds)
-            await self.jobs.expect(event_id, info.sampled(limits.frame_stride), info.fps)
-        topic = limits.topic(topics.INFERENCE_TASKS)
-        out = Outgoing(self.producer, topic, event_id, sorted(await self.producer.partitions_for(topic)),
-                       limits.frame_stride, sent, model)  # fmt: skip
-        flow = self.flows[event_id] = Flow(stored_before=len(skip))
-        loop, window = asyncio.get_running_loop(), 2 * limits.preprocess_workers
-        frames = sample_frames(path, limits.frame_stride, limits.model_input_size, limits.max_video_frames)
-        count = 0
+        flow = self.flows[event_id] = Flow(stored_before=len(skip))  # first: the stall watch leaves it alone
         try:
-            async with contextlib.aclosing(read_ahead(frames, window)) as decoded:
-                async for frame in decoded:
-                    count += 1
-                    if frame.index in skip:
-                        continue
-                    if flow.in_flight >= limits.runner_frames_in_flight:
-                        await out.flush()  # everything encoded goes out before the job waits for room
-                        await self.wait_for_room(event_id, flow)
-                    flow.published += 1
-                    out.pending.append((frame, loop.run_in_executor(self.pool, encode_frame, frame.image,
-                                                                    limits.jpeg_quality)))  # fmt: skip
-                    if len(out.pending) >= window:
-                        await out.send_oldest()
-            await out.flush()
+            if not skip:  # a resend's video passed these checks when the job started
+                info = await probe(path, limits.video_probe_memory_mb, limits.video_probe_timeout_s)
+                info.check(limits.max_video_frames, limits.max_video_seconds)
+                await self.jobs.expect(event_id, info.sampled(limits.frame_stride), info.fps)
+            topic = limits.topic(topics.INFERENCE_TASKS)
+            out = Outgoing(self.producer, topic, event_id, sorted(await self.producer.partitions_for(topic)),
+                           limits.frame_stride, sent, model)  # fmt: skip
+            count = await self.send_all(path, event_id, flow, out, skip)
         finally:
             self.flows.pop(event_id, None)
         self.stats.frames_published += count - len(skip)
         metrics.FRAMES.labels(stage="published").inc(count - len(skip))
+        return count
+
+    async def send_all(self, path: Path, event_id: str, flow: Flow, out: Outgoing, skip: frozenset[int]) -> int:
+        """Decode, encode and send every sampled frame but those in `skip`; how many the video has."""
+        limits = self.settings
+        loop, window = asyncio.get_running_loop(), 2 * limits.preprocess_workers
+        frames = sample_frames(path, limits.frame_stride, limits.model_input_size, limits.max_video_frames)
+        count = 0
+        async with contextlib.aclosing(read_ahead(frames, window)) as decoded:
+            async for frame in decoded:
+                count += 1
+                if frame.index in skip:
+                    continue
+                if flow.in_flight >= limits.runner_frames_in_flight:
+                    await out.flush()  # everything encoded goes out before the job waits for room
+                    await self.wait_for_room(event_id, flow)
+                flow.published += 1
+                out.pending.append((frame, loop.run_in_executor(self.pool, encode_frame, frame.image,
+                                                                limits.jpeg_quality)))  # fmt: skip
+                if len(out.pending) >= window:
+                    await out.send_oldest()
+        await out.flush()
         return count
 
     @contextlib.asynccontextmanager
