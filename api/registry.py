@@ -44,11 +44,13 @@ class ModelRegistry:
         name = name or self.default
         return ModelRef(name=name, sha256=doc["sha256"])
 
-    async def register(self, name: str, path: Path, source: ModelSource, builtin: bool = False) -> ModelDocument:
+    async def register(self, name: str, path: Path, source: ModelSource, builtin: bool = False,
+                       sha256: str | None = None) -> ModelDocument:  # fmt: skip
         """Inspect a model file (ModelError if the workers cannot serve it), store it by hash, then point
         the name at it. The built-in model only takes its name if it is free or still the built-in."""
         info = await asyncio.to_thread(inspect, path)
-        sha256 = await asyncio.to_thread(sha256_of, path)
+        if sha256 is None:  # the caller's, when it hashed the file already
+            sha256 = await asyncio.to_thread(sha256_of, path)
         with path.open("rb") as file:
             await self.store.put_if_absent(self.bucket, model_key(sha256), file, "application/octet-stream")
         size = (await asyncio.to_thread(path.stat)).st_size
@@ -72,4 +74,4 @@ class ModelRegistry:
         """The model the package ships (MODEL_PATH), under DEFAULT_MODEL's name unless a user took it."""
         sha256 = await asyncio.to_thread(sha256_of, path)
         source = ModelSource(format="builtin", file=path.name, sha256=sha256)
-        await self.register(self.default, path, source, builtin=True)
+        await self.register(self.default, path, source, builtin=True, sha256=sha256)

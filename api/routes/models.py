@@ -67,7 +67,7 @@ async def import_model(
         if origin.format == "builtin":
             raise client_error("source.format must be pt or onnx")
         try:
-            doc = await services.models.register(name, path, origin)
+            doc = await services.models.register(name, path, origin, sha256=None if source else origin.sha256)
         except ModelError as error:
             raise client_error(f"{file_label(file.filename) or 'the file'} cannot be served: {error}") from error
     log.info("model imported", model=name, sha256=doc.sha256, source=origin.format)
