@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     # Runner.
     frame_stride: int = Field(default=5, ge=1)
+    frame_encoding: Literal["bgr24", "jpeg"] = Field(
+        default="bgr24", description="frames to inference: raw pixels (lossless) or JPEG (JPEG_QUALITY, fewer bytes)"
+    )
     jpeg_quality: int = Field(default=90, ge=10, le=100)
     model_input_size: int = Field(
         default=640, ge=32, description="frames are scaled down to this long side (the model's input) before sending"
@@ -82,7 +85,14 @@ class Settings(BaseSettings):
     conf_threshold: float = Field(default=0.25, ge=0, le=1)
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
     max_detections: int = Field(default=300, ge=1, description="at most this many boxes per frame, best first")
-    inference_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0: all cores")
+    inference_threads: int = Field(default=0, ge=0, description="threads of the engine; 0: all cores")
+    inference_engine: Literal["auto", "openvino", "onnxruntime"] = Field(
+        default="auto",
+        description="auto: OpenVINO on an x86-64 CPU if installed, else ONNX Runtime (on GPUs too)",
+    )
+    inference_precision: Literal["auto", "f32", "bf16"] = Field(
+        default="auto", description="OpenVINO's; auto: bf16 where the CPU computes it natively (AMX), f32 elsewhere"
+    )
     inference_device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="cuda: ONNX Runtime's CUDA provider (onnxruntime-gpu); auto: CUDA if present"
     )

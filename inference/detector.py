@@ -1,4 +1,6 @@
-"""The detector port and its ONNX Runtime adapter (the default backend)."""
+"""The detector port, what every engine shares (letterbox in, boxes out), and its ONNX Runtime adapter
+(CPU, and CUDA for GPUs). The OpenVINO adapter is `inference.openvino_engine`; `inference.engines`
+chooses between them."""
 
 from collections import defaultdict
 from pathlib import Path
@@ -10,15 +12,38 @@ import onnxruntime as ort
 from events.contracts import DetectedObject
 from events.modelfile import ModelInfo, describe
 from inference.postprocess import decode, decode_end2end
-from inference.preprocess import letterbox, to_tensor
+from inference.preprocess import Letterbox, letterbox, to_tensor
 
 
 class Detector(Protocol):
     names: tuple[str, ...]
+    engine: str  # "openvino", "onnxruntime"
+    precision: str  # "bf16", "f32"
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
         """BGR frames of any size -> one list of objects per frame, boxes in that frame's pixels."""
         ...
+
+
+class Thresholds:
+    """The model's facts and the thresholds that turn one image's raw output into objects (every engine)."""
+
+    def __init__(self, info: ModelInfo, conf_threshold: float, iou_threshold: float, max_detections: int) -> None:
+        self.info, self.names = info, info.names
+        self.size, self.stride = info.imgsz, info.stride
+        self.conf_threshold, self.iou_threshold, self.max_detections = conf_threshold, iou_threshold, max_detections
+
+    def fit(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, Letterbox]]:
+        return [letterbox(image, self.size, self.stride) for image in images]
+
+    def objects(self, output: np.ndarray, fit: Letterbox) -> list[DetectedObject]:
+        found = (
+            decode_end2end(output, fit, self.conf_threshold, self.max_detections)
+            if self.info.layout == "end2end"
+            else decode(output, fit, self.conf_threshold, self.iou_threshold, self.max_detections)
+        )
+        return [DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
+                for d in found if 0 <= d.class_id < len(self.names)]  # fmt: skip
 
 
 CUDA = "CUDAExecutionProvider"
@@ -40,7 +65,9 @@ def execution_providers(device: str, available: list[str] | None = None) -> list
     return [CPU]
 
 
-class OnnxDetector:
+class OnnxDetector(Thresholds):
+    engine = "onnxruntime"
+
     def __init__(
         self,
         model_path: Path,
@@ -56,15 +83,12 @@ class OnnxDetector:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_path), options, providers=execution_providers(device))
-        self.info = session_info(self.session)
-        self.names, self.size, self.stride = self.info.names, self.info.imgsz, self.info.stride
-        self.conf_threshold = conf_threshold
-        self.iou_threshold = iou_threshold
-        self.max_detections = max_detections
+        super().__init__(session_info(self.session), conf_threshold, iou_threshold, max_detections)
+        self.precision = "f32"
 
     def detect(self, images: list[np.ndarray]) -> list[list[DetectedObject]]:
         """One model call per input shape in the batch (frames of one video share theirs)."""
-        fitted = [letterbox(image, self.size, self.stride) for image in images]
+        fitted = self.fit(images)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, (boxed, _) in enumerate(fitted):
             groups[boxed.shape if not self.info.batch_fixed else (i,)].append(i)
@@ -72,16 +96,7 @@ class OnnxDetector:
         for members in groups.values():
             (outputs,) = self.session.run(None, {self.info.input_name: to_tensor([fitted[i][0] for i in members])})
             for i, output in zip(members, outputs, strict=True):
-                found = (
-                    decode_end2end(output, fitted[i][1], self.conf_threshold, self.max_detections)
-                    if self.info.layout == "end2end"
-                    else decode(output, fitted[i][1], self.conf_threshold, self.iou_threshold, self.max_detections)
-                )
-                results[i] = [
-                    DetectedObject(class_name=self.names[d.class_id], box=list(d.box), conf=d.conf)
-                    for d in found
-                    if 0 <= d.class_id < len(self.names)
-                ]
+                results[i] = self.objects(output, fitted[i][1])
         return results
 
 

@@ -7,7 +7,6 @@ its job still completes. The loop moves on either way.
 """
 
 import asyncio
-import base64
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from events.log import get_logger
 from events.modelfile import sha256_of
 from events.runtime import http_server, startup_deadline
 from events.settings import Settings
-from inference.detector import Detector, OnnxDetector
+from inference import engines
+from inference.detector import Detector
 from inference.models import Models, loader
 
 log = get_logger(__name__)
@@ -49,7 +49,7 @@ class Stats:
 
 
 def decode_all(messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
-    """Decode a batch (in a worker thread: JSON, base64 and JPEG decoding stay off the event loop)."""
+    """Decode a batch (in a worker thread: parsing and any JPEG decoding stay off the event loop)."""
     decoded: list[Decoded | Exception] = []
     for message in messages:
         try:
@@ -60,10 +60,15 @@ def decode_all(messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
 
 
 def decode_task(message: ConsumerRecord) -> Decoded:
-    """Parse a task and decode its JPEG; raises ValueError for anything malformed."""
+    """Parse a task and take out its image; raises ValueError for anything malformed."""
     task = InferenceTask.from_bytes(message.value)
-    buffer = np.frombuffer(base64.b64decode(task.image, validate=True), dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if task.encoding == "bgr24":
+        expected = task.image_width * task.image_height * 3
+        if len(task.image) != expected:
+            raise ValueError(f"the frame has {len(task.image)} bytes, not the {expected} of "
+                             f"{task.image_width}x{task.image_height} bgr24 pixels")  # fmt: skip
+        return task, np.frombuffer(task.image, np.uint8).reshape(task.image_height, task.image_width, 3)
+    image = cv2.imdecode(np.frombuffer(task.image, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("frame is not a decodable image")
     return task, image
@@ -170,6 +175,8 @@ def inference_app(models: Models, settings: Settings, stats: Stats, loop: Loop) 
             "model": settings.model_path.name,
             "classes": len(models.default.names),
             "models_loaded": len(models.loaded),
+            "engine": models.default.engine,
+            "precision": models.default.precision,
             "conf_threshold": settings.conf_threshold,
             "iou_threshold": settings.iou_threshold,
             "batch_size": settings.inference_batch_size,
@@ -185,14 +192,9 @@ def inference_app(models: Models, settings: Settings, stats: Stats, loop: Loop) 
 
 
 def build_detector(settings: Settings, path: Path | None = None) -> Detector:
-    return OnnxDetector(
-        path or settings.model_path,
-        settings.conf_threshold,
-        settings.iou_threshold,
-        settings.inference_threads,
-        settings.max_detections,
-        settings.inference_device,
-    )
+    engine = engines.this_machine(settings.inference_engine, settings.inference_precision, settings.inference_device)
+    return engines.build(engine, path or settings.model_path, settings.conf_threshold, settings.iou_threshold,
+                         settings.inference_threads, settings.max_detections)  # fmt: skip
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
@@ -215,6 +217,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                                    fetch=lambda: next_batch(consumer, size, wait_ms), settle=worker.settle)  # fmt: skip
         async with http_server(inference_app(models, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
-            log.info("inference ready", model=str(settings.model_path), classes=len(detector.names))
+            log.info("inference ready", model=str(settings.model_path), classes=len(detector.names),
+                     engine=detector.engine, precision=detector.precision)  # fmt: skip
             deadline.cancel()
             await loop.run(stop)

@@ -1,7 +1,6 @@
 """The inference worker against real Tansu with the real model."""
 
 import asyncio
-import base64
 
 import cv2
 import numpy as np
@@ -16,12 +15,16 @@ from tests.conftest import read_topic
 from tests.servers import photo
 
 
-def task(event_id: str, frame: int, image: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
-    ok, jpeg = cv2.imencode(".jpg", image)
-    assert ok
+def task(event_id: str, frame: int, image: np.ndarray, size: tuple[int, int] | None = None, raw: bool = False) -> bytes:
+    """A frame message as the runner sends it: raw pixels (`raw`) or a JPEG."""
     width, height = size or (None, None)
-    encoded = base64.b64encode(jpeg.tobytes()).decode()
-    return InferenceTask(event_id=event_id, frame=frame, image=encoded, width=width, height=height).to_bytes()
+    encoding, data = "bgr24", image.tobytes()
+    if not raw:
+        ok, jpeg = cv2.imencode(".jpg", image)
+        assert ok
+        encoding, data = "jpeg", jpeg.tobytes()
+    return InferenceTask(event_id=event_id, frame=frame, encoding=encoding, image=data, image_width=image.shape[1],
+                         image_height=image.shape[0], width=width, height=height).to_bytes()  # fmt: skip
 
 
 class RaisesOnTinyFrames:
@@ -29,6 +32,7 @@ class RaisesOnTinyFrames:
 
     def __init__(self, detector) -> None:
         self.detector, self.names, self.calls = detector, detector.names, 0
+        self.engine, self.precision = detector.engine, detector.precision
 
     def detect(self, images):
         self.calls += 1
@@ -63,23 +67,34 @@ async def test_worker_detects_frames_and_dead_letters_poison_messages(settings, 
     async with kafka_producer(settings) as producer:
         sends = [
             (task("job-1", 0, photo("bus.jpg")), b"job-1"),
-            (task("job-1", 5, photo("zidane.jpg")), b"job-1"),
+            (task("job-1", 5, photo("zidane.jpg"), raw=True), b"job-1"),
             (b"{not json", b"job-2"),
-            (InferenceTask(event_id="job-3", frame=0, image="bm90IGEganBlZw==").to_bytes(), b"job-3"),
+            (
+                InferenceTask(
+                    event_id="job-3", frame=0, encoding="jpeg", image=b"not a jpeg", image_width=9, image_height=9
+                ).to_bytes(),
+                b"job-3",
+            ),  # fmt: skip
+            (
+                InferenceTask(event_id="job-4", frame=0, image=b"short", image_width=9, image_height=9).to_bytes(),
+                b"job-4",
+            ),  # fmt: skip
         ]
         for value, key in sends:
             await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), value, key=key)
         worker = Worker(Models.only(build_detector(settings)), producer, settings)
-        committed, _ = await run_worker(settings, worker, 4)
-    assert sum(v or 0 for v in committed.values()) == 4  # every message finished and committed
+        committed, _ = await run_worker(settings, worker, 5)
+    assert sum(v or 0 for v in committed.values()) == 5  # every message finished and committed
     results = {r.frame: r for r in (InferenceResult.from_bytes(m.value) for m in
                                     await read_topic(settings, topics.INFERENCE_RESULTS, 2))}  # fmt: skip
     assert {o.class_name for o in results[0].objects} >= {"bus", "person"}
     assert [o.class_name for o in results[5].objects].count("person") == 2
-    letters = [DeadLetter.from_bytes(m.value) for m in await read_topic(settings, topics.DEAD_LETTERS, 2)]
-    assert sorted(letter.key for letter in letters) == ["job-2", "job-3"]
+    letters = [DeadLetter.from_bytes(m.value) for m in await read_topic(settings, topics.DEAD_LETTERS, 3)]
+    assert sorted(letter.key for letter in letters) == ["job-2", "job-3", "job-4"]
     assert all(letter.service == "inference" and letter.topic.endswith("inference_tasks") for letter in letters)
     assert any("decodable" in letter.error for letter in letters)
+    assert any("not a frame message" in letter.error for letter in letters)
+    assert any("5 bytes, not the 243 of 9x9 bgr24 pixels" in letter.error for letter in letters)
 
 
 async def test_a_frame_the_detector_cannot_handle_gets_an_error_result_and_the_worker_goes_on(settings, kafka_topics):
