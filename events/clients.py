@@ -49,7 +49,7 @@ def producer_options(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotence,
         "linger_ms": 1,
-        "max_request_size": 8 * 1024 * 1024,
+        "max_request_size": 8 * 1024 * 1024,  # TOPIC_CONFIGS
     }
 
 
@@ -229,6 +229,11 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] 
         log.warning("commit refused after a rebalance; messages will be redelivered", error=type(error).__name__)
 
 
+# Raw frames are 0.9 MB at 640x480 (1.2 MB square), past Kafka's default message limit of 1 MiB: every
+# topic takes what the producers may send (`max_request_size`), whatever the broker's default.
+TOPIC_CONFIGS = {"max.message.bytes": str(8 * 1024 * 1024)}
+
+
 async def ensure_topics(settings: Settings) -> None:
     """Create the pipeline's topics if they are missing (idempotent). A topic the broker refuses
     (`create_topics` answers with an error code per topic, it does not raise) raises TopicsRefused."""
@@ -241,7 +246,8 @@ async def ensure_topics(settings: Settings) -> None:
             return
         replicas = settings.kafka_replication_factor
         partitions = settings.kafka_partitions
-        new = [NewTopic(name, num_partitions=partitions, replication_factor=replicas) for name in missing]
+        new = [NewTopic(name, num_partitions=partitions, replication_factor=replicas, topic_configs=TOPIC_CONFIGS)
+               for name in missing]  # fmt: skip
         if refused := refused_topics(await admin.create_topics(new)):
             raise TopicsRefused(refused)
         log.info("kafka topics created", topics=missing, partitions=partitions, replication_factor=replicas)

@@ -176,12 +176,24 @@ class JobEvent(Contract):
     file_name: str | None = None
 
 
+FRAME_MAGIC = b"VDF1"  # the first bytes of every `inference_tasks` message (version 1 of the framing)
+FRAME_HEADER_MAX = 64 * 1024
+
+
 class InferenceTask(Contract):
-    """Topic `inference_tasks`, keyed by `event_id`: one sampled, preprocessed frame."""
+    """Topic `inference_tasks`, keyed by `event_id`: one sampled, preprocessed frame.
+
+    A binary message (`to_bytes`): FRAME_MAGIC, the length of the JSON header (4 bytes, big-endian), the
+    header (every field but `image`), then the image's bytes as they are: no base64, no JSON escaping."""
 
     event_id: str
     frame: int = Field(ge=0)
-    image: str = Field(description="base64 of the JPEG-encoded frame, scaled down to the model's input size")
+    encoding: Literal["bgr24", "jpeg"] = Field(
+        default="bgr24", description="bgr24: raw pixels, image_height x image_width x 3, lossless; jpeg: a JPEG file"
+    )
+    image_width: int = Field(gt=0, description="the image's size as sent (scaled down to the model's input)")
+    image_height: int = Field(gt=0)
+    image: bytes = Field(default=b"", exclude=True, repr=False)
     width: int | None = Field(default=None, gt=0, description="the original frame's width: boxes come back in it")
     height: int | None = Field(default=None, gt=0, description="the original frame's height")
     model: str | None = Field(
@@ -189,6 +201,23 @@ class InferenceTask(Contract):
         pattern=r"^[0-9a-f]{64}$",
         description="the sha256 of the model to run (models/{sha256}.onnx); None: the default",
     )
+
+    def to_bytes(self) -> bytes:
+        header = super().to_bytes()
+        return FRAME_MAGIC + len(header).to_bytes(4, "big") + header + self.image
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        """ValueError (pydantic's ValidationError is one) for a message that is not a frame message."""
+        if not data.startswith(FRAME_MAGIC) or len(data) < len(FRAME_MAGIC) + 4:
+            raise ValueError("not a frame message (it does not start with the frame framing)")
+        start = len(FRAME_MAGIC) + 4
+        length = int.from_bytes(data[len(FRAME_MAGIC) : start], "big")
+        if length > FRAME_HEADER_MAX or start + length > len(data):
+            raise ValueError(f"the frame message's header length {length} does not fit the message")
+        task = cls.model_validate_json(data[start : start + length])
+        task.image = data[start + length :]
+        return task
 
 
 Box = Annotated[list[float], Field(min_length=4, max_length=4)]

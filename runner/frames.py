@@ -1,6 +1,5 @@
-"""Pure frame work: sampling a video, scaling to the model's size, the design's preprocessing, JPEG encoding."""
+"""Pure frame work: sampling a video, scaling to the model's size, the design's preprocessing, encoding."""
 
-import base64
 import heapq
 import itertools
 from collections import deque
@@ -20,8 +19,8 @@ CONTRAST_ALPHA = 1.3
 CONTRAST_BETA = 5
 MAX_VIDEO_SIDE = 8192  # 8K (7680x4320 UHD, 8192x4320 DCI) is the largest video the runner decodes
 MAX_VIDEO_PIXELS = 8192 * 4608
-# A frame message stays well under Kafka's default message.max.bytes (1 MiB) with its JSON envelope.
-MAX_IMAGE_BYTES = 700 * 1024
+# A frame message stays under the 8 MiB `max.message.bytes` its topic is created with (events.clients).
+MAX_FRAME_BYTES = 7 * 1024 * 1024
 MIN_JPEG_QUALITY = 30
 NOT_A_VIDEO = "the file could not be opened as a video (not a video, or a codec the decoder lacks)"
 # Packets read ahead to know each one's display index before it is decoded: more than any codec
@@ -224,19 +223,33 @@ def preprocess(frame: np.ndarray) -> np.ndarray:
     return cv2.convertScaleAbs(blurred, alpha=CONTRAST_ALPHA, beta=CONTRAST_BETA)
 
 
-def encode_frame(frame: np.ndarray, quality: int) -> str:
-    """Preprocess and encode one frame for `inference_tasks`: base64 of a JPEG (run in the process pool).
+@dataclass(frozen=True)
+class Encoded:
+    encoding: str  # "bgr24" or "jpeg" (InferenceTask.encoding)
+    data: bytes
+    width: int
+    height: int
 
-    A frame whose JPEG would pass MAX_IMAGE_BYTES (noise at the model's size can) is encoded again at a
-    lower quality, so a frame message never exceeds the broker's limit."""
+
+def encode_frame(frame: np.ndarray, encoding: str = "bgr24", quality: int = 90) -> Encoded:
+    """Preprocess one frame and encode it for `inference_tasks` (in the process pool).
+
+    `bgr24` (FRAME_ENCODING's default) sends the pixels as they are: the model sees exactly what the
+    runner made. `jpeg` is a fifth to a tenth of the bytes, for links that are short of bandwidth, at a
+    cost in agreement (docs/performance.md). A frame over MAX_FRAME_BYTES raw (a model input above
+    1500 pixels square) goes as JPEG; a JPEG that would pass it is encoded again at a lower quality, so
+    a frame message never exceeds what the topic takes."""
     image = preprocess(frame)
+    height, width = image.shape[:2]
+    if encoding == "bgr24" and image.nbytes <= MAX_FRAME_BYTES:
+        return Encoded("bgr24", np.ascontiguousarray(image).tobytes(), width, height)
     while True:
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise VideoError("a frame could not be encoded as JPEG")
-        if jpeg.nbytes * 4 / 3 <= MAX_IMAGE_BYTES or quality <= MIN_JPEG_QUALITY:
+        if jpeg.nbytes <= MAX_FRAME_BYTES or quality <= MIN_JPEG_QUALITY:
             break
         quality = max(MIN_JPEG_QUALITY, quality - 15)
-    if jpeg.nbytes * 4 / 3 > MAX_IMAGE_BYTES:
+    if jpeg.nbytes > MAX_FRAME_BYTES:
         raise VideoError(f"a frame is too large to send even as JPEG quality {MIN_JPEG_QUALITY}")
-    return base64.b64encode(jpeg.tobytes()).decode("ascii")
+    return Encoded("jpeg", jpeg.tobytes(), width, height)

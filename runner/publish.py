@@ -24,7 +24,7 @@ from events.log import get_logger
 from events.runtime import read_ahead
 from events.settings import Settings
 from events.statuses import RunnerStatus
-from runner.frames import Frame, encode_frame, sample_frames
+from runner.frames import Encoded, Frame, encode_frame, sample_frames
 from runner.jobs import Jobs
 from runner.lifecycle import Stats
 from runner.probe import probe
@@ -68,15 +68,19 @@ class Outgoing:
     stride: int
     sent: dict[int, int]
     model: str | None  # the sha256 of the job's model; None: the workers' default
-    pending: deque[tuple[Frame, asyncio.Future[str]]] = field(default_factory=deque)
+    pending: deque[tuple[Frame, asyncio.Future[Encoded]]] = field(default_factory=deque)
     deliveries: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
 
     async def send_oldest(self) -> None:
-        frame, encoded = self.pending.popleft()
+        frame, encoding = self.pending.popleft()
+        encoded = await encoding
         task = InferenceTask(
             event_id=self.event_id,
             frame=frame.index,
-            image=await encoded,
+            encoding=encoded.encoding,
+            image_width=encoded.width,
+            image_height=encoded.height,
+            image=encoded.data,
             width=frame.width,
             height=frame.height,
             model=self.model,
@@ -172,8 +176,9 @@ class Publisher:
                     await out.flush()  # everything encoded goes out before the job waits for room
                     await self.wait_for_room(event_id, flow)
                 flow.published += 1
-                out.pending.append((frame, loop.run_in_executor(self.pool, encode_frame, frame.image,
-                                                                limits.jpeg_quality)))  # fmt: skip
+                encoding = loop.run_in_executor(self.pool, encode_frame, frame.image, limits.frame_encoding,
+                                                limits.jpeg_quality)  # fmt: skip
+                out.pending.append((frame, encoding))
                 if len(out.pending) >= window:
                     await out.send_oldest()
         await out.flush()

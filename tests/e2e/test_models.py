@@ -2,7 +2,6 @@
 other class names) made here, imported with `vdetect model import`, and a job run with it through the
 local stack beside a job with the default model, on the same workers."""
 
-import base64
 import hashlib
 import os
 import subprocess
@@ -11,16 +10,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import httpx
-import numpy as np
 import pytest
 
 from events.contracts import model_key
 from events.settings import Settings
-from inference.detector import OnnxDetector
-from runner.frames import encode_frame, sample_frames
+from inference.agreement import f1
+from inference.service import build_detector
 from tests.harness import Stack, local_stack, upload, wait_ready
+from tests.reference import direct
 from tests.servers import bikes_video
 
 pytestmark = pytest.mark.e2e
@@ -58,33 +56,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def matched(a: list[dict], b: list[dict], names: dict[str, str]) -> tuple[int, int, int]:
-    """Greedy one-to-one matches of a frame's boxes (same class after `names`, IoU >= 0.5): (matches, |a|, |b|)."""
-
-    def iou(p: list[float], q: list[float]) -> float:
-        w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
-        h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
-        union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - w * h
-        return w * h / union if union > 0 else 0.0
-
-    free, hits = list(b), 0
-    for obj in sorted(a, key=lambda o: -o["conf"]):
-        best = max((o for o in free if o["class"] == names.get(obj["class"], obj["class"])),
-                   key=lambda o: iou(obj["box"], o["box"]), default=None)  # fmt: skip
-        if best is not None and iou(obj["box"], best["box"]) >= 0.5:
-            free.remove(best)
-            hits += 1
-    return hits, len(a), len(b)
-
-
-def f1(pairs: list[tuple[list[dict], list[dict]]], names: dict[str, str]) -> float:
-    hits = total_a = total_b = 0
-    for a, b in pairs:
-        h, na, nb = matched(a, b, names)
-        hits, total_a, total_b = hits + h, total_a + na, total_b + nb
-    return 2 * hits / (total_a + total_b) if total_a + total_b else 1.0
-
-
 def test_a_pt_is_imported_and_runs_beside_the_default_model_on_the_same_workers(stack: Stack, tmp_path: Path) -> None:
     pt = checkpoint(tmp_path / "parts.pt", "yolov10n")
     started = time.monotonic()
@@ -115,19 +86,9 @@ def test_a_pt_is_imported_and_runs_beside_the_default_model_on_the_same_workers(
     assert custom_classes and custom_classes <= set(PARTS.values())
     assert plain_classes and not plain_classes & set(PARTS.values())
 
-    # the same weights' detections, made here on the frames the runner sends (sampled, preprocessed, JPEG)
+    # the same weights' detections, made here on the frames the runner sends (sampled, preprocessed)
     stored = stack.data / "storage" / Settings().default_bucket / model_key(parts["sha256"])
-    detector = OnnxDetector(stored)
-    here = []
-    for frame in sample_frames(video, Settings().frame_stride, Settings().model_input_size):
-        jpeg = np.frombuffer(base64.b64decode(encode_frame(frame.image, Settings().jpeg_quality)), np.uint8)
-        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
-        assert image is not None
-        sx, sy = frame.width / image.shape[1], frame.height / image.shape[0]
-        found = detector.detect([image])[0]
-        scale = (sx, sy, sx, sy)
-        here.append([{"class": o.class_name, "conf": o.conf, "box": [v * s for v, s in zip(o.box, scale, strict=True)]}
-                     for o in found])  # fmt: skip
+    here = direct(video, detector=build_detector(Settings(), stored))
     by_frame = sorted(custom["prediction"], key=lambda f: f["frame"])
     assert len(by_frame) == len(here) == 50
     same_weights = f1([(f["objects"], h) for f, h in zip(by_frame, here, strict=True)], {})

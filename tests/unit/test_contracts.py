@@ -27,7 +27,7 @@ CAT = DetectedObject(class_name="cat", box=[100, 200, 300, 400], conf=0.87)
 
 MESSAGES = [
     OutboxEvent(event_id="e1", payload=OutboxPayload(bucket="videos", object="input/e1.mp4"), created_at=NOW),
-    InferenceTask(event_id="e1", frame=5, image="aGVsbG8="),
+    InferenceTask(event_id="e1", frame=5, image=b"hello", image_width=1, image_height=1, encoding="jpeg"),
     InferenceResult(event_id="e1", frame=5, objects=[CAT]),
     DetectionFile(
         event_id="e1",

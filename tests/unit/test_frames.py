@@ -1,4 +1,3 @@
-import base64
 import math
 import struct
 from pathlib import Path
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from runner import frames as frames_module
-from runner.frames import MAX_IMAGE_BYTES, VideoError, encode_frame, preprocess, sample_frames, scaled_size
+from runner.frames import MAX_FRAME_BYTES, VideoError, encode_frame, preprocess, sample_frames, scaled_size
 from tests.servers import bikes_video
 
 
@@ -41,9 +40,12 @@ def test_frames_are_scaled_down_to_the_model_size_keeping_their_aspect_and_origi
     assert scaled_size(200, 100, 640) == (200, 100)  # never scaled up
 
 
-def test_a_noisy_frame_message_stays_under_the_broker_limit() -> None:
+def test_a_noisy_frame_message_stays_under_the_topic_limit() -> None:
     noise = np.random.default_rng(1).integers(0, 255, (640, 640, 3), dtype=np.uint8)
-    assert len(encode_frame(noise, 100)) <= MAX_IMAGE_BYTES
+    assert len(encode_frame(noise, "jpeg", 100).data) <= MAX_FRAME_BYTES
+    huge = np.random.default_rng(1).integers(0, 255, (1600, 1600, 3), dtype=np.uint8)  # raw would pass it
+    encoded = encode_frame(huge, "bgr24")
+    assert encoded.encoding == "jpeg" and len(encoded.data) <= MAX_FRAME_BYTES
 
 
 def test_a_file_that_is_not_a_video_is_refused(tmp_path) -> None:
@@ -63,11 +65,15 @@ def test_preprocess_blurs_then_raises_contrast() -> None:
     assert preprocess(spike)[4, 4, 0] < 1.3 * 160 + 5  # the blur spread the spike
 
 
-def test_encoded_frame_is_base64_jpeg_of_the_preprocessed_frame() -> None:
+def test_an_encoded_frame_is_the_preprocessed_frame_raw_or_as_jpeg() -> None:
     ramp = np.linspace(0, 180, 96, dtype=np.uint8)
     frame = np.stack([np.tile(ramp, (64, 1))] * 3, axis=-1)
-    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(encode_frame(frame, 95)), np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == frame.shape
+    raw = encode_frame(frame)
+    assert (raw.encoding, raw.width, raw.height) == ("bgr24", 96, 64)
+    assert np.array_equal(np.frombuffer(raw.data, np.uint8).reshape(64, 96, 3), preprocess(frame))  # lossless
+    jpeg = encode_frame(frame, "jpeg", 95)
+    decoded = cv2.imdecode(np.frombuffer(jpeg.data, np.uint8), cv2.IMREAD_COLOR)
+    assert jpeg.encoding == "jpeg" and decoded.shape == frame.shape and len(jpeg.data) < len(raw.data)
     assert np.abs(decoded.astype(int) - preprocess(frame).astype(int)).mean() < 8
 
 
