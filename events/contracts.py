@@ -181,17 +181,17 @@ FRAME_HEADER_MAX = 64 * 1024
 
 
 class InferenceTask(Contract):
-    """Topic `inference_tasks`, keyed by `event_id`: one sampled, preprocessed frame.
+    """Topic `inference_tasks`, keyed by `event_id`: one sampled frame, scaled to the model's input.
 
     A binary message (`to_bytes`): FRAME_MAGIC, the length of the JSON header (4 bytes, big-endian), the
     header (every field but `image`), then the image's bytes as they are: no base64, no JSON escaping."""
 
     event_id: str
     frame: int = Field(ge=0)
-    encoding: Literal["bgr24", "jpeg"] = Field(
-        default="bgr24", description="bgr24: raw pixels, image_height x image_width x 3, lossless; jpeg: a JPEG file"
+    encoding: Literal["i420", "jpeg"] = Field(
+        default="i420", description="i420: the decoder's YUV 4:2:0 samples, Y then U then V planes; jpeg: a JPEG file"
     )
-    image_width: int = Field(gt=0, description="the image's size as sent (scaled down to the model's input)")
+    image_width: int = Field(gt=0, description="the image's size as sent (i420: even numbers)")
     image_height: int = Field(gt=0)
     image: bytes = Field(default=b"", exclude=True, repr=False)
     width: int | None = Field(default=None, gt=0, description="the original frame's width: boxes come back in it")

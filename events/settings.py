@@ -50,8 +50,8 @@ class Settings(BaseSettings):
 
     # Runner.
     frame_stride: int = Field(default=5, ge=1)
-    frame_encoding: Literal["bgr24", "jpeg"] = Field(
-        default="bgr24", description="frames to inference: raw pixels (lossless) or JPEG (JPEG_QUALITY, fewer bytes)"
+    frame_encoding: Literal["i420", "jpeg"] = Field(
+        default="i420", description="frames to inference: the decoder's samples (lossless) or JPEG (JPEG_QUALITY)"
     )
     jpeg_quality: int = Field(default=90, ge=10, le=100)
     model_input_size: int = Field(

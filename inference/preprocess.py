@@ -1,5 +1,5 @@
-"""Pure preprocessing in front of a YOLO model: the frame letterboxed into the model's input (as
-Ultralytics does), and a batch of frames as the model's input tensor."""
+"""Pure preprocessing in front of a YOLO model: the design's blur and contrast, the frame letterboxed
+into the model's input (as Ultralytics does), and a batch of frames as the model's input tensor."""
 
 from dataclasses import dataclass
 
@@ -7,6 +7,15 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114
+BLUR_KSIZE = 3
+CONTRAST_ALPHA = 1.3
+CONTRAST_BETA = 5
+
+
+def preprocess(frame: np.ndarray) -> np.ndarray:
+    """Gaussian blur (ksize 3) then contrast (alpha 1.3, beta 5), as in the design document."""
+    blurred = cv2.GaussianBlur(frame, (BLUR_KSIZE, BLUR_KSIZE), 0)
+    return cv2.convertScaleAbs(blurred, alpha=CONTRAST_ALPHA, beta=CONTRAST_BETA)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from events.settings import Settings
 from inference import engines
 from inference.detector import Detector
 from inference.models import Models, loader
+from inference.preprocess import preprocess
 
 log = get_logger(__name__)
 SERVICE = "inference"
@@ -60,18 +61,24 @@ def decode_all(messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
 
 
 def decode_task(message: ConsumerRecord) -> Decoded:
-    """Parse a task and take out its image; raises ValueError for anything malformed."""
+    """Parse a task, take out its image as BGR and preprocess it; raises ValueError for anything malformed."""
     task = InferenceTask.from_bytes(message.value)
-    if task.encoding == "bgr24":
-        expected = task.image_width * task.image_height * 3
-        if len(task.image) != expected:
-            raise ValueError(f"the frame has {len(task.image)} bytes, not the {expected} of "
-                             f"{task.image_width}x{task.image_height} bgr24 pixels")  # fmt: skip
-        return task, np.frombuffer(task.image, np.uint8).reshape(task.image_height, task.image_width, 3)
+    return task, preprocess(frame_pixels(task))
+
+
+def frame_pixels(task: InferenceTask) -> np.ndarray:
+    """The frame's BGR pixels; ValueError if its bytes are not what its header says."""
+    width, height = task.image_width, task.image_height
+    if task.encoding == "i420":
+        if width % 2 or height % 2 or len(task.image) != width * height * 3 // 2:
+            raise ValueError(f"the frame has {len(task.image)} bytes, not the {width * height * 3 // 2} of "
+                             f"{width}x{height} i420 samples (even sides)")  # fmt: skip
+        i420 = np.frombuffer(task.image, np.uint8).reshape(height * 3 // 2, width)
+        return cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)
     image = cv2.imdecode(np.frombuffer(task.image, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("frame is not a decodable image")
-    return task, image
+    return image
 
 
 def in_original_pixels(objects: list[DetectedObject], task: InferenceTask, image: np.ndarray) -> list[DetectedObject]:

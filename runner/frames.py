@@ -1,4 +1,6 @@
-"""Pure frame work: sampling a video, scaling to the model's size, the design's preprocessing, encoding."""
+"""Pure frame work: sampling a video, scaling to the model's size in the decoder's own pixels (YUV 4:2:0,
+I420), and encoding a frame for `inference_tasks`. The design's preprocessing runs in inference
+(`inference.preprocess`), on the pixels as the runner made them."""
 
 import heapq
 import itertools
@@ -14,9 +16,6 @@ from av.container import InputContainer
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-BLUR_KSIZE = 3
-CONTRAST_ALPHA = 1.3
-CONTRAST_BETA = 5
 MAX_VIDEO_SIDE = 8192  # 8K (7680x4320 UHD, 8192x4320 DCI) is the largest video the runner decodes
 MAX_VIDEO_PIXELS = 8192 * 4608
 # A frame message stays under the 8 MiB `max.message.bytes` its topic is created with (events.clients).
@@ -57,15 +56,41 @@ class VideoInfo:
 @dataclass(frozen=True)
 class Frame:
     index: int
-    image: np.ndarray  # BGR, scaled down to the model's input size
+    image: np.ndarray  # I420: (height * 3 / 2, width) bytes, Y then U then V, scaled down to the model's input
     width: int  # the original frame's size: boxes are mapped back to it
     height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The image's width and height (even numbers: I420 halves both for its colour planes)."""
+        return self.image.shape[1], self.image.shape[0] * 2 // 3
+
+    def bgr(self) -> np.ndarray:
+        return cv2.cvtColor(self.image, cv2.COLOR_YUV2BGR_I420)
 
 
 def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
     """The size with the longer side `max_side`, keeping the aspect (never up, never to 0 pixels)."""
     scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
     return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def even(side: int) -> int:
+    return max(2, side - side % 2)
+
+
+def planes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Y, U and V planes of an I420 image."""
+    width, height = image.shape[1], image.shape[0] * 2 // 3
+    flat, luma, chroma = image.reshape(-1), width * height, (width // 2) * (height // 2)
+    return (flat[:luma].reshape(height, width), flat[luma : luma + chroma].reshape(height // 2, width // 2),
+            flat[luma + chroma :].reshape(height // 2, width // 2))  # fmt: skip
+
+
+def rotated(image: np.ndarray, turns: int) -> np.ndarray:
+    """An I420 image turned `turns` quarter turns counterclockwise (each plane turned)."""
+    turned = [np.rot90(plane, turns) for plane in planes(image)]
+    return np.concatenate([plane.reshape(-1) for plane in turned]).reshape(-1, turned[0].shape[1])
 
 
 def open_video(path: Path) -> InputContainer:
@@ -141,13 +166,14 @@ def sample_frames(
 
 
 def _frame(index: int, decoded: av.VideoFrame, max_side: int | None) -> Frame:
-    """Scale (FFmpeg's area filter, straight from the decoder's pixels to BGR at the smaller size) and turn."""
+    """Scale (FFmpeg's area filter, in the decoder's YUV 4:2:0, to even sides) and turn: the colours are
+    converted once, in inference, from the samples the video holds."""
     width, height = decoded.width, decoded.height
-    to_width, to_height = scaled_size(width, height, max_side)
-    image: np.ndarray = decoded.to_ndarray(width=to_width, height=to_height, format="bgr24", interpolation="AREA")
+    to_width, to_height = (even(side) for side in scaled_size(width, height, max_side))
+    image: np.ndarray = decoded.to_ndarray(width=to_width, height=to_height, format="yuv420p", interpolation="AREA")
     turns = round((decoded.rotation or 0) / 90) % 4  # counterclockwise quarter turns
     if turns:
-        image = np.ascontiguousarray(np.rot90(image, turns))
+        image = rotated(image, turns)
         if turns % 2:
             width, height = height, width
     return Frame(index, image, width, height)
@@ -217,32 +243,26 @@ def _decode(context: VideoCodecContext, packet: av.Packet | None) -> list[av.Vid
     return frames
 
 
-def preprocess(frame: np.ndarray) -> np.ndarray:
-    """Gaussian blur (ksize 3) then contrast (alpha 1.3, beta 5), as in the design document."""
-    blurred = cv2.GaussianBlur(frame, (BLUR_KSIZE, BLUR_KSIZE), 0)
-    return cv2.convertScaleAbs(blurred, alpha=CONTRAST_ALPHA, beta=CONTRAST_BETA)
-
-
 @dataclass(frozen=True)
 class Encoded:
-    encoding: str  # "bgr24" or "jpeg" (InferenceTask.encoding)
+    encoding: str  # "i420" or "jpeg" (InferenceTask.encoding)
     data: bytes
     width: int
     height: int
 
 
-def encode_frame(frame: np.ndarray, encoding: str = "bgr24", quality: int = 90) -> Encoded:
-    """Preprocess one frame and encode it for `inference_tasks` (in the process pool).
+def encode_frame(frame: Frame, encoding: str = "i420", quality: int = 90) -> Encoded:
+    """A frame for `inference_tasks` (JPEG in the process pool).
 
-    `bgr24` (FRAME_ENCODING's default) sends the pixels as they are: the model sees exactly what the
-    runner made. `jpeg` is a fifth to a tenth of the bytes, for links that are short of bandwidth, at a
+    `i420` (FRAME_ENCODING's default) sends the samples as the decoder gave them, scaled: 1.5 bytes a
+    pixel, nothing lost. `jpeg` is a third to a sixth of the bytes, for links short of bandwidth, at a
     cost in agreement (docs/performance.md). A frame over MAX_FRAME_BYTES raw (a model input above
-    1500 pixels square) goes as JPEG; a JPEG that would pass it is encoded again at a lower quality, so
+    2000 pixels square) goes as JPEG; a JPEG that would pass it is encoded again at a lower quality, so
     a frame message never exceeds what the topic takes."""
-    image = preprocess(frame)
-    height, width = image.shape[:2]
-    if encoding == "bgr24" and image.nbytes <= MAX_FRAME_BYTES:
-        return Encoded("bgr24", np.ascontiguousarray(image).tobytes(), width, height)
+    width, height = frame.size
+    if encoding == "i420" and frame.image.nbytes <= MAX_FRAME_BYTES:
+        return Encoded("i420", frame.image.tobytes(), width, height)
+    image = frame.bgr()
     while True:
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:

@@ -176,13 +176,19 @@ class Publisher:
                     await out.flush()  # everything encoded goes out before the job waits for room
                     await self.wait_for_room(event_id, flow)
                 flow.published += 1
-                encoding = loop.run_in_executor(self.pool, encode_frame, frame.image, limits.frame_encoding,
-                                                limits.jpeg_quality)  # fmt: skip
-                out.pending.append((frame, encoding))
+                out.pending.append((frame, self.encode(loop, frame)))
                 if len(out.pending) >= window:
                     await out.send_oldest()
         await out.flush()
         return count
+
+    def encode(self, loop: asyncio.AbstractEventLoop, frame: Frame) -> asyncio.Future[Encoded]:
+        """Raw frames are ready as they are; a JPEG is encoded in the process pool."""
+        if self.settings.frame_encoding == "i420":
+            done: asyncio.Future[Encoded] = loop.create_future()
+            done.set_result(encode_frame(frame))
+            return done
+        return loop.run_in_executor(self.pool, encode_frame, frame, "jpeg", self.settings.jpeg_quality)
 
     @contextlib.asynccontextmanager
     async def heartbeat(self, event_id: str, sent: dict[int, int]) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from events.clients import kafka_consumer, kafka_producer
 from events.consume import Loop
 from events.contracts import DeadLetter, InferenceResult, InferenceTask
 from inference.models import Models
+from inference.preprocess import preprocess
 from inference.service import Worker, build_detector, next_batch
 from tests.conftest import read_topic
 from tests.servers import photo
@@ -18,7 +19,7 @@ from tests.servers import photo
 def task(event_id: str, frame: int, image: np.ndarray, size: tuple[int, int] | None = None, raw: bool = False) -> bytes:
     """A frame message as the runner sends it: raw pixels (`raw`) or a JPEG."""
     width, height = size or (None, None)
-    encoding, data = "bgr24", image.tobytes()
+    encoding, data = "i420", cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420).tobytes()
     if not raw:
         ok, jpeg = cv2.imencode(".jpg", image)
         assert ok
@@ -94,7 +95,7 @@ async def test_worker_detects_frames_and_dead_letters_poison_messages(settings, 
     assert all(letter.service == "inference" and letter.topic.endswith("inference_tasks") for letter in letters)
     assert any("decodable" in letter.error for letter in letters)
     assert any("not a frame message" in letter.error for letter in letters)
-    assert any("5 bytes, not the 243 of 9x9 bgr24 pixels" in letter.error for letter in letters)
+    assert any("5 bytes, not the 121 of 9x9 i420 samples (even sides)" in letter.error for letter in letters)
 
 
 async def test_a_frame_the_detector_cannot_handle_gets_an_error_result_and_the_worker_goes_on(settings, kafka_topics):
@@ -123,21 +124,28 @@ async def test_a_frame_the_detector_cannot_handle_gets_an_error_result_and_the_w
 
 
 async def test_boxes_found_on_a_scaled_down_frame_are_mapped_to_the_original_pixels(settings, kafka_topics):
-    """The runner sends frames at the model's size; boxes come back in the original frame's pixels,
-    where they match the boxes found on the full-resolution photo."""
+    """The runner sends frames at the model's size; boxes come back in the original frame's pixels:
+    those found on the frame as sent, scaled, and near those found on the full-resolution photo."""
     bus = photo("bus.jpg")  # 810x1080
     height, width = bus.shape[:2]
     small = cv2.resize(bus, (480, 640), interpolation=cv2.INTER_AREA)
+    as_sent = cv2.cvtColor(cv2.cvtColor(small, cv2.COLOR_BGR2YUV_I420), cv2.COLOR_YUV2BGR_I420)
     detector = build_detector(settings)
-    (full,) = detector.detect([bus])
+    (full,) = detector.detect([preprocess(bus)])  # the worker preprocesses what it receives
+    (on_small,) = detector.detect([preprocess(as_sent)])
     async with kafka_producer(settings) as producer:
-        await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), task("job", 0, small, (width, height)))
+        await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS),
+                                     task("job", 0, small, (width, height), raw=True))  # fmt: skip
         await run_worker(settings, Worker(Models.only(detector), producer, settings), 1)
     (message,) = await read_topic(settings, topics.INFERENCE_RESULTS, 1)
     mapped = InferenceResult.from_bytes(message.value).objects
-    assert sorted(o.class_name for o in mapped) == sorted(o.class_name for o in full)
-    for obj in full:
-        nearest = min((m for m in mapped if m.class_name == obj.class_name),
+    scale = (width / 480, height / 640) * 2
+    assert [o.class_name for o in mapped] == [o.class_name for o in on_small]
+    for got, found in zip(mapped, on_small, strict=True):
+        assert max(abs(a - b * s) for a, b, s in zip(got.box, found.box, scale, strict=True)) < 0.2
+    assert {o.class_name for o in mapped} == {o.class_name for o in full} == {"bus", "person"}
+    for obj in mapped:
+        nearest = min((m for m in full if m.class_name == obj.class_name),
                       key=lambda m: sum(abs(a - b) for a, b in zip(m.box, obj.box, strict=True)))  # fmt: skip
         assert max(abs(a - b) for a, b in zip(nearest.box, obj.box, strict=True)) < 12  # pixels of 1080
-        assert all(0 <= v <= limit for v, limit in zip(nearest.box, (width, height) * 2, strict=True))
+        assert all(0 <= v <= limit for v, limit in zip(obj.box, (width, height) * 2, strict=True))

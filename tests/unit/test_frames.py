@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from inference.preprocess import preprocess
 from runner import frames as frames_module
-from runner.frames import MAX_FRAME_BYTES, VideoError, encode_frame, preprocess, sample_frames, scaled_size
+from runner.frames import MAX_FRAME_BYTES, Frame, VideoError, encode_frame, rotated, sample_frames, scaled_size
 from tests.servers import bikes_video
 
 
@@ -18,7 +19,8 @@ def test_every_fifth_frame_of_a_real_video_is_sampled_in_order() -> None:
     frames = list(sample_frames(path, 5))
     assert [frame.index for frame in frames] == list(range(0, total, 5))
     assert len(frames) == math.ceil(total / 5)
-    assert frames[0].image.shape == (272, 640, 3) and (frames[0].width, frames[0].height) == (640, 272)
+    assert frames[0].image.shape == (408, 640) and (frames[0].width, frames[0].height) == (640, 272)  # I420
+    assert frames[0].size == (640, 272) and frames[0].bgr().shape == (272, 640, 3)
 
 
 def write_video(path, width: int, height: int, frames: int = 3) -> None:
@@ -34,17 +36,21 @@ def test_frames_are_scaled_down_to_the_model_size_keeping_their_aspect_and_origi
     video = tmp_path / "wide.mp4"
     write_video(video, 1920, 1080, 2)
     frames = list(sample_frames(video, 1, 640))
-    assert [f.image.shape for f in frames] == [(360, 640, 3)] * 2
+    assert [f.size for f in frames] == [(640, 360)] * 2
     assert {(f.width, f.height) for f in frames} == {(1920, 1080)}
     assert scaled_size(3000, 2, 640) == (640, 1)  # never 0 pixels high
     assert scaled_size(200, 100, 640) == (200, 100)  # never scaled up
 
 
+def i420(bgr: np.ndarray) -> Frame:
+    return Frame(0, cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), bgr.shape[1], bgr.shape[0])
+
+
 def test_a_noisy_frame_message_stays_under_the_topic_limit() -> None:
     noise = np.random.default_rng(1).integers(0, 255, (640, 640, 3), dtype=np.uint8)
-    assert len(encode_frame(noise, "jpeg", 100).data) <= MAX_FRAME_BYTES
-    huge = np.random.default_rng(1).integers(0, 255, (1600, 1600, 3), dtype=np.uint8)  # raw would pass it
-    encoded = encode_frame(huge, "bgr24")
+    assert len(encode_frame(i420(noise), "jpeg", 100).data) <= MAX_FRAME_BYTES
+    huge = np.random.default_rng(1).integers(0, 255, (2400, 2400, 3), dtype=np.uint8)  # raw would pass it
+    encoded = encode_frame(i420(huge), "i420")
     assert encoded.encoding == "jpeg" and len(encoded.data) <= MAX_FRAME_BYTES
 
 
@@ -65,16 +71,16 @@ def test_preprocess_blurs_then_raises_contrast() -> None:
     assert preprocess(spike)[4, 4, 0] < 1.3 * 160 + 5  # the blur spread the spike
 
 
-def test_an_encoded_frame_is_the_preprocessed_frame_raw_or_as_jpeg() -> None:
+def test_an_encoded_frame_is_the_decoder_samples_as_they_are_or_a_jpeg() -> None:
     ramp = np.linspace(0, 180, 96, dtype=np.uint8)
-    frame = np.stack([np.tile(ramp, (64, 1))] * 3, axis=-1)
+    frame = i420(np.stack([np.tile(ramp, (64, 1))] * 3, axis=-1))
     raw = encode_frame(frame)
-    assert (raw.encoding, raw.width, raw.height) == ("bgr24", 96, 64)
-    assert np.array_equal(np.frombuffer(raw.data, np.uint8).reshape(64, 96, 3), preprocess(frame))  # lossless
+    assert (raw.encoding, raw.width, raw.height) == ("i420", 96, 64)
+    assert raw.data == frame.image.tobytes() and len(raw.data) == 96 * 64 * 3 // 2  # lossless
     jpeg = encode_frame(frame, "jpeg", 95)
     decoded = cv2.imdecode(np.frombuffer(jpeg.data, np.uint8), cv2.IMREAD_COLOR)
-    assert jpeg.encoding == "jpeg" and decoded.shape == frame.shape and len(jpeg.data) < len(raw.data)
-    assert np.abs(decoded.astype(int) - preprocess(frame).astype(int)).mean() < 8
+    assert jpeg.encoding == "jpeg" and decoded.shape == (64, 96, 3) and len(jpeg.data) < len(raw.data)
+    assert np.abs(decoded.astype(int) - frame.bgr().astype(int)).mean() < 4
 
 
 def write_h264(path: Path, count: int, width: int = 64, height: int = 48) -> None:
@@ -91,7 +97,7 @@ def write_h264(path: Path, count: int, width: int = 64, height: int = 48) -> Non
 
 def decode_all(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+        return [frame.to_ndarray(format="yuv420p") for frame in container.decode(video=0)]
 
 
 @pytest.mark.parametrize("container", ["mp4", "h264"])  # h264: a raw stream, its packets carry no timestamps
@@ -129,5 +135,8 @@ def test_a_rotated_video_is_sampled_turned_as_players_show_it(tmp_path) -> None:
     rotation = struct.pack(">9I", 0, 0xFFFF0000, 0, 0x10000, 0, 0, 0, 0, 0x40000000)  # what `rotate=90` writes
     turned.write_bytes(data[:matrix] + rotation + data[matrix + 36 :])
     (frame,) = sample_frames(turned, 5)
-    assert (frame.width, frame.height) == (32, 64) and frame.image.shape == (64, 32, 3)
-    assert (frame.image == np.rot90(decode_all(upright)[0])).all()  # a quarter turn counterclockwise, as ffmpeg
+    assert (frame.width, frame.height) == (32, 64) and frame.size == (32, 64)
+    assert (frame.image == rotated(decode_all(upright)[0], 1)).all()
+    assert (
+        frame.bgr() == np.rot90(Frame(0, decode_all(upright)[0], 64, 32).bgr())
+    ).all()  # a quarter turn counterclockwise, as ffmpeg
