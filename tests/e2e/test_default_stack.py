@@ -29,3 +29,14 @@ def test_make_up_with_its_defaults_runs_a_real_video_on_every_worker_without_a_r
     assert len(workers) == len(report["detected"]) >= 1
     assert all(frames > 0 for frames in report["detected"].values()), report["detected"]  # every worker detected
     assert report["stack_exit"] == 0
+    # the default engine on this machine, and detections that are the model's own
+    assert report["engines"] == (["openvino bf16"] if native_bf16() else ["openvino f32"]), report["engines"]
+    for video, agreed in report["agreement"].items():
+        assert agreed["frames"] > 0 and agreed["boxes"] > 0, (video, agreed)
+        assert agreed["f1"] >= 0.97, (video, agreed)
+
+
+def native_bf16() -> bool:
+    from inference.openvino_engine import cpu_precisions  # noqa: PLC0415 - x86-64 only
+
+    return "BF16" in cpu_precisions()
