@@ -131,6 +131,7 @@ async def kafka_consumer(
         max_poll_records=max_poll_records,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         **options,
     )
     try:

@@ -33,6 +33,15 @@ Settle = Callable[[], Awaitable[Any]]
 LAG_INTERVAL_S = 2.0
 
 
+async def topped_up(consumer: Consumer, size: int, linger_ms: int) -> list[ConsumerRecord]:
+    """Up to `size` messages: what is there now (waiting up to 500 ms for the first), topped up for at
+    most `linger_ms`: fewer and larger batches where each batch costs a round trip or a write."""
+    messages = records(await consumer.getmany(timeout_ms=500, max_records=size))
+    if messages and len(messages) < size and linger_ms > 0:
+        messages += records(await consumer.getmany(timeout_ms=linger_ms, max_records=size - len(messages)))
+    return messages
+
+
 class Loop(Generic[T]):
     def __init__(
         self,
@@ -43,17 +52,18 @@ class Loop(Generic[T]):
         max_records: int,
         fetch: Fetch | None = None,
         settle: Settle | None = None,
+        linger_ms: int = 0,
     ) -> None:
         self.consumer, self.parse, self.handle, self.reject = consumer, parse, handle, reject
         self.settle = settle
         self.fetch = fetch or self.fetch_available
-        self.max_records = max_records
+        self.max_records, self.linger_ms = max_records, linger_ms
         self.lag_measured_at = 0.0
         metrics.start_at_zero(metrics.DEAD_LETTERS, {"topic": consumer.topic})
         metrics.start_at_zero(metrics.CONSUMER_LAG, {"topic": consumer.topic, "group": consumer.group})
 
     async def fetch_available(self) -> list[ConsumerRecord]:
-        return records(await self.consumer.getmany(timeout_ms=500, max_records=self.max_records))
+        return await topped_up(self.consumer, self.max_records, self.linger_ms)
 
     @property
     def joined(self) -> bool:

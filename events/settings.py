@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=4, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1, description="replicas of each topic `topics` creates")
     kafka_session_timeout_ms: int = 10_000
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100, ge=1, description="how long the broker may hold a consumer's fetch when nothing is waiting"
+    )
 
     # Object storage: a local directory (local stack) or any S3 endpoint (MinIO).
     storage_backend: Literal["dir", "s3"] = "dir"
@@ -58,6 +61,9 @@ class Settings(BaseSettings):
         default=640, ge=32, description="frames are scaled down to this long side (the model's input) before sending"
     )
     preprocess_workers: int = Field(default=2, ge=1)
+    runner_results_wait_ms: int = Field(
+        default=100, ge=0, description="results gathered this long before one write per job stores them"
+    )
     runner_active_jobs: int = Field(default=4, ge=1, description="jobs the runner fans out at once")
     runner_frames_in_flight: int = Field(
         default=64, ge=1, description="frames of one job published and not stored yet before the runner waits"

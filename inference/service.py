@@ -15,13 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from fastapi import FastAPI
 
 from events import metrics, topics
-from events.clients import ensure_topics, kafka_consumer, kafka_producer, object_store, records
-from events.consume import Item, Loop
+from events.clients import Consumer, ensure_topics, kafka_consumer, kafka_producer, object_store
+from events.consume import Item, Loop, topped_up
 from events.contracts import DetectedObject, InferenceResult, InferenceTask
 from events.deadletter import dead_letter
 from events.health import health_app
@@ -158,13 +158,9 @@ class Worker:
             log.error("frame failed in the detector", event_id=task.event_id, frame=task.frame, error=reason)
 
 
-async def next_batch(consumer: AIOKafkaConsumer, size: int, wait_ms: int) -> list[ConsumerRecord]:
-    """Up to `size` frames (INFERENCE_BATCH_SIZE): what is there now, topped up for at most `wait_ms`
-    (INFERENCE_BATCH_WAIT_MS)."""
-    messages = records(await consumer.getmany(timeout_ms=500, max_records=size))
-    if messages and len(messages) < size and wait_ms > 0:
-        more = await consumer.getmany(timeout_ms=wait_ms, max_records=size - len(messages))
-        messages += records(more)
+async def next_batch(consumer: Consumer, size: int, wait_ms: int) -> list[ConsumerRecord]:
+    """Up to `size` frames (INFERENCE_BATCH_SIZE), topped up for at most `wait_ms` (INFERENCE_BATCH_WAIT_MS)."""
+    messages = await topped_up(consumer, size, wait_ms)
     if messages:
         structlog.contextvars.bind_contextvars(batch=len(messages))
     return messages

@@ -252,7 +252,7 @@ class Encoded:
 
 
 def encode_frame(frame: Frame, encoding: str = "i420", quality: int = 90) -> Encoded:
-    """A frame for `inference_tasks` (JPEG in the process pool).
+    """A frame for `inference_tasks` (JPEG in the runner's encoding threads).
 
     `i420` (FRAME_ENCODING's default) sends the samples as the decoder gave them, scaled: 1.5 bytes a
     pixel, nothing lost. `jpeg` is a third to a sixth of the bytes, for links short of bandwidth, at a

@@ -183,7 +183,7 @@ class Publisher:
         return count
 
     def encode(self, loop: asyncio.AbstractEventLoop, frame: Frame) -> asyncio.Future[Encoded]:
-        """Raw frames are ready as they are; a JPEG is encoded in the process pool."""
+        """Raw frames are ready as they are; a JPEG is encoded in the pool's threads."""
         if self.settings.frame_encoding == "i420":
             done: asyncio.Future[Encoded] = loop.create_future()
             done.set_result(encode_frame(frame))

@@ -3,8 +3,7 @@ are stored (`runner.results`); a job whose frames were lost is resent them (`run
 deleted by the API is forgotten. This module wires the parts to Kafka and MongoDB."""
 
 import asyncio
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +95,8 @@ class Runner:
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     deadline = startup_deadline()
     await ensure_topics(settings)
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(settings.preprocess_workers, mp_context=spawn) as pool:
+    # JPEG encoding (FRAME_ENCODING=jpeg) in threads: OpenCV lets go of the GIL; raw frames need none
+    with ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="encode") as pool:
         async with (
             mongo_client(**settings.mongo(runner=True)) as client,
             kafka_producer(settings) as producer,
@@ -116,7 +115,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             loops: list[Loop[Any]] = [
                 Loop(jobs_consumer, parse_with(OutboxEvent.from_bytes), runner.start_jobs, runner.reject_job, 1),
                 Loop(results_consumer, parse_with(InferenceResult.from_bytes), runner.results.store_items,
-                     runner.dead_letter, 500),
+                     runner.dead_letter, 500, linger_ms=settings.runner_results_wait_ms),
                 Loop(events_consumer, parse_with(JobEvent.from_bytes), runner.forget_deleted, runner.dead_letter, 500),
             ]  # fmt: skip
 
