@@ -230,9 +230,13 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] 
         log.warning("commit refused after a rebalance; messages will be redelivered", error=type(error).__name__)
 
 
-# Raw frames are 0.9 MB at 640x480 (1.2 MB square), past Kafka's default message limit of 1 MiB: every
-# topic takes what the producers may send (`max_request_size`), whatever the broker's default.
+# Every topic takes what the producers may send (`max_request_size`), whatever the broker's default
+# (1 MiB: a raw frame is 0.45 MB at 640x480, 1.4 MB at 1280x720). Frames are worth keeping only until
+# they are detected: `inference_tasks` keeps 6 hours (Kafka's default, 7 days, would hold about 4 TB
+# at 100 frames/s); a job whose frames expired in an outage longer than that is sent again by the
+# runner's stall check. (Tansu, the local broker, ignores retention: docs/operations.md.)
 TOPIC_CONFIGS = {"max.message.bytes": str(8 * 1024 * 1024)}
+FRAME_TOPIC_CONFIGS = {**TOPIC_CONFIGS, "retention.ms": str(6 * 3600 * 1000), "segment.ms": str(3600 * 1000)}
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -247,7 +251,9 @@ async def ensure_topics(settings: Settings) -> None:
             return
         replicas = settings.kafka_replication_factor
         partitions = settings.kafka_partitions
-        new = [NewTopic(name, num_partitions=partitions, replication_factor=replicas, topic_configs=TOPIC_CONFIGS)
+        frames = settings.topic(topics.INFERENCE_TASKS)
+        new = [NewTopic(name, num_partitions=partitions, replication_factor=replicas,
+                        topic_configs=FRAME_TOPIC_CONFIGS if name == frames else TOPIC_CONFIGS)
                for name in missing]  # fmt: skip
         if refused := refused_topics(await admin.create_topics(new)):
             raise TopicsRefused(refused)
