@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from events.contracts import (
+    FRAME_MAGIC,
     DeadLetter,
     DetectedObject,
     DetectionFile,
@@ -138,3 +139,30 @@ def test_every_field_a_service_writes_in_an_update_is_declared_by_a_document_mod
                                 written[str(field.values[0].value).split(".")[0]] = f"{path.relative_to(root)}"
     assert written, "the scan found the services' updates"
     assert {name: where for name, where in written.items() if name not in declared} == {}
+
+
+def test_a_frame_message_is_a_small_json_header_and_the_frames_bytes_as_they_are() -> None:
+    pixels = bytes(range(256)) * 9  # 48x32 I420: 2304 bytes, every byte value
+    task = InferenceTask(event_id="e1", frame=5, image=pixels, image_width=48, image_height=32, width=1920,
+                         height=1280, model="a" * 64)  # fmt: skip
+    message = task.to_bytes()
+    assert message.startswith(FRAME_MAGIC) and message.endswith(pixels)  # no base64, no escaping
+    assert len(message) - len(pixels) < 200
+    back = InferenceTask.from_bytes(message)
+    assert back.image == pixels and back.encoding == "i420" and (back.width, back.height) == (1920, 1280)
+    assert back.model_dump() == task.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("message", "why"),
+    [
+        (b'{"event_id": "e1", "frame": 0, "image": "aGk="}', "not a frame message"),  # the old JSON shape
+        (FRAME_MAGIC + b"\x00\x00", "not a frame message"),
+        (FRAME_MAGIC + (10**6).to_bytes(4, "big") + b"{}", "does not fit the message"),
+        (FRAME_MAGIC + (5).to_bytes(4, "big") + b"{nope", "Invalid JSON"),
+        (FRAME_MAGIC + (2).to_bytes(4, "big") + b"{}", "Field required"),
+    ],
+)
+def test_a_message_that_is_not_a_frame_message_is_refused_with_why(message: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        InferenceTask.from_bytes(message)
