@@ -610,7 +610,8 @@ def run(
         report["detector_alone_per_core"] = detector_per_core(measured, os.cpu_count() or 1)
         report["stages"] = {"sd": stage_costs(sd, settings), "hd": stage_costs(hd, settings)}
         torch = weights or torch_weights() or str(settings.model_path)
-        report["ultralytics"] = {"weights": Path(torch).name, "sd": ultralytics(sd, python, torch),
+        report["ultralytics"] = {"weights": Path(torch).name, "clip": ultralytics(measured, python, torch),
+                                 "sd": ultralytics(sd, python, torch),
                                  "hd": ultralytics(hd, python, torch)}  # fmt: skip
         with (
             webhook_receiver(BENCH_SECRET) as receiver,
@@ -671,9 +672,9 @@ def ratios(report: dict) -> dict:
         "jobs_at_once_vs_one": report["many_jobs"]["ratio_median"],
         "pipeline_vs_best_detector": round(pipeline_fps / best, 3),
     }
-    for name in ("sd", "hd"):
+    for name, piped in (("clip", "pipeline"), ("sd", "pipeline_sd"), ("hd", "pipeline_hd")):
         if report["ultralytics"][name]:
             found[f"{name}_pipeline_vs_ultralytics"] = round(
-                report[f"pipeline_{name}"]["fps"] / report["ultralytics"][name]["fps"], 3
+                report[piped]["fps"] / report["ultralytics"][name]["fps"], 3
             )
     return found
