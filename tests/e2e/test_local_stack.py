@@ -397,10 +397,10 @@ def session_members(session: int) -> set[int]:
 
 
 def test_a_service_that_dies_is_restarted_and_leaves_no_process_behind(stack: Stack) -> None:
-    wait_ready(upload(stack.api, bikes_video()), stack.api)  # the runner has started its process pool
+    wait_ready(upload(stack.api, bikes_video()), stack.api)  # the runner has started its probes' fork server
     old = stack.pid("runner")
-    pool = session_members(old) - {old}
-    assert any("spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() for pid in pool)  # a SIGKILL orphans them
+    helpers = session_members(old) - {old}
+    assert any("forkserver" in Path(f"/proc/{pid}/cmdline").read_text() for pid in helpers)  # a SIGKILL orphans it
     os.kill(old, signal.SIGKILL)
 
     def runner_named_down() -> dict | None:  # while it waits for its back-off, health says so and why
@@ -412,7 +412,7 @@ def test_a_service_that_dies_is_restarted_and_leaves_no_process_behind(stack: St
     wait_until(lambda: stack.pid("runner") != old, 60, "runner restart")
     wait_until(lambda: httpx.get(f"{stack.api}/health", timeout=5).json()["down"] == [], 60, "health to clear")
     wait_until(lambda: httpx.get(f"http://127.0.0.1:{stack.runner_port}/health").status_code == 200, 60, "health")
-    wait_until(lambda: not session_members(old), 30, "the dead runner's pool workers to end")
+    wait_until(lambda: not session_members(old), 30, "the dead runner's fork server to end")
 
 
 def test_every_document_the_services_wrote_is_its_model_with_no_field_beyond_it(stack: Stack) -> None:
