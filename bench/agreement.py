@@ -14,9 +14,7 @@ import numpy as np
 from events.settings import Settings
 from inference.agreement import f1
 from inference.detector import OnnxDetector
-from inference.preprocess import preprocess
-from runner.frames import sample_frames
-from tests.reference import Objects, direct, in_frame_order
+from tests.reference import Objects, direct, in_frame_order, model_inputs
 
 ULTRALYTICS = """
 import json, sys
@@ -37,8 +35,8 @@ print(json.dumps(found))
 def ultralytics_on_frames(video: Path, settings: Settings, python: str) -> list[Objects] | None:
     """Ultralytics' `predict` with the same ONNX model on the frames inference receives; None without it."""
     frames, scales = [], []
-    for frame in sample_frames(video, settings.frame_stride, settings.model_input_size):
-        frames.append(preprocess(frame.bgr()))
+    for frame, image in model_inputs(video, settings):
+        frames.append(image)
         scales.append((frame.width / frame.size[0], frame.height / frame.size[1]))
     with tempfile.TemporaryDirectory() as folder:
         stacked = Path(folder) / "frames.npy"

@@ -10,15 +10,14 @@ import numpy as np
 
 from events.settings import Settings
 from inference.detector import Detector, OnnxDetector
-from inference.preprocess import preprocess
-from runner.frames import sample_frames
+from tests.reference import model_inputs
 
 BATCH = 8
 
 
 def frames_of(video: Path, settings: Settings) -> list[np.ndarray]:
-    """The frames inference detects on: sampled, scaled, converted and preprocessed."""
-    return [preprocess(frame.bgr()) for frame in sample_frames(video, settings.frame_stride, settings.model_input_size)]
+    """The frames inference detects on (`tests.reference.model_inputs`)."""
+    return [image for _, image in model_inputs(video, settings)]
 
 
 def frames_per_second(detector: Detector, frames: list[np.ndarray], batch: int = BATCH) -> float:

@@ -59,12 +59,11 @@ from events.contracts import (
 from events.settings import Settings
 from events.storage import DirectoryStore
 from inference import engines
-from inference.preprocess import preprocess
-from inference.service import build_detector, frame_pixels
+from inference.service import build_detector, model_input
 from relays import outbox as outbox_relay
 from relays import s3 as s3_relay
 from relays.follow import job_event_publisher
-from runner.frames import encode_frame, sample_frames
+from runner.frames import encode_frame, frame_task, sample_frames
 from tests.harness import (
     Receiver,
     Stack,
@@ -231,12 +230,11 @@ def stage_costs(video: Path, settings: Settings, limit: int = 60) -> dict:
     scaled = list(itertools.islice(sampled, limit))
     decode = time.process_time() - started
     started = time.process_time()
-    messages = [InferenceTask(event_id="bench", frame=f.index, image=(e := encode_frame(f, settings.frame_encoding,
-                settings.jpeg_quality)).data, encoding=e.encoding, image_width=e.width, image_height=e.height,
-                width=f.width, height=f.height).to_bytes() for f in scaled]  # fmt: skip
+    messages = [frame_task("bench", f, encode_frame(f, settings.frame_encoding, settings.jpeg_quality)).to_bytes()
+                for f in scaled]  # fmt: skip
     encode = time.process_time() - started
     started = time.process_time()
-    images = [preprocess(frame_pixels(InferenceTask.from_bytes(message))) for message in messages]
+    images = [model_input(InferenceTask.from_bytes(message)) for message in messages]
     received = time.process_time() - started
     single = Settings(**{**settings.model_dump(), "inference_threads": 1})
     model = timed_detection(images, single)

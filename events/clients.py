@@ -21,6 +21,7 @@ from minio import Minio
 from pymongo import AsyncMongoClient
 
 from events import topics
+from events.contracts import MAX_MESSAGE_BYTES
 from events.log import get_logger
 from events.retry import after_unknown_answer, on_startup, transient
 from events.settings import Settings
@@ -49,7 +50,7 @@ def producer_options(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": settings.kafka_idempotence,
         "linger_ms": 1,
-        "max_request_size": 8 * 1024 * 1024,  # TOPIC_CONFIGS
+        "max_request_size": MAX_MESSAGE_BYTES,
     }
 
 
@@ -235,7 +236,7 @@ async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] 
 # they are detected: `inference_tasks` keeps 6 hours (Kafka's default, 7 days, would hold about 4 TB
 # at 100 frames/s); a job whose frames expired in an outage longer than that is sent again by the
 # runner's stall check. (Tansu, the local broker, ignores retention: docs/operations.md.)
-TOPIC_CONFIGS = {"max.message.bytes": str(8 * 1024 * 1024)}
+TOPIC_CONFIGS = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
 FRAME_TOPIC_CONFIGS = {**TOPIC_CONFIGS, "retention.ms": str(6 * 3600 * 1000), "segment.ms": str(3600 * 1000)}
 
 

@@ -178,6 +178,8 @@ class JobEvent(Contract):
 
 FRAME_MAGIC = b"VDF1"  # the first bytes of every `inference_tasks` message (version 1 of the framing)
 FRAME_HEADER_MAX = 64 * 1024
+# The largest message a producer sends and a topic takes (events.clients); a frame's bytes stay 1 MiB under it.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class InferenceTask(Contract):

@@ -1,8 +1,9 @@
 """Which engine runs the model (INFERENCE_ENGINE, INFERENCE_PRECISION, INFERENCE_DEVICE), as a pure rule,
 and the detector it builds.
 
-`auto` is OpenVINO on an x86-64 CPU where it is installed (measured here on the default model, 640x480
-frames: 43.6 frames/s with ONNX Runtime on both cores, 60.0 with OpenVINO in f32, 96.1 in bf16), and
+`auto` is OpenVINO on an x86-64 CPU where it is installed (the bench on the default model, 640x480
+frames, 2 cores: 34.8 to 42.5 frames/s with ONNX Runtime, 42.5 to 57.2 with OpenVINO in f32, 76.0 to
+87.5 in bf16), and
 ONNX Runtime otherwise: on other CPUs, and on a GPU (its CUDA provider). Precision `auto` is bf16 where
 the CPU computes it natively (AMX, AVX-512 BF16), f32 elsewhere; ONNX Runtime computes in f32."""
 

@@ -63,7 +63,12 @@ def decode_all(messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
 def decode_task(message: ConsumerRecord) -> Decoded:
     """Parse a task, take out its image as BGR and preprocess it; raises ValueError for anything malformed."""
     task = InferenceTask.from_bytes(message.value)
-    return task, preprocess(frame_pixels(task))
+    return task, model_input(task)
+
+
+def model_input(task: InferenceTask) -> np.ndarray:
+    """What the detector is given for a frame message: its pixels as BGR, with the design's preprocessing."""
+    return preprocess(frame_pixels(task))
 
 
 def frame_pixels(task: InferenceTask) -> np.ndarray:

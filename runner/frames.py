@@ -16,10 +16,11 @@ from av.container import InputContainer
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
+from events.contracts import MAX_MESSAGE_BYTES, InferenceTask
+
 MAX_VIDEO_SIDE = 8192  # 8K (7680x4320 UHD, 8192x4320 DCI) is the largest video the runner decodes
 MAX_VIDEO_PIXELS = 8192 * 4608
-# A frame message stays under the 8 MiB `max.message.bytes` its topic is created with (events.clients).
-MAX_FRAME_BYTES = 7 * 1024 * 1024
+MAX_FRAME_BYTES = MAX_MESSAGE_BYTES - 1024 * 1024  # a frame message stays under what its topic takes
 MIN_JPEG_QUALITY = 30
 NOT_A_VIDEO = "the file could not be opened as a video (not a video, or a codec the decoder lacks)"
 # Packets read ahead to know each one's display index before it is decoded: more than any codec
@@ -249,6 +250,13 @@ class Encoded:
     data: bytes
     width: int
     height: int
+
+
+def frame_task(event_id: str, frame: Frame, encoded: Encoded, model: str | None = None) -> InferenceTask:
+    """The `inference_tasks` message of one encoded frame (`model`: its sha256; None: the workers' default)."""
+    return InferenceTask(event_id=event_id, frame=frame.index, encoding=encoded.encoding, image=encoded.data,
+                         image_width=encoded.width, image_height=encoded.height, width=frame.width,
+                         height=frame.height, model=model)  # fmt: skip
 
 
 def encode_frame(frame: Frame, encoding: str = "i420", quality: int = 90) -> Encoded:

@@ -19,12 +19,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from events import metrics, topics
-from events.contracts import InferenceTask
 from events.log import get_logger
 from events.runtime import read_ahead
 from events.settings import Settings
 from events.statuses import RunnerStatus
-from runner.frames import Encoded, Frame, encode_frame, sample_frames
+from runner.frames import Encoded, Frame, encode_frame, frame_task, sample_frames
 from runner.jobs import Jobs
 from runner.lifecycle import Stats
 from runner.probe import probe
@@ -73,18 +72,7 @@ class Outgoing:
 
     async def send_oldest(self) -> None:
         frame, encoding = self.pending.popleft()
-        encoded = await encoding
-        task = InferenceTask(
-            event_id=self.event_id,
-            frame=frame.index,
-            encoding=encoded.encoding,
-            image_width=encoded.width,
-            image_height=encoded.height,
-            image=encoded.data,
-            width=frame.width,
-            height=frame.height,
-            model=self.model,
-        )
+        task = frame_task(self.event_id, frame, await encoding, self.model)
         partition = self.partitions[(frame.index // self.stride) % len(self.partitions)]
         self.deliveries.append(
             await self.producer.send(self.topic, task.to_bytes(), key=self.event_id.encode(), partition=partition)
