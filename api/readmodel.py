@@ -17,7 +17,7 @@ from pymongo import WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from events.contracts import JobState, OutboxDocument, OutboxPayload
+from events.contracts import JobState, OutboxDocument, OutboxPayload, utcnow
 from events.statuses import OutboxStatus
 
 # The write that acknowledges a job to a client is durable before the answer: on a majority of the
@@ -104,6 +104,11 @@ class ReadModel:
         """Every job's id and video location."""
         async for doc in self.outbox.find({}, {"payload": 1}):
             yield doc["_id"], OutboxPayload.model_validate(doc["payload"])
+
+    async def request_render(self, event_id: str) -> None:
+        """Ask for the job's annotated video: the outbox relay publishes the request (`render_pending`)."""
+        await self.outbox.update_one({"_id": event_id},
+                                     {"$set": {"render_requested_at": utcnow(), "render_pending": True}})  # fmt: skip
 
     async def remove(self, event_id: str) -> None:
         await self.outbox.delete_one({"_id": event_id})

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.contracts import FramePrediction, ModelRef, ModelSource
+from events.contracts import FramePrediction, ModelRef, ModelSource, Zone, ZoneCounts
 
 JOB = "6f1c2a9e-3b7d-4c41-9a55-0d2e8b7f4c10"
 PROGRESS = {"frames_total": 50, "frames_done": 20, "progress": 0.4, "eta_seconds": 3.1}
@@ -59,6 +59,9 @@ class VideoRequest(BaseModel):
         max_length=64,
         description="a model's name (GET /api/models), or DEFAULT_MODEL",
     )
+    track: bool | None = Field(default=None, description="track objects across frames (default true)")
+    zones: list[Zone] | None = Field(default=None, max_length=32, description="lines and polygons to count")
+    render: bool | None = Field(default=None, description="make the annotated video (default false)")
 
 
 BUILTIN_SHA256 = "ec8fb547d099aefc60958e5d28d66d95bbd1efeac26b63ec0d04d31831e3f245"
@@ -172,3 +175,31 @@ class Problem(BaseModel):
 EVENT_STREAM_EXAMPLE = (
     'event: status\ndata: {"status": "sent", "event_id": "' + JOB + '", "frames_total": 50, "frames_done": 20, ...}\n\n'
 )
+
+
+class ZonesRequest(BaseModel):
+    model_config = example(zones=[{"name": "door", "line": [[100, 400], [500, 400]]},
+                                  {"name": "lot", "polygon": [[0, 0], [300, 0], [300, 200], [0, 200]]}])  # fmt: skip
+
+    zones: list[Zone] = Field(min_length=1, max_length=32, description="lines and polygons, in the video's pixels")
+
+
+class ZonesAnswer(BaseModel):
+    model_config = example(event_id=JOB, zones={"door": {
+        "kind": "line", "points": [[100, 400], [500, 400]], "counts": {"person": {"in": 1, "out": 0}},
+        "crossings": [{"track_id": 3, "class": "person", "frame": 120, "time_s": 4.8, "direction": "in"}],
+        "omitted": 0}})  # fmt: skip
+
+    event_id: str
+    zones: dict[str, ZoneCounts] = Field(description="per zone: its counts per class and each crossing")
+
+
+class RenderState(BaseModel):
+    model_config = example(event_id=JOB, status="ready", url=f"/api/jobs/{JOB}/annotated.mp4")
+
+    event_id: str
+    status: Literal["none", "rendering", "ready", "failed"] = Field(
+        description="none: never asked for; rendering: asked for, not made yet; failed: see `error`"
+    )
+    error: str | None = None
+    url: str | None = Field(default=None, description="where the annotated video is served, once ready")

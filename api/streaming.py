@@ -2,12 +2,15 @@
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any
 
+from fastapi import HTTPException, status
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
+from analytics import exports
 from events import detection_file
 from events.storage import ObjectStore
 
@@ -47,9 +50,10 @@ async def parsed_ready(store: ObjectStore, bucket: str, key: str, head: dict[str
         yield b"]}"
 
 
-def result_etag(event_id: str, size: int, ready_at: datetime) -> str:
-    """A ready result never changes: its tag is the job and the stored file's size and time."""
-    return '"' + hashlib.sha256(f"{event_id}/{size}/{ready_at.isoformat()}".encode()).hexdigest()[:32] + '"'
+def result_etag(event_id: str, size: int, ready_at: datetime, output: str = "json") -> str:
+    """A ready result never changes: its tag is the job and the stored file's size and time (and the format)."""
+    suffix = "" if output == "json" else f"/{output}"
+    return '"' + hashlib.sha256(f"{event_id}/{size}/{ready_at.isoformat()}{suffix}".encode()).hexdigest()[:32] + '"'
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int]:
@@ -70,3 +74,47 @@ def byte_range(header: str | None, size: int) -> tuple[int, int]:
     if start > end or start >= size:
         raise ValueError(f"range {header!r} is outside the video's {size} bytes")
     return start, end
+
+
+async def exported(store: ObjectStore, bucket: str, key: str, event_id: str, output: str) -> AsyncIterator[bytes]:
+    """A ready result in another format (`analytics.exports`), converted frame by frame from a local copy."""
+    async with store.local_copy(bucket, key) as path:
+        if output == "csv":
+            text = exports.csv_text(event_id, detection_file.frames(path))
+        elif output == "mot":
+            text = exports.mot_text(detection_file.frames(path))
+        else:
+            head = await asyncio.to_thread(detection_file.header, path)
+            text = exports.coco_json(head, lambda: detection_file.frames(path))
+        async for piece in iterate_in_threadpool(batched(text)):
+            yield piece
+
+
+def batched(text: Iterator[str], size: int = 256 * 1024) -> Iterator[bytes]:
+    pending: list[str] = []
+    length = 0
+    for piece in text:
+        pending.append(piece)
+        length += len(piece)
+        if length >= size:
+            yield "".join(pending).encode()
+            pending, length = [], 0
+    if pending:
+        yield "".join(pending).encode()
+
+
+def ranged(
+    store: ObjectStore, bucket: str, key: str, size: int, header: str | None, media_type: str
+) -> StreamingResponse:
+    """An object with HTTP range requests (a browser's player seeks with them): 206 for a range, 416 outside."""
+    try:
+        start, end = byte_range(header, size)
+    except ValueError as error:
+        raise HTTPException(status.HTTP_416_RANGE_NOT_SATISFIABLE, str(error),
+                            headers={"Content-Range": f"bytes */{size}"}) from error  # fmt: skip
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1)}
+    if header is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    body = store.read_range(bucket, key, start, end - start + 1)
+    code = status.HTTP_206_PARTIAL_CONTENT if header is not None else status.HTTP_200_OK
+    return StreamingResponse(body, code, headers=headers, media_type=media_type)

@@ -2,10 +2,13 @@
 
 import re
 import unicodedata
+from typing import Any
 
 from fastapi import HTTPException, status
+from pydantic import TypeAdapter, ValidationError
 
 from events import webhooks
+from events.contracts import JobOptions, Zone
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MP4_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
@@ -78,3 +81,43 @@ async def check_callback_url(url: str, enabled: bool, allow_private: bool) -> No
         await webhooks.check_callback_url(url, allow_private)
     except webhooks.RefusedURL as error:
         raise client_error(str(error)) from error
+
+
+MAX_ZONES_BYTES = 64 * 1024
+ZONES = TypeAdapter(list[Zone])
+
+
+def problems(error: ValidationError) -> str:
+    """A validation error as one line: where, and what was wrong (never the whole input back)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'value'}: {item['msg'].removeprefix('Value error, ')}"
+        for item in error.errors(include_url=False, include_input=False)[:5]
+    )
+
+
+def job_options(track: bool | None, zones: Any, render: bool | None) -> JobOptions:
+    """A job's options from the request's fields (`zones`: a JSON text from a form, or a parsed list);
+    400 saying what is wrong. Fields not given keep their defaults."""
+    given: dict[str, Any] = {name: value for name, value in (("track", track), ("render", render)) if value is not None}
+    try:
+        if isinstance(zones, str) and zones.strip() not in ("", "null"):
+            if len(zones) > MAX_ZONES_BYTES:
+                raise client_error(f"zones: more than {MAX_ZONES_BYTES} bytes")
+            given["zones"] = ZONES.validate_json(zones)
+        elif zones is not None and not isinstance(zones, str):
+            given["zones"] = zones
+        return JobOptions.model_validate(given)
+    except ValidationError as error:
+        raise client_error(f"invalid job options: {problems(error)}") from None
+
+
+FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def form_flag(name: str, value: str | None) -> bool | None:
+    """A yes/no form field: true/false (1/0, yes/no, on/off); empty or `null`: not given; else 400."""
+    if value is None or value.strip().lower() in ("", "null"):
+        return None
+    if (flag := FLAGS.get(value.strip().lower())) is None:
+        raise client_error(f"{name} must be true or false, not {value[:20]!r}")
+    return flag

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events import topics
 from events.statuses import OutboxStatus, RunnerStatus
@@ -63,9 +63,74 @@ class ModelRef(Contract):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+Coordinate = Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)]
+Point = tuple[Coordinate, Coordinate]
+MAX_ZONES = 32
+MAX_POLYGON_POINTS = 100
+
+
+class LineZone(Contract):
+    """A line, its crossings counted in and out, in the video's pixels. `in` is a crossing towards the side
+    the line's direction (first point to second) turns to when turned 90 degrees clockwise on the screen:
+    a line drawn left to right counts moving down as `in`, one drawn top to bottom counts moving left."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: ClassVar[Literal["line"]] = "line"
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")
+    line: list[Point] = Field(min_length=2, max_length=2)
+
+    @property
+    def points(self) -> list[Point]:
+        return self.line
+
+
+class PolygonZone(Contract):
+    """A polygon: entries, exits, time inside and occupancy, in the video's pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: ClassVar[Literal["polygon"]] = "polygon"
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")
+    polygon: list[Point] = Field(min_length=3, max_length=MAX_POLYGON_POINTS)
+
+    @property
+    def points(self) -> list[Point]:
+        return self.polygon
+
+
+Zone = LineZone | PolygonZone
+
+
+def zone_problem(zones: list[Zone], tracked: bool = True) -> str | None:
+    """What is wrong with a job's zones as a whole (each zone is valid on its own), or None."""
+    names = [zone.name for zone in zones]
+    if len(set(names)) < len(names):
+        return "zone names must be unique"
+    if zones and not tracked:
+        return "zones count tracked objects: they need track=true"
+    return None
+
+
+class JobOptions(Contract):
+    """What a job does beyond detecting. Tracking is on by default: counting objects rather than boxes is
+    what detections are mostly used for, and it costs a fraction of a millisecond per sampled frame."""
+
+    track: bool = Field(default=True, description="give every tracked object a `track_id`, and a `summary`")
+    zones: list[Zone] = Field(default_factory=list, max_length=MAX_ZONES, description="lines and polygons to count")
+    render: bool = Field(default=False, description="make the annotated video (`annotated/{id}.mp4`)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if problem := zone_problem(self.zones, self.track):
+            raise ValueError(problem)
+        return self
+
+
 class OutboxPayload(StorageLocation):
     media_type: Literal["video"] = "video"
     model: ModelRef | None = Field(default=None, description="None: the workers' own default model")
+    options: JobOptions | None = Field(default=None, description="None: the defaults (tracking on, no zones)")
 
 
 class ModelSource(Contract):
@@ -134,6 +199,8 @@ class OutboxDocument(JobState):
     webhook_attempts: int | None = Field(default=None, description="webhook deliveries attempted so far")
     webhook_last: str | None = Field(default=None, description="the last attempt's outcome (`HTTP 200`, a reason)")
     webhook_last_at: datetime | None = None
+    render_requested_at: datetime | None = Field(default=None, description="the annotated video was last asked for")
+    render_pending: bool | None = Field(default=None, description="asked for; the outbox relay has not published it")
 
 
 class OutboxEvent(Contract):
@@ -154,6 +221,7 @@ class JobEventType(StrEnum):
     READY = "ready"
     FAILED = "failed"
     DELETED = "deleted"
+    RENDER = "render"  # the annotated video was asked for, for a finished job (a job's state does not change)
 
 
 class JobEvent(Contract):
@@ -169,6 +237,8 @@ class JobEvent(Contract):
     frames_total: int | None = Field(default=None, ge=0, description="exact, or estimated until the video is read")
     frames_done: int | None = Field(default=None, ge=0)
     error: str | None = None
+    render: bool | None = Field(default=None, description="ready: the job asked for its annotated video")
+    video: StorageLocation | None = Field(default=None, description="ready with render, and render: the job's video")
     # accepted only: the job itself, so that a replay of the topic rebuilds the read model
     payload: OutboxPayload | None = None
     created_at: datetime | None = None
@@ -229,6 +299,7 @@ class DetectedObject(Contract):
     class_name: str = Field(alias="class")
     box: Box = Field(description="x1, y1, x2, y2 in pixels of the original frame")
     conf: float = Field(ge=0, le=1)
+    track_id: int | None = Field(default=None, ge=1, description="the same object across frames (with tracking)")
 
 
 class InferenceResult(Contract):
@@ -293,9 +364,13 @@ class RunnerPrediction(Contract):
     bucket: str
     object: str | None = Field(default=None, description="the video's key, to read it again for a resend")
     model: ModelRef | None = Field(default=None, description="the job's model; None: the workers' default")
+    options: JobOptions | None = Field(default=None, description="tracking, zones, rendering; None: the defaults")
     total_frames: int | None = None
     frames_expected: int | None = Field(default=None, description="estimated from the container, for progress")
     fps: float | None = Field(default=None, description="the video's frame rate, from the container")
+    stride: int | None = Field(default=None, description="every how many frames one was sampled")
+    width: int | None = Field(default=None, description="the video's width in pixels, as displayed")
+    height: int | None = None
     received_frames: int = 0
     status: RunnerStatus = RunnerStatus.PROCESSING
     tasks: dict[str, int] = Field(default_factory=dict, description="partition -> offset of the job's last task")
@@ -337,8 +412,49 @@ class DetectionHeader(Contract):
     total_frames: int
     fps: float | None = Field(default=None, description="the video's frame rate: frame N is at N / fps seconds")
     model: ModelRef | None = Field(default=None, description="the model that produced the detections")
+    stride: int | None = Field(default=None, description="every how many frames one was sampled")
+    width: int | None = None
+    height: int | None = None
+    tracked: bool | None = Field(default=None, description="objects carry `track_id`s; the file ends with a summary")
     created_at: datetime
     completed_at: datetime
+
+
+class ClassSummary(Contract):
+    tracks: int = Field(description="distinct tracked objects of the class")
+    max_at_once: int = Field(description="the most tracked at once in one sampled frame")
+    first_s: float = Field(description="when the first was first seen, seconds into the video")
+    last_s: float = Field(description="when the last was last seen")
+
+
+class Summary(Contract):
+    classes: dict[str, ClassSummary]
+
+
+class Crossing(Contract):
+    track_id: int
+    class_name: str = Field(alias="class")
+    frame: int
+    time_s: float
+    direction: Literal["in", "out", "entered", "exited"]
+
+
+class Occupancy(Contract):
+    time_s: float = Field(description="the start of the interval")
+    count: dict[str, int] = Field(description="per class, the most tracked objects inside during the interval")
+
+
+class ZoneCounts(Contract):
+    """One zone's counts: a line's `{"in", "out"}` per class, a polygon's `{"entered", "exited", "seconds"}`
+    (seconds: the time tracked objects of the class spent inside, added up); each event, in time order
+    (at most MAX_CROSSINGS, `omitted` says how many more); a polygon's occupancy over time."""
+
+    kind: Literal["line", "polygon"]
+    points: list[Point]
+    counts: dict[str, dict[str, int | float]]
+    crossings: list[Crossing]
+    omitted: int = 0
+    occupancy: list[Occupancy] | None = None
 
 
 class DetectionFile(DetectionHeader):
@@ -348,6 +464,9 @@ class DetectionFile(DetectionHeader):
     last, so neither writer nor reader ever holds a whole result; this model describes its shape."""
 
     prediction: list[FramePrediction]
+    # after the prediction: made while it was written (tracked jobs only)
+    summary: Summary | None = None
+    zones: dict[str, ZoneCounts] | None = None
 
 
 class FailureFile(Contract):
@@ -371,6 +490,14 @@ def detection_key(event_id: str) -> str:
 
 def model_key(sha256: str) -> str:
     return f"models/{sha256}.onnx"
+
+
+def annotated_key(event_id: str) -> str:
+    return f"annotated/{event_id}.mp4"
+
+
+def annotated_failure_key(event_id: str) -> str:
+    return f"annotated/{event_id}.failed.json"
 
 
 def input_key(event_id: str) -> str:

@@ -1,12 +1,13 @@
 """The detection file, streamed both ways: written from a job's frame documents, read back frame by frame.
 
 Neither side ever holds a whole result. A two-hour video at 30 fps sampled every 5th frame is 43,200
-frames; a dense scene makes that hundreds of MB of JSON. The writer puts `prediction` last, after a
-small header; the reader parses any key order (ijson, incremental, C backend).
+frames; a dense scene makes that hundreds of MB of JSON. The writer puts `prediction` after a
+small header, and what is counted over the frames (the summary, the zones) after it; the reader
+parses any key order (ijson, incremental, C backend).
 """
 
 import json
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,15 +49,20 @@ def split(first: bytes) -> tuple[dict[str, Any], int] | None:
     return (head, at + len(PREDICTION)) if isinstance(head, dict) else None
 
 
-async def write(out: IO[bytes], head: dict[str, Any], frames: AsyncIterable[dict[str, Any]]) -> int:
-    """Write the detection file to `out` (a buffered file) from frame documents in frame order;
+async def write(
+    out: IO[bytes], head: dict[str, Any], frames: AsyncIterable[dict[str, Any]],
+    tail: Callable[[], dict[str, Any]] | None = None,
+) -> int:  # fmt: skip
+    """Write the detection file to `out` (a buffered file) from frame documents in frame order, then the
+    members `tail()` gives once every frame went by (what was counted over them: small, never per frame);
     returns how many frames."""
     out.write(open_object(head))
     count = 0
     async for doc in frames:
         out.write(b"," + frame_json(doc) if count else frame_json(doc))
         count += 1
-    out.write(b"]}")
+    after = tail() if tail is not None else {}
+    out.write(b"]" + (b"," + compact(after)[1:] if after else b"}"))
     return count
 
 
@@ -72,16 +78,21 @@ def header(path: Path) -> dict[str, Any]:
     return found
 
 
+def frames(path: Path) -> Iterator[dict[str, Any]]:
+    """A detection file's frames, one at a time, in the file's order."""
+    with path.open("rb") as source:
+        yield from ijson.items(source, "prediction.item", use_float=True)
+
+
 def prediction_chunks(path: Path) -> Iterator[bytes]:
     """The members of a detection file's `prediction` list, comma-separated, about CHUNK_BYTES at a time."""
-    with path.open("rb") as source:
-        pending: list[bytes] = []
-        size, first = 0, True
-        for frame in ijson.items(source, "prediction.item", use_float=True):
-            pending.append(compact(frame))
-            size += len(pending[-1])
-            if size >= CHUNK_BYTES:
-                yield (b"" if first else b",") + b",".join(pending)
-                pending, size, first = [], 0, False
-        if pending:
+    pending: list[bytes] = []
+    size, first = 0, True
+    for frame in frames(path):
+        pending.append(compact(frame))
+        size += len(pending[-1])
+        if size >= CHUNK_BYTES:
             yield (b"" if first else b",") + b",".join(pending)
+            pending, size, first = [], 0, False
+    if pending:
+        yield (b"" if first else b",") + b",".join(pending)

@@ -33,8 +33,8 @@ def apply(state: JobState | None, event: JobEvent) -> JobState | None:
         return None
     if state is None:
         return JobState.accepted(event) if event.type == JobEventType.ACCEPTED else None
-    if state.status in FINAL or event.type == JobEventType.ACCEPTED:
-        return state
+    if state.status in FINAL or event.type in (JobEventType.ACCEPTED, JobEventType.RENDER):
+        return state  # a rendering is not a change of the job's state
     moved: dict[str, Any]
     match event.type:
         case JobEventType.SENT:

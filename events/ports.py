@@ -25,6 +25,7 @@ class PortPlan:
     outbox_relay: int = 8004
     s3_relay: int = 8005
     webhook_relay: int = 8006
+    render: int = 8001  # the render worker (annotated videos)
 
     @classmethod
     def names(cls) -> list[str]:

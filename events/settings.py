@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         default=120.0, gt=0, description="no progress for this long while none of the job's frames is in flight: resend"
     )
+    render_max_seconds: float = Field(
+        default=4 * 3600.0, gt=0, description="a rendering that takes longer fails (the job's detections do not)"
+    )
     max_resends: int = Field(default=3, ge=0, description="resends in a row that bring nothing back before a job fails")
     # What one video may cost: checked when its job starts (what the container declares) and while it is
     # decoded (what it holds); a video past them fails its job with the reason.
@@ -151,6 +154,7 @@ class Settings(BaseSettings):
     outbox_relay_port: int = PORTS.outbox_relay
     s3_relay_port: int = PORTS.s3_relay
     webhook_relay_port: int = PORTS.webhook_relay
+    render_port: int = PORTS.render
 
     log_level: str = "INFO"
 

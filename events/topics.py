@@ -12,6 +12,7 @@ RUNNER_RESULTS_GROUP = "runner-results-group"
 INFERENCE_GROUP = "inference-group"
 PROJECTOR_GROUP = "api-projector"  # the API folds job_events into its read model
 RUNNER_CLEANUP_GROUP = "runner-cleanup-group"  # the runner forgets deleted jobs
+RENDER_GROUP = "render-group"  # the render workers: annotated videos of finished jobs
 
 # Messages that cannot be parsed or processed, with the error and their origin.
 DEAD_LETTERS = "dead_letters"

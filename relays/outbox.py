@@ -3,7 +3,9 @@ first events on `job_events`: `accepted` (with the job, so a replay rebuilds it)
 
 The relay's own bookkeeping is `relayed_at` (and `sent_to`: where the event went); the job's status
 belongs to the API's projector, which moves it `new -> sent` from the events. A deleted outbox document
-(a job removed by the API) becomes a `deleted` event: the runner forgets the job.
+(a job removed by the API) becomes a `deleted` event: the runner forgets the job. A finished job's
+annotated video asked for (`render_pending`, set by the API) becomes a `render` event for the render
+workers.
 
 Beside the change stream, a check looks at jobs sent more than STALL_TIMEOUT_S ago that the runner has
 not started: one whose event is no longer queued for the runner (gone with an in-memory broker that
@@ -32,6 +34,7 @@ from events.contracts import (
     JobEventType,
     OutboxDocument,
     OutboxEvent,
+    StorageLocation,
     utcnow,
 )
 from events.crash import crash_point
@@ -46,8 +49,18 @@ from relays.follow import Relay, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "outbox-relay"
-PIPELINE = [{"$match": {"operationType": {"$in": ["insert", "delete"]}}}]
+PIPELINE = [
+    {
+        "$match": {
+            "$or": [
+                {"operationType": {"$in": ["insert", "delete"]}},
+                {"operationType": "update", "updateDescription.updatedFields.render_pending": True},
+            ]
+        }
+    }
+]
 PENDING = {"status": OutboxStatus.NEW.value, "relayed_at": None}
+RENDER_PENDING = {"render_pending": True}
 LOST_AFTER_S = 5  # an event sent this long ago that the broker no longer holds is sent again
 PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
@@ -60,7 +73,20 @@ def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event
         # not conditional on the status: the projector may have moved it on from the events already
         await outbox.update_one({"_id": event_id, "relayed_at": None}, {"$set": {**update, "relayed_at": utcnow()}})
 
+    @transient
+    async def rendering_published(entry: OutboxDocument) -> None:
+        # only the request that was published: one made meanwhile stays pending
+        await outbox.update_one({"_id": entry.id, "render_requested_at": entry.render_requested_at},
+                                {"$set": {"render_pending": False}})  # fmt: skip
+
     async def publish(doc: dict[str, Any]) -> None:
+        if doc.get("render_pending") and doc.get("relayed_at") is not None:
+            entry = OutboxDocument.model_validate(doc)
+            video = StorageLocation(bucket=entry.payload.bucket, object=entry.payload.object)
+            await publish_event(JobEvent(event_id=entry.id, type=JobEventType.RENDER, render=True, video=video))
+            await rendering_published(entry)
+            log.info("annotated video asked for, event published", event_id=entry.id)
+            return
         with structlog.contextvars.bound_contextvars(event_id=str(doc["_id"])):
             try:
                 entry = OutboxDocument.model_validate(doc)
@@ -137,7 +163,7 @@ def build(db: AsyncDatabase, producer: AIOKafkaProducer, settings: Settings) -> 
         name=NAME,
         collection=db[OUTBOX],
         pipeline=PIPELINE,
-        source_filter=PENDING,
+        source_filter={"$or": [PENDING, RENDER_PENDING]},
         handle=publisher(db[OUTBOX], producer, publish_event, settings.topic(topics.OUTBOX_EVENTS)),
         on_delete=forgetter(publish_event),
         tokens=MongoTokenStore(db[CHECKPOINTS]),

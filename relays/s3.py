@@ -3,7 +3,8 @@
 `processing` -> `started` (as soon as the runner takes the job, and again with its frame count) and
 `progress`, at most one per job every
 PROGRESS_INTERVAL_S (the last one is never dropped, only delayed). `predictable` ->
-`detection/{id}.json`, streamed from the job's frame documents, then the `ready` event (so the API
+`detection/{id}.json`, streamed from the job's frame documents in frame order through the job's tracker,
+summary and zones (`analytics.analysis`), then the `ready` event (so the API
 never hears of a result before it exists), then `predictable -> ready`; `failed` -> `failed/{id}.json`
 (why it failed) and the `failed` event, then `output_s3` is set on the failed job. Either way the job's
 frame documents are deleted once it is settled. Each object is written only if absent, so a replayed
@@ -25,6 +26,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from analytics.analysis import Analysis
 from events import detection_file, runnerstate, topics
 from events.clients import ensure_topics, kafka_producer, mongo_client, object_store
 from events.contracts import (
@@ -95,8 +97,10 @@ def progress_event(job: RunnerPrediction) -> JobEvent:
 def outcome_event(job: RunnerPrediction, error: str | None = None) -> JobEvent:
     """`ready` for a written result; `failed` with the runner's reason, or `error` (storage refused it)."""
     if job.status == RunnerStatus.PREDICTABLE and error is None:
+        render = bool(job.options and job.options.render) or None
+        video = StorageLocation(bucket=job.bucket, object=job.object) if render and job.object else None
         return JobEvent(event_id=job.id, type=JobEventType.READY, frames_total=job.total_frames,
-                        frames_done=job.received_frames)  # fmt: skip
+                        frames_done=job.received_frames, render=render, video=video)  # fmt: skip
     return JobEvent(event_id=job.id, type=JobEventType.FAILED, error=error or job.error or "unknown error")
 
 
@@ -177,10 +181,13 @@ def exporter(
     @transient
     async def write_detection(job: RunnerPrediction, location: StorageLocation) -> bool:
         """Stream the frame documents into a spooled file, then upload it: memory stays flat."""
+        analysis = Analysis(job.options, job.fps, job.stride, job.total_frames)
         header = DetectionHeader(event_id=job.id, total_frames=job.total_frames or 0, fps=job.fps, model=job.model,
+                                 stride=job.stride, width=job.width, height=job.height, tracked=analysis.tracked,
                                  created_at=job.created_at, completed_at=utcnow())  # fmt: skip
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out:
-            frames_written = await detection_file.write(out, header.model_dump(mode="json"), sorted_frames(job.id))
+            frames = analysis.frames(sorted_frames(job.id))
+            frames_written = await detection_file.write(out, header.model_dump(mode="json"), frames, analysis.tail)
             size = out.tell()
             out.seek(0)
             written = await store.put_if_absent(location.bucket, location.object, out, "application/json")

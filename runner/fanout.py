@@ -49,7 +49,7 @@ class FanOut:
         try:
             if self.stopping:  # not committed: the runner that starts next takes the event
                 raise asyncio.CancelledError
-            created = await self.jobs.create(event.event_id, bucket, key, model)
+            created = await self.jobs.create(event.event_id, bucket, key, model, event.payload.options)
         except BaseException:
             self.slots.release()
             raise

@@ -11,10 +11,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from events import runnerstate
-from events.contracts import FrameDocument, InferenceResult, ModelRef, RunnerPrediction, utcnow
+from events.contracts import FrameDocument, InferenceResult, JobOptions, ModelRef, RunnerPrediction, utcnow
 from events.log import get_logger
 from events.retry import transient
 from events.statuses import RunnerStatus
+from runner.frames import VideoInfo
 
 PROCESSING = runnerstate.WHILE_PROCESSING
 DUPLICATE_KEY = 11000
@@ -31,10 +32,13 @@ class Jobs:
         self.frames = frames
 
     @transient
-    async def create(self, event_id: str, bucket: str, key: str, model: ModelRef | None = None) -> bool:
+    async def create(
+        self, event_id: str, bucket: str, key: str, model: ModelRef | None = None, options: JobOptions | None = None
+    ) -> bool:
         """Start tracking a job; False if it already exists (a redelivered outbox event)."""
         try:
-            job = RunnerPrediction(id=event_id, bucket=bucket, object=key, model=model, updated_at=utcnow())
+            job = RunnerPrediction(id=event_id, bucket=bucket, object=key, model=model, options=options,
+                                   updated_at=utcnow())  # fmt: skip
             await self.collection.insert_one(job.to_mongo())
         except DuplicateKeyError:
             return False
@@ -54,11 +58,12 @@ class Jobs:
         return _job(doc)
 
     @transient
-    async def expect(self, event_id: str, frames: int | None, fps: float | None) -> None:
-        """How many frames the job should have, estimated before they are read (for its progress), and
-        the video's frame rate (a player maps its time to frames with it)."""
-        await self.collection.update_one({"_id": event_id, **PROCESSING},
-                                         {"$set": {"frames_expected": frames, "fps": fps}})  # fmt: skip
+    async def expect(self, event_id: str, info: VideoInfo, stride: int) -> None:
+        """How many frames the job should have, estimated before they are read (for its progress), the
+        video's frame rate (a player maps its time to frames with it), the stride, and the frame size."""
+        found = {"frames_expected": info.sampled(stride), "fps": info.fps, "stride": stride,
+                 "width": info.width, "height": info.height}  # fmt: skip
+        await self.collection.update_one({"_id": event_id, **PROCESSING}, {"$set": found})
 
     @transient
     async def touch(self, event_id: str, tasks: dict[int, int]) -> None:

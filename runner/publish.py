@@ -138,7 +138,7 @@ class Publisher:
             if not skip:  # a resend's video passed these checks when the job started
                 info = await probe(path, limits.video_probe_memory_mb, limits.video_probe_timeout_s)
                 info.check(limits.max_video_frames, limits.max_video_seconds)
-                await self.jobs.expect(event_id, info.sampled(limits.frame_stride), info.fps)
+                await self.jobs.expect(event_id, info, limits.frame_stride)
             topic = limits.topic(topics.INFERENCE_TASKS)
             out = Outgoing(self.producer, topic, event_id, sorted(await self.producer.partitions_for(topic)),
                            limits.frame_stride, sent, model)  # fmt: skip

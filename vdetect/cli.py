@@ -69,6 +69,15 @@ def webhook_relay() -> None:
 
 
 @app.command()
+def render() -> None:
+    """Make finished jobs' annotated videos (`annotated/{id}.mp4`) when asked (health on port 8001)."""
+    from events.runtime import run_service
+    from render.service import main
+
+    run_service("render", main)
+
+
+@app.command()
 def runner() -> None:
     """Extract frames, fan them out to inference, collect the results (health on port 8002)."""
     from events.runtime import run_service
@@ -248,6 +257,7 @@ def up(
     outbox_relay_port: int = PLAN.outbox_relay,
     s3_relay_port: int = PLAN.s3_relay,
     webhook_relay_port: int = PLAN.webhook_relay,
+    render_port: int = PLAN.render,
     inference_workers: Annotated[
         int, typer.Option(help="inference worker processes; 0: one per core, each with one ONNX Runtime thread")
     ] = 0,
@@ -259,6 +269,6 @@ def up(
 
     ports = PortPlan(
         mongo_port, kafka_port, api_port, runner_port, inference_port, outbox_relay_port, s3_relay_port,
-        webhook_relay_port,
+        webhook_relay_port, render_port,
     )  # fmt: skip
     raise typer.Exit(run_stack(data_dir.resolve(), ports, inference_workers))

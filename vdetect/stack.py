@@ -33,7 +33,7 @@ from events.settings import Settings
 log = get_logger("stack")
 STOP_GRACE_S = 20
 NOOP_HEARTBEAT_S = 10  # like MongoDB's periodic no-op writer: quiet change streams still advance their token
-KAFKA_CLIENTS = ("inference", "runner", "outbox-relay")
+KAFKA_CLIENTS = ("inference", "runner", "outbox-relay", "render")
 MAX_BACKOFF_S = 30
 SERVER_MAX_BACKOFF_S = 2  # everything waits for the database and the broker: they are started again soon
 BROKER_RESTART_GRACE_S = 5  # what the Kafka clients would finish went with the broker's log anyway
@@ -263,7 +263,7 @@ def servers(data_dir: Path, ports: PortPlan, env: dict[str, str]) -> list[Child]
     ]  # fmt: skip
 
 
-SERVICES = ("runner", "outbox-relay", "s3-relay", "webhook-relay", "api")
+SERVICES = ("runner", "outbox-relay", "s3-relay", "webhook-relay", "render", "api")
 
 
 def inference_workers_for(requested: int) -> int:
@@ -331,6 +331,7 @@ def stack_env(data_dir: Path, ports: PortPlan) -> dict[str, str]:
         "OUTBOX_RELAY_PORT": str(ports.outbox_relay),
         "S3_RELAY_PORT": str(ports.s3_relay),
         "WEBHOOK_RELAY_PORT": str(ports.webhook_relay),
+        "RENDER_PORT": str(ports.render),
         "PUBLIC_URL": os.environ.get("PUBLIC_URL", f"http://127.0.0.1:{ports.api}"),
         "PYTHONUNBUFFERED": "1",
     }

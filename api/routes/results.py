@@ -3,14 +3,16 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
+from analytics import exports
+from analytics.exports import Format
 from api.deps import ServicesDep
 from api.jobs import views
 from api.routes.common import NOT_FOUND, JobId
 from api.schemas import Problem, ResultPending, ResultReady
-from api.streaming import byte_range, result_etag, stream_ready
+from api.streaming import exported, ranged, result_etag, stream_ready
 from api.validation import client_error
 from events.contracts import detection_key
 from events.statuses import OutboxStatus
@@ -27,9 +29,15 @@ async def result_video(
     services: ServicesDep,
     event_id: JobId,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
+    output: Annotated[
+        Format, Query(alias="format", description="json (the answer), csv, mot (tracks) or coco")
+    ] = "json",
 ) -> Response | ResultPending:
     """The result (its prediction streamed from storage as stored: it may be hundreds of MB) or where the
-    job stands. A ready result never changes: it has an `ETag`, and `If-None-Match` with it answers 304."""
+    job stands. A ready result never changes: it has an `ETag`, and `If-None-Match` with it answers 304.
+    `format`: CSV rows (`event_id,frame,class,conf,x1,y1,x2,y2,track_id`), MOT Challenge text
+    (`frame,id,x,y,w,h,conf,-1,-1,-1`, frames from 1, tracked objects only) or COCO-style JSON (each sampled
+    frame an image); the answer while the job is not ready is the same JSON whatever the format."""
     doc = await services.jobs.get(event_id)
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
@@ -38,11 +46,15 @@ async def result_video(
     size = await services.store.size(bucket, key) if view.ready_at is not None else None
     if view.status != OutboxStatus.READY or view.ready_at is None or size is None:
         return view.pending()
-    tag = result_etag(event_id, size, view.ready_at)
+    tag = result_etag(event_id, size, view.ready_at, output)
     # cached by the browser, and by shared caches only where no key guards the API
     caching = {"ETag": tag, "Cache-Control": f"{'private' if services.settings.api_key else 'public'}, max-age=86400"}
     if if_none_match is not None and tag in [each.strip() for each in if_none_match.split(",")]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=caching)
+    if output != "json":
+        download = {"Content-Disposition": f'attachment; filename="{event_id}.{exports.SUFFIXES[output]}"'}
+        return StreamingResponse(exported(services.store, bucket, key, event_id, output), headers=caching | download,
+                                 media_type=exports.MEDIA_TYPES[output])  # fmt: skip
     head = {"status": view.status, "event_id": event_id, **view.times()}
     body = stream_ready(services.store, bucket, key, head, size)
     return StreamingResponse(body, media_type="application/json", headers=caching)
@@ -64,14 +76,4 @@ async def video(
     size = await services.store.size(location.bucket, location.object) if location else None
     if location is None or size is None:
         raise client_error(f"no video for event_id {event_id}", status.HTTP_404_NOT_FOUND)
-    try:
-        start, end = byte_range(range_header, size)
-    except ValueError as error:
-        raise HTTPException(status.HTTP_416_RANGE_NOT_SATISFIABLE, str(error),
-                            headers={"Content-Range": f"bytes */{size}"}) from error  # fmt: skip
-    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1)}
-    if range_header is not None:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    body = services.store.read_range(location.bucket, location.object, start, end - start + 1)
-    code = status.HTTP_206_PARTIAL_CONTENT if range_header is not None else status.HTTP_200_OK
-    return StreamingResponse(body, code, headers=headers, media_type="video/mp4")
+    return ranged(services.store, location.bucket, location.object, size, range_header, "video/mp4")

@@ -16,6 +16,8 @@ from api.validation import (
     check_callback_url,
     check_object_key,
     client_error,
+    form_flag,
+    job_options,
     looks_like_video,
 )
 from events.contracts import ModelRef
@@ -55,8 +57,18 @@ async def upload_video(
     bucket: Annotated[str | None, Form()] = None,
     callback_url: Annotated[str | None, Form(max_length=2048, description="POSTed to when the job ends")] = None,
     model: Annotated[str | None, Form(max_length=64, description="a model's name (GET /api/models)")] = None,
+    track: Annotated[str | None, Form(max_length=8, description="true or false: track objects (default true)")] = None,
+    zones: Annotated[
+        str | None,
+        Form(
+            description='JSON: [{"name": "door", "line": [[x1, y1], [x2, y2]]}, '
+            '{"name": "lot", "polygon": [[x, y], ...]}], video pixels'
+        ),
+    ] = None,
+    render: Annotated[str | None, Form(max_length=8, description="true or false: make the annotated video")] = None,
 ) -> Accepted:
     bucket = check_bucket(bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
+    options = job_options(form_flag("track", track), zones, form_flag("render", render))
     chosen = await model_of(services, model)
     if callback_url:
         await check_callback_url(callback_url, *webhook_rules(services))
@@ -69,7 +81,7 @@ async def upload_video(
     try:
         event_id = await commands.accept_upload(services.jobs, services.store, bucket, file.file,
                                                 file.content_type or "video/mp4", callback_url or None, file.filename,
-                                                client_of(request.scope), chosen)  # fmt: skip
+                                                client_of(request.scope), chosen, options)  # fmt: skip
     except commands.BucketRefused as error:
         raise client_error(f"bucket {bucket!r} cannot be written to", status.HTTP_409_CONFLICT) from error
     return Accepted(event_id=event_id)
@@ -85,6 +97,7 @@ async def upload_video(
 async def request_video(services: ServicesDep, request: Request, body: VideoRequest) -> Accepted:
     bucket = check_bucket(body.bucket or services.settings.default_bucket, services.settings.bucket_allowlist)
     key = check_object_key(body.object)
+    options = job_options(body.track, body.zones, body.render)
     chosen = await model_of(services, body.model)
     if body.callback_url:
         await check_callback_url(body.callback_url, *webhook_rules(services))
@@ -92,4 +105,4 @@ async def request_video(services: ServicesDep, request: Request, body: VideoRequ
         raise client_error(f"object {bucket}/{key} does not exist", status.HTTP_404_NOT_FOUND)
     client = client_of(request.scope)
     return Accepted(event_id=await commands.accept_request(services.jobs, bucket, key, body.callback_url or None,
-                                                           client, chosen))  # fmt: skip
+                                                           client, chosen, options))  # fmt: skip

@@ -43,8 +43,8 @@ def test_the_validator_does_catch_a_broken_compose_file(tmp_path: Path) -> None:
 
 
 def test_every_service_of_ours_runs_a_vdetect_subcommand() -> None:
-    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "webhook-relay", "runner", "inference", "kafka-init",
-                         "minio-init"}  # fmt: skip
+    assert set(OURS) == {"api", "outbox-relay", "s3-relay", "webhook-relay", "render", "runner", "inference",
+                         "kafka-init", "minio-init"}  # fmt: skip
     for name, service in OURS.items():
         assert service["command"][0] in COMMANDS, name
         check = service.get("healthcheck", {}).get("test")

@@ -16,7 +16,7 @@ from vdetect.cli import app
 @pytest.mark.parametrize("workers", [1, 2, 4, 16, 64, 100, 1000, 5000])
 def test_the_default_plan_never_puts_two_listeners_on_one_port_at_any_number_of_workers(workers: int) -> None:
     listeners = DEFAULT.listeners(workers)
-    assert len(listeners) == 8 - 1 + workers
+    assert len(listeners) == 9 - 1 + workers
     assert len(set(listeners.values())) == len(listeners)  # 8004 was inference worker 1 and the outbox relay
     assert DEFAULT.clashes() == []
 

@@ -1,0 +1,63 @@
+"""A job's frames, in frame order, through its tracker, summary and zones: what the S3 relay runs while it
+writes the detection file, and what recounts a finished job's stored tracks for new zones."""
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+from analytics.summary import Summarizer
+from analytics.tracking import Tracker
+from analytics.zones import Zones
+from events.contracts import JobOptions, Zone, ZoneCounts
+
+UNKNOWN_FPS = 25.0  # a container that gives no frame rate: times are approximate
+
+
+class Analysis:
+    def __init__(self, options: JobOptions | None, fps: float | None, stride: int | None,
+                 total_frames: int | None = None) -> None:  # fmt: skip
+        options = options or JobOptions()
+        self.fps = fps or UNKNOWN_FPS
+        self.tracker = Tracker(self.fps, stride or 1) if options.track else None
+        self.summary = Summarizer() if options.track else None
+        duration = total_frames * (stride or 1) / self.fps if total_frames else None
+        self.zones = Zones(options.zones, duration) if options.zones else None
+
+    @property
+    def tracked(self) -> bool:
+        return self.tracker is not None
+
+    def frame(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """A frame document (`{"frame", "objects"}`), its objects tracked, counted in the summary and zones."""
+        if self.tracker is None:
+            return doc
+        objects = self.tracker.update(doc["frame"], doc["objects"])
+        time_s = doc["frame"] / self.fps
+        if self.summary is not None:
+            self.summary.add(time_s, objects)
+        if self.zones is not None:
+            self.zones.add(doc["frame"], time_s, objects)
+        return {**doc, "objects": objects}
+
+    async def frames(self, docs: AsyncIterable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        async for doc in docs:
+            yield self.frame(doc)
+
+    def tail(self) -> dict[str, Any]:
+        """What the detection file holds after its `prediction`: the summary and the zones' counts."""
+        tail: dict[str, Any] = {}
+        if self.summary is not None:
+            tail["summary"] = self.summary.result().to_mongo()
+        if self.zones is not None:
+            tail["zones"] = {name: counts.to_mongo() for name, counts in self.zones.result().items()}
+        return tail
+
+
+def recount(zones: list[Zone], frames: Iterable[dict[str, Any]], fps: float | None,
+            total_frames: int | None = None, stride: int | None = None) -> dict[str, ZoneCounts]:  # fmt: skip
+    """New zones' counts from a finished job's tracked frames (their stored `track_id`s): no detecting,
+    no tracking again."""
+    fps = fps or UNKNOWN_FPS
+    counters = Zones(zones, total_frames * (stride or 1) / fps if total_frames else None)
+    for frame in frames:
+        counters.add(frame["frame"], frame["frame"] / fps, frame["objects"])
+    return counters.result()

@@ -1,0 +1,1 @@
+"""The render worker: a finished job's annotated video (boxes, labels, track ids, zones over the original)."""
