@@ -3,8 +3,9 @@ polygon, per class, from tracked objects in frame order. Pure: `Counter.add` eac
 
 An object's position is the bottom centre of its box, where a person or a car meets the ground. A
 line counts a crossing when an object's position moves from one side of it to the other across the
-segment itself (not its extension). Memory: a track's last position, forgotten once the track has
-not been seen for `FORGET_S`; the events kept are at most MAX_CROSSINGS per zone (the counts stay exact).
+segment itself (not its extension); a position exactly on the line belongs to the side it came from.
+Memory: a track's last position, forgotten once the track has not been seen for `FORGET_S`; the
+events kept are at most MAX_CROSSINGS per zone (the counts stay exact).
 """
 
 from collections import Counter as Tally
@@ -85,9 +86,12 @@ class Counter:
                     here[found["class"]] += 1
                     if before is not None and before[2]:
                         self.seconds[found["class"]] += time_s - before[0]
-            elif before is not None and crosses(self.points[0], self.points[1], before[1], now):
-                way = "in" if side(self.points[0], self.points[1], now) > 0 else "out"
-                self.event(found, frame, time_s, way, way)
+            else:
+                if side(self.points[0], self.points[1], now) == 0 and before is not None:
+                    now = before[1]  # on the line: the side it comes from is kept until it leaves it
+                elif before is not None and crosses(self.points[0], self.points[1], before[1], now):
+                    way = "in" if side(self.points[0], self.points[1], now) > 0 else "out"
+                    self.event(found, frame, time_s, way, way)
             self.last[track] = (time_s, now, within)
         if polygon:
             bucket = self.occupancy.setdefault(int(time_s // self.bucket_s), Tally())
