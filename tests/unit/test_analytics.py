@@ -9,7 +9,7 @@ from analytics.analysis import Analysis, recount
 from analytics.summary import Summarizer
 from analytics.tracking import Tracker
 from analytics.zones import Counter, crosses, inside, side
-from events.contracts import JobOptions, LineZone, PolygonZone
+from events.contracts import JobOptions, LineZone, PolygonZone, Zone
 from render.interpolate import between
 
 
@@ -49,7 +49,7 @@ def test_a_track_never_changes_class() -> None:
 
 def test_a_track_lost_for_longer_than_its_buffer_gets_a_new_id() -> None:
     seen = [(f, [walker(0, speed=0)]) for f in range(0, 30, 5)]
-    gone = [(f, []) for f in range(30, 200, 5)]  # 6.8 s without it
+    gone: list[tuple[int, list[dict]]] = [(f, []) for f in range(30, 200, 5)]  # 6.8 s without it
     back = [(f, [walker(0, speed=0)]) for f in range(200, 230, 5)]
     out = tracked(seen + gone + back)
     before, after = out[2][0]["track_id"], out[-1][0]["track_id"]
@@ -129,7 +129,7 @@ def test_events_kept_are_bounded_but_counts_stay_exact(monkeypatch: pytest.Monke
 
 
 def test_zones_recounted_from_stored_tracks_match_those_counted_while_tracking() -> None:
-    zones = [LineZone(name="door", line=[(100.0, 0.0), (100.0, 300.0)])]
+    zones: list[Zone] = [LineZone(name="door", line=[(100.0, 0.0), (100.0, 300.0)])]
     analysis = Analysis(JobOptions(zones=zones), fps=25.0, stride=5, total_frames=12)
     stored = [analysis.frame({"frame": f, "objects": [walker(f, 0, 4)]}) for f in range(0, 60, 5)]
     during = analysis.tail()["zones"]
