@@ -18,7 +18,7 @@ with warnings.catch_warnings():  # supervision warns about its own deprecations 
 
 LOST_S = 2.0  # a track is kept this long without a match (occlusions, missed detections)
 HIGH_CONF = 0.4  # ByteTrack's first association stage; lower boxes only continue tracks
-NEW_TRACK_CONF = 0.5  # a track starts from a box at least this confident
+NEW_TRACK_CONF = 0.6  # a track starts from a box at least this confident (fewer tracks of passing false boxes)
 # of a track's predicted box and a detection, to match them: low, since between sampled frames (5 a second
 # at 25 fps) an object moves a good part of its width
 MIN_IOU = 0.05

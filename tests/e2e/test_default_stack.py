@@ -34,6 +34,25 @@ def test_make_up_with_its_defaults_runs_a_real_video_on_every_worker_without_a_r
     for video, agreed in report["agreement"].items():
         assert agreed["frames"] > 0 and agreed["boxes"] > 0, (video, agreed)
         assert agreed["f1"] >= 0.97, (video, agreed)
+    # tracks, counts, zones and the annotated video, on the default stack
+    tracks = report["tracks"]
+    assert tracks["status"] == "ready" and tracks["tracked"] > 0.5 * tracks["objects"], tracks
+    assert tracks["mean_track_length"] >= 3, tracks  # ids persist across sampled frames
+    classes = tracks["summary"]["classes"]
+    assert classes["car"]["tracks"] >= 2 and classes["car"]["max_at_once"] >= 2, classes
+    cars = [c for c in tracks["zones"]["post"]["crossings"] if c["class"] == "car" and 140 <= c["frame"] <= 187]
+    assert [c["direction"] for c in cars] == ["out"], tracks["zones"]["post"]  # the hand count: one car, left to right
+    assert tracks["recount"] == tracks["zones"]["post"]["counts"]  # recounted from the stored tracks
+    assert tracks["mot_lines"] == tracks["tracked"] and tracks["mot_type"].startswith("text/plain")
+    assert tracks["coco"]["images"] == 50 and tracks["coco"]["annotations"] == tracks["objects"]
+    render = tracks["render"]
+    assert render["status"] == "ready", render
+    assert render["range"] == [206, f"bytes 0-99/{render['range'][1].rsplit('/', 1)[1]}", 100]
+    assert render["codec"] == "h264" and render["frames"] == render["source_frames"] == 250, render
+    assert abs(render["seconds"] - render["source_seconds"]) < 0.05, render
+    # along the boxes' edges the pixels change far more than elsewhere (where only the H.264 encoding, the
+    # zones' outlines and the labels touch them)
+    assert render["edges"] > 20 and render["edge_difference"] > 4 * render["away_difference"], render
 
 
 def native_bf16() -> bool:
