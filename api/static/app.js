@@ -148,11 +148,13 @@ function followJobs() {
 
 const video = $("#video");
 const boxes = $("#boxes");
-let result = null; // {id, fps, frames: [frame numbers], byFrame: Map, classes: Map(name -> shown)}
+let result = null; // {id, fps, tracked, frames: [frame numbers], byFrame: Map, classes: Map(name -> shown)}
+let zones = []; // the zones drawn on the player: {name, line | polygon} in the video's pixels
+let drawing = null; // {kind, points} while a zone is being drawn
 
 function color(name) {
   let hash = 0;
-  for (const char of name) hash = (hash * 31 + char.charCodeAt(0)) % 360;
+  for (const char of String(name)) hash = (hash * 31 + char.charCodeAt(0)) % 360;
   return `hsl(${hash}, 85%, 50%)`;
 }
 
@@ -182,11 +184,14 @@ function draw() {
   for (const object of result.byFrame.get(frame).objects) {
     if (!result.classes.get(object.class)) continue;
     const [x1, y1, x2, y2] = object.box;
-    context.strokeStyle = context.fillStyle = color(object.class);
+    const track = object.track_id !== undefined ? ` #${object.track_id}` : "";
+    context.strokeStyle = context.fillStyle = color(object.track_id ?? object.class);
     context.strokeRect(x1 * scaleX, y1 * scaleY, (x2 - x1) * scaleX, (y2 - y1) * scaleY);
-    context.fillText(`${object.class} ${object.conf.toFixed(2)}`, x1 * scaleX + 2, Math.max(12, y1 * scaleY - 3));
+    context.fillText(`${object.class}${track} ${object.conf.toFixed(2)}`, x1 * scaleX + 2,
+                     Math.max(12, y1 * scaleY - 3));
     drawn += 1;
   }
+  drawZones(context, scaleX, scaleY);
   boxes.dataset.frame = frame;
   boxes.dataset.drawn = drawn;
   drawChart(frame);
@@ -228,13 +233,140 @@ function drawChart(current) {
   }
 }
 
-function csvOf(id, prediction) {
-  const rows = ["event_id,frame,class,conf,x1,y1,x2,y2"];
-  for (const frame of prediction) {
-    for (const o of frame.objects) rows.push([id, frame.frame, o.class, o.conf, ...o.box].join(","));
-  }
-  return new Blob([rows.join("\n") + "\n"], { type: "text/csv" });
+// ---- zones: drawn on the player, counted by the API from the job's stored tracks ------------------
+
+function drawZones(context, scaleX, scaleY) {
+  const shapes = [...zones.map((zone) => zone.line ?? zone.polygon), ...(drawing ? [drawing.points] : [])];
+  context.strokeStyle = "#ffc800";
+  context.lineWidth = 3;
+  shapes.forEach((points, i) => {
+    context.beginPath();
+    points.forEach(([x, y], j) => (j ? context.lineTo(x * scaleX, y * scaleY) : context.moveTo(x * scaleX, y * scaleY)));
+    if (i < zones.length && zones[i].polygon) context.closePath();
+    context.stroke();
+  });
 }
+
+function startDrawing(kind) {
+  if (!result || !result.tracked) {
+    $("#zone-hint").textContent = "this job was not tracked: zones count tracks";
+    return;
+  }
+  drawing = { kind, points: [] };
+  boxes.classList.add("drawing");
+  $("#finish-polygon").hidden = kind !== "polygon";
+  $("#zone-hint").textContent = kind === "line" ? "click the line's two ends" : "click the corners, then finish";
+  video.pause();
+}
+
+function videoPoint(event) {
+  const rect = boxes.getBoundingClientRect();
+  const x = ((event.clientX - rect.left) / rect.width) * video.videoWidth;
+  const y = ((event.clientY - rect.top) / rect.height) * video.videoHeight;
+  return [Math.round(Math.max(0, x)), Math.round(Math.max(0, y))];
+}
+
+function finishDrawing() {
+  const { kind, points } = drawing;
+  drawing = null;
+  boxes.classList.remove("drawing");
+  $("#finish-polygon").hidden = true;
+  $("#zone-hint").textContent = "";
+  if (points.length < (kind === "line" ? 2 : 3)) return draw();
+  const name = `${kind} ${zones.length + 1}`;
+  zones.push(kind === "line" ? { name, line: points } : { name, polygon: points });
+  draw();
+  countZones();
+}
+
+boxes.addEventListener("click", (event) => {
+  if (!drawing) return;
+  drawing.points.push(videoPoint(event));
+  if (drawing.kind === "line" && drawing.points.length === 2) finishDrawing();
+  else draw();
+});
+$("#draw-line").onclick = () => startDrawing("line");
+$("#draw-polygon").onclick = () => startDrawing("polygon");
+$("#finish-polygon").onclick = () => finishDrawing();
+$("#clear-zones").onclick = () => {
+  zones = [];
+  $("#zone-counts tbody").replaceChildren();
+  draw();
+};
+
+async function countZones() {
+  const body = $("#zone-counts tbody");
+  body.dataset.state = "counting";
+  const answer = await call(`/api/jobs/${result.id}/zones`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ zones }) });
+  const counted = await answer.json();
+  body.replaceChildren();
+  if (!answer.ok) {
+    body.dataset.state = "refused";
+    $("#zone-hint").textContent = `refused: ${typeof counted.detail === "string" ? counted.detail : answer.status}`;
+    return;
+  }
+  for (const [name, zone] of Object.entries(counted.zones)) {
+    const classes = Object.entries(zone.counts);
+    if (!classes.length) classes.push(["(none)", {}]);
+    for (const [cls, counts] of classes) {
+      const row = document.createElement("tr");
+      row.innerHTML = "<td></td><td></td><td></td>";
+      row.dataset.zone = name;
+      row.dataset.class = cls;
+      row.dataset.counts = JSON.stringify(counts);
+      row.children[0].textContent = name;
+      row.children[1].textContent = cls;
+      row.children[2].textContent = Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(", ");
+      body.append(row);
+    }
+  }
+  body.dataset.zones = JSON.stringify(zones);
+  body.dataset.state = "counted";
+}
+
+// ---- the summary: distinct objects per class, not boxes -------------------------------------------
+
+function showSummary(summary) {
+  const body = $("#summary tbody");
+  body.replaceChildren();
+  for (const [name, entry] of Object.entries(summary?.classes ?? {})) {
+    const row = document.createElement("tr");
+    row.innerHTML = "<td></td><td></td><td></td><td></td>";
+    row.children[0].textContent = name;
+    row.children[1].textContent = entry.tracks;
+    row.children[2].textContent = entry.max_at_once;
+    row.children[3].textContent = `${entry.first_s.toFixed(1)} s to ${entry.last_s.toFixed(1)} s`;
+    body.append(row);
+  }
+}
+
+// ---- the annotated video, made by the render workers on request ------------------------------------
+
+async function showRender(state) {
+  const annotated = $("#annotated");
+  $("#render-state").textContent = state.status === "failed" ? `failed: ${state.error}` : state.status;
+  $("#render").hidden = state.status === "ready" || state.status === "rendering";
+  annotated.hidden = $("#play-annotated").hidden = state.status !== "ready";
+  if (state.status === "ready") {
+    annotated.href = state.url;
+    annotated.download = `${state.event_id}-annotated.mp4`;
+  }
+  if (state.status === "rendering") {
+    setTimeout(async () => {
+      if (result?.id !== state.event_id) return;
+      showRender(await (await call(`/api/jobs/${state.event_id}/render`)).json());
+    }, 2000);
+  }
+}
+
+$("#render").onclick = async () => showRender(await (await call(`/api/jobs/${result.id}/render`, { method: "POST" })).json());
+$("#play-annotated").onclick = () => {
+  video.src = $("#annotated").href;
+  result.classes.forEach((_, name) => result.classes.set(name, false)); // the video has its own boxes
+  draw();
+  video.play();
+};
 
 async function openResult(id) {
   const answer = await call(`/api/result_video/${id}`);
@@ -242,8 +374,12 @@ async function openResult(id) {
   if (body.status !== "ready") return;
   const byFrame = new Map(body.prediction.map((frame) => [frame.frame, frame]));
   const names = [...new Set(body.prediction.flatMap((frame) => frame.objects.map((o) => o.class)))].sort();
-  result = { id, fps: body.fps || 30, frames: [...byFrame.keys()].sort((a, b) => a - b), byFrame,
-             classes: new Map(names.map((name) => [name, true])) };
+  result = { id, fps: body.fps || 30, tracked: body.summary !== undefined,
+             frames: [...byFrame.keys()].sort((a, b) => a - b), byFrame, classes: new Map(names.map((name) => [name, true])) };
+  zones = [];
+  $("#zone-counts tbody").replaceChildren();
+  showSummary(body.summary);
+  showRender(await (await call(`/api/jobs/${id}/render`)).json());
   $("#result").hidden = false;
   $("#result-id").textContent = id.slice(0, 8);
   const legend = $("#classes");
@@ -252,7 +388,9 @@ async function openResult(id) {
     const label = document.createElement("label");
     const total = body.prediction.reduce((n, f) => n + f.objects.filter((o) => o.class === name).length, 0);
     label.innerHTML = `<input type="checkbox" checked> <span></span>`;
-    label.querySelector("span").textContent = `${name} (${total})`;
+    const objects = body.summary?.classes?.[name]?.tracks;
+    label.querySelector("span").textContent = objects !== undefined ? `${name} (${objects} objects, ${total} boxes)`
+      : `${name} (${total} boxes)`;
     label.querySelector("span").style.color = color(name);
     label.querySelector("input").onchange = (event) => {
       result.classes.set(name, event.target.checked);
@@ -262,8 +400,10 @@ async function openResult(id) {
   }
   $("#json").href = `/api/result_video/${id}`;
   $("#json").download = `${id}.json`;
-  $("#csv").href = URL.createObjectURL(csvOf(id, body.prediction));
-  $("#csv").download = `${id}.csv`;
+  for (const [format, suffix] of [["csv", "csv"], ["mot", "txt"], ["coco", "coco.json"]]) {
+    $(`#${format}`).href = `/api/result_video/${id}?format=${format}`;
+    $(`#${format}`).download = `${id}.${suffix}`;
+  }
   video.src = `/api/video/${id}`;
 }
 

@@ -194,10 +194,36 @@ def test_the_web_page_uploads_follows_and_plays_a_result_with_its_boxes(stack: S
         boxes_after = time.monotonic() - shown_ready
         painted = page.evaluate(PAINTED)
         page.screenshot(path=str(tmp_path / "web-page.png"), full_page=True)
+        # the summary counts objects (tracks), not boxes
+        summary = page.eval_on_selector_all("#summary tbody tr", "rows => rows.map(r => r.children[0].textContent)")
+        assert "car" in summary, summary
+        # a line drawn on the player (two clicks at x = 250, top to bottom), counted by the API from the tracks
+        frame = page.locator("#boxes").bounding_box()
+        scale = frame["width"] / 640
+        page.click("#draw-line")
+        page.locator("#boxes").click(position={"x": 250 * scale, "y": 2})
+        page.locator("#boxes").click(position={"x": 250 * scale, "y": frame["height"] - 2})
+        page.wait_for_function("() => document.querySelector('#zone-counts tbody').dataset.state === 'counted'")
+        sent = json.loads(page.eval_on_selector("#zone-counts tbody", "body => body.dataset.zones"))
+        shown = page.eval_on_selector_all("#zone-counts tbody tr", "rows => rows.map(r => [r.dataset.class, "
+                                          "JSON.parse(r.dataset.counts)])")  # fmt: skip
+        (line,) = sent
+        assert abs(line["line"][0][0] - 250) <= 2 and abs(line["line"][1][0] - 250) <= 2, line
+        page_job = page.eval_on_selector("#result-id", "code => code.textContent")
+        (opened,) = [op["video_id"] for op in jobs if op["video_id"].startswith(page_job)]
+        counted = httpx.post(f"{stack.api}/jobs/{opened}/zones", json={"zones": sent}, timeout=30).json()
+        assert dict(shown) == counted["zones"][line["name"]]["counts"], (shown, counted)
+        assert dict(shown).get("car", {}).get("out", 0) >= 1, shown  # the car that drives past the post
+        page.click("#render")  # the annotated video, asked for from the page, made by the render worker
+        page.wait_for_function("() => document.querySelector('#render-state').textContent === 'ready'", timeout=60_000)
+        annotated = httpx.get(stack.api.removesuffix("/api") + page.locator("#annotated").get_attribute("href"))
+        assert annotated.status_code == 200 and annotated.headers["content-type"] == "video/mp4"
+        page.click("#clear-zones")
         for box in page.locator("#classes input").all():  # the class filter: nothing ticked, nothing drawn
             box.uncheck()
         assert page.evaluate(PAINTED) == 0
         assert page.locator("#csv").get_attribute("download").endswith(".csv")
+        assert page.locator("#mot").get_attribute("href").endswith("?format=mot")
         chromium.close()
     assert painted > 200  # boxes and labels on the canvas over the video
     print(f"\nweb page: loaded in {loaded * 1000:.0f} ms; ready -> boxes on screen {boxes_after * 1000:.0f} ms;"
