@@ -14,7 +14,7 @@ from analytics import exports
 from events import detection_file
 from events.storage import ObjectStore
 
-CARRIED = ("fps", "model")  # what the answer takes from the stored file's header, when it is there
+CARRIED = ("fps", "model", "stride", "width", "height")  # what the answer takes from the stored file's header
 
 
 def carried(stored: dict[str, Any]) -> dict[str, Any]:

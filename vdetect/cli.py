@@ -1,5 +1,6 @@
 """`vdetect <service>` starts one service; `vdetect up` starts the whole local stack."""
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -148,7 +149,19 @@ ApiUrl = Annotated[str, typer.Option("--api", envvar="VDETECT_API", help="the AP
 ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="VDETECT_API_KEY", help="X-API-Key, if the API needs one")
 ]
-Output = Annotated[Path | None, typer.Option(help="write the result: .json (the result_video answer) or .csv")]
+Output = Annotated[
+    Path | None, typer.Option(help="write the result: .json (the result_video answer), .csv, .txt (MOT tracks)")
+]
+
+
+class ResultFormat(StrEnum):
+    json = "json"
+    csv = "csv"
+    mot = "mot"
+    coco = "coco"
+
+
+OutputFormat = Annotated[ResultFormat | None, typer.Option("--format", help="what --output holds; default: its suffix")]
 
 
 def _client(action) -> None:  # noqa: ANN001
@@ -172,13 +185,22 @@ def submit(
     model: Annotated[
         str | None, typer.Option(help="the model's name (`vdetect model list`); default: the API's")
     ] = None,
+    track: Annotated[
+        bool | None, typer.Option("--track/--no-track", help="track ids and a summary (default on)")
+    ] = None,
+    zones: Annotated[
+        str | None, typer.Option(help='lines and polygons to count, JSON or @file: [{"name": "door", "line": ...}]')
+    ] = None,
+    render: Annotated[bool, typer.Option(help="make the annotated video (GET /api/jobs/{id}/annotated.mp4)")] = False,
+    output_format: OutputFormat = None,
 ) -> None:
     """Upload videos (prints their event ids); with --wait, show progress until they end.
 
     Exit status: 0 every job ready, 1 any failed, 2 a usage or connection error."""
     from vdetect import client
 
-    _client(lambda: client.submit(files, api, api_key, wait, output, model))
+    _client(lambda: client.submit(files, api, api_key, wait, output, model, client.job_fields(track, zones, render),
+                                  output_format and output_format.value))  # fmt: skip
 
 
 model_app = typer.Typer(no_args_is_help=True, help="The detection models jobs may name.")
@@ -237,11 +259,13 @@ def result(
     api: ApiUrl = LOCAL_API,
     api_key: ApiKey = None,
     output: Output = None,
+    output_format: OutputFormat = None,
 ) -> None:
-    """Print a job's result as JSON (or write it with --output); exit 1 unless it is ready."""
+    """Print a job's result as JSON (or write it with --output: JSON, CSV, MOT or COCO); exit 1 unless it is
+    ready."""
     from vdetect import client
 
-    _client(lambda: client.result(event_id, api, api_key, output))
+    _client(lambda: client.result(event_id, api, api_key, output, output_format and output_format.value))
 
 
 @app.command()

@@ -5,7 +5,6 @@ connection error. Progress goes to stderr: bars on a terminal, one plain line pe
 stdout carries only what a script wants (event ids, tables, results).
 """
 
-import csv
 import json
 import queue
 import sys
@@ -20,9 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from analytics import exports
+
 OK, FAILED, USAGE = 0, 1, 2
 FINAL = ("ready", "failed")
-CSV_HEADER = ("event_id", "frame", "class", "conf", "x1", "y1", "x2", "y2")
+SUFFIXES = {".json": "json", ".csv": "csv", ".txt": "mot"}
 
 
 COME_BACK = (429, 503)  # answers that say when to try again (Retry-After)
@@ -64,13 +65,16 @@ class Api:
             raise ClientError(f"{method} {path}: {answer.status_code} {detail_of(answer)}")
         return answer
 
-    def upload(self, video: Path, err: Console | None = None, model: str | None = None) -> str:
-        """Upload a video; while the server says to come back later (its queue is full, or the database
-        restarts), wait as long as it says and send it again."""
+    def upload(
+        self, video: Path, err: Console | None = None, model: str | None = None, options: dict[str, str] | None = None
+    ) -> str:
+        """Upload a video (`options`: the job's form fields, `track`, `zones`, `render`); while the server
+        says to come back later (its queue is full, or the database restarts), wait as long as it says and
+        send it again."""
         while True:
             with video.open("rb") as content:
                 files = {"file": (video.name, content, "video/mp4")}
-                data = {"model": model} if model else None
+                data = {**({"model": model} if model else {}), **(options or {})} or None
                 answer = self.request("POST", "/upload_video", later=True, files=files, data=data, timeout=None)
             if answer.status_code not in COME_BACK:
                 return answer.json()["event_id"]
@@ -140,40 +144,71 @@ def follow(api: Api, ids: list[str], err: Console) -> dict[str, dict]:
     return last
 
 
-def write_output(path: Path, answers: list[dict]) -> None:
-    if path.suffix.lower() == ".csv":
-        with path.open("w", newline="") as out:
-            rows = csv.writer(out)
-            rows.writerow(CSV_HEADER)
-            for answer in answers:
-                for frame in answer.get("prediction", []):
-                    for obj in frame["objects"]:
-                        rows.writerow([answer["event_id"], frame["frame"], obj["class"], obj["conf"], *obj["box"]])
-    elif path.suffix.lower() == ".json":
-        path.write_text(json.dumps(answers[0] if len(answers) == 1 else answers))
-    else:
-        raise ClientError(f"--output must end in .json or .csv: {path}")
+def output_format(path: Path, chosen: str | None, jobs: int = 1) -> str:
+    """`--format`, or the one `--output`'s suffix names (.json, .csv, .txt: MOT); ClientError otherwise."""
+    found = chosen or SUFFIXES.get(path.suffix.lower())
+    if found is None:
+        raise ClientError(f"--output must end in .json, .csv or .txt (MOT), or give --format: {path}")
+    if found in ("mot", "coco") and jobs > 1:
+        raise ClientError(f"--format {found} holds one job: give one video, or --format json or csv")
+    return found
+
+
+def write_output(path: Path, answers: list[dict], chosen: str | None = None) -> None:
+    """The results as `--format` (or the suffix) says: the answers as JSON, CSV rows of every job, MOT text
+    or COCO JSON (one job)."""
+    found = output_format(path, chosen, len(answers))
+    with path.open("w", newline="") as out:
+        if found == "json":
+            out.write(json.dumps(answers[0] if len(answers) == 1 else answers))
+        elif found == "csv":
+            for number, answer in enumerate(answers):
+                out.writelines(exports.csv_text(answer["event_id"], answer.get("prediction", []), header=number == 0))
+        elif found == "mot":
+            out.writelines(exports.mot_text(answers[0].get("prediction", [])))
+        else:
+            out.writelines(exports.coco_json(answers[0], lambda: answers[0].get("prediction", [])))
+
+
+def job_fields(track: bool | None, zones: str | None, render: bool) -> dict[str, str]:
+    """The upload's form fields for the job's options; `zones` is JSON or `@file` holding JSON."""
+    fields = {"render": "true"} if render else {}
+    if track is not None:
+        fields["track"] = "true" if track else "false"
+    if zones:
+        if zones.startswith("@"):
+            try:
+                zones = Path(zones[1:]).read_text()
+            except OSError as error:
+                raise ClientError(f"--zones: cannot read {zones[1:]}: {error.strerror}") from None
+        try:
+            json.loads(zones)
+        except ValueError:
+            raise ClientError('--zones must be JSON: [{"name": ..., "line": [[x1, y1], [x2, y2]]}, ...]') from None
+        fields["zones"] = zones
+    return fields
 
 
 def submit(
-    files: list[Path], url: str, api_key: str | None, wait: bool, output: Path | None, model: str | None = None
-) -> int:
+    files: list[Path], url: str, api_key: str | None, wait: bool, output: Path | None, model: str | None = None,
+    options: dict[str, str] | None = None, chosen: str | None = None,
+) -> int:  # fmt: skip
     out, err = Console(), Console(stderr=True)
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise ClientError(f"no such file: {', '.join(missing)}")
-    if output is not None and output.suffix.lower() not in (".json", ".csv"):
-        raise ClientError(f"--output must end in .json or .csv: {output}")
+    if output is not None:
+        output_format(output, chosen, len(files))
     api = Api(url, api_key)
     ids = []
     for video in files:
-        ids.append(api.upload(video, err, model))
+        ids.append(api.upload(video, err, model, options))
         out.print(ids[-1], highlight=False)
     if not wait and output is None:
         return OK
     last = follow(api, ids, err)
     if output is not None:
-        write_output(output, [api.result(event_id) for event_id in ids])
+        write_output(output, [api.result(event_id) for event_id in ids], chosen)
     failed = [event_id for event_id in ids if last[event_id]["status"] != "ready"]
     for event_id in failed:
         err.print(f"{event_id} failed: {last[event_id].get('error')}", highlight=False, soft_wrap=True)
@@ -203,10 +238,12 @@ def status(url: str, api_key: str | None) -> int:
     return FAILED
 
 
-def result(event_id: str, url: str, api_key: str | None, output: Path | None) -> int:
+def result(event_id: str, url: str, api_key: str | None, output: Path | None, chosen: str | None = None) -> int:
+    if output is not None:
+        output_format(output, chosen)
     answer = Api(url, api_key).result(event_id)
     if output is not None and answer["status"] == "ready":
-        write_output(output, [answer])
+        write_output(output, [answer], chosen)
     elif output is None:
         sys.stdout.write(json.dumps(answer) + "\n")
     if answer["status"] != "ready":

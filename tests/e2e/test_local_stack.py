@@ -165,7 +165,7 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
 
 
 def test_the_web_page_uploads_follows_and_plays_a_result_with_its_boxes(stack: Stack, tmp_path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Position, sync_playwright
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -201,8 +201,8 @@ def test_the_web_page_uploads_follows_and_plays_a_result_with_its_boxes(stack: S
         frame = page.locator("#boxes").bounding_box()
         scale = frame["width"] / 640
         page.click("#draw-line")
-        page.locator("#boxes").click(position={"x": 250 * scale, "y": 2})
-        page.locator("#boxes").click(position={"x": 250 * scale, "y": frame["height"] - 2})
+        page.locator("#boxes").click(position=Position(x=250 * scale, y=2))
+        page.locator("#boxes").click(position=Position(x=250 * scale, y=frame["height"] - 2))
         page.wait_for_function("() => document.querySelector('#zone-counts tbody').dataset.state === 'counted'")
         sent = json.loads(page.eval_on_selector("#zone-counts tbody", "body => body.dataset.zones"))
         shown = page.eval_on_selector_all("#zone-counts tbody tr", "rows => rows.map(r => [r.dataset.class, "
@@ -241,7 +241,7 @@ def test_the_command_line_submits_waits_and_writes_results(stack: Stack, tmp_pat
     progress = submitted.stderr.splitlines()  # not a terminal: one plain line per change, no bar drawing
     assert progress[-1] == f"{event_id} ready 100%" and "\x1b" not in submitted.stderr
     rows = out.read_text().splitlines()
-    assert rows[0] == "event_id,frame,class,conf,x1,y1,x2,y2" and len(rows) > 50
+    assert rows[0] == "event_id,frame,class,conf,x1,y1,x2,y2,track_id" and len(rows) > 50
     assert all(row.startswith(f"{event_id},") for row in rows[1:])
     listed = subprocess.run([*vdetect, "jobs", "--api", api], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0
@@ -250,6 +250,14 @@ def test_the_command_line_submits_waits_and_writes_results(stack: Stack, tmp_pat
     assert status.returncode == 0 and "every service is running" in status.stdout, status.stdout + status.stderr
     result = subprocess.run([*vdetect, "result", event_id, "--api", api], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and json.loads(result.stdout)["event_id"] == event_id
+    tracks, coco = tmp_path / "tracks.txt", tmp_path / "coco.json"  # MOT text by its suffix, COCO by --format
+    for path, chosen in ((tracks, []), (coco, ["--format", "coco"])):
+        written = subprocess.run([*vdetect, "result", event_id, "--api", api, "--output", str(path), *chosen],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert written.returncode == 0, written.stderr
+    served = httpx.get(f"{stack.api}/result_video/{event_id}", params={"format": "mot"}, timeout=30).text
+    assert tracks.read_text() == served and served.count(",-1,-1,-1\n") == len(served.splitlines()) > 10
+    assert len(json.loads(coco.read_text())["images"]) == 50
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00garbage" * 5000)
     failed = subprocess.run([*vdetect, "submit", str(corrupt), "--api", api, "--wait"], capture_output=True,
