@@ -87,12 +87,14 @@ MAX_ZONES_BYTES = 64 * 1024
 ZONES = TypeAdapter(list[Zone])
 
 
-def problems(error: ValidationError) -> str:
+def problems(error: ValidationError, within: str | None = None) -> str:
     """A validation error as one line: where, and what was wrong (never the whole input back)."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in item['loc']) or 'value'}: {item['msg'].removeprefix('Value error, ')}"
-        for item in error.errors(include_url=False, include_input=False)[:5]
-    )
+    found = []
+    for item in error.errors(include_url=False, include_input=False)[:5]:
+        where = [within] if within else []
+        where += [str(part) for part in item["loc"] if part not in ("line", "polygon") or part == item["loc"][-1]]
+        found.append(f"{'.'.join(where) or 'value'}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(found)
 
 
 def job_options(track: bool | None, zones: Any, render: bool | None) -> JobOptions:
@@ -103,7 +105,10 @@ def job_options(track: bool | None, zones: Any, render: bool | None) -> JobOptio
         if isinstance(zones, str) and zones.strip() not in ("", "null"):
             if len(zones) > MAX_ZONES_BYTES:
                 raise client_error(f"zones: more than {MAX_ZONES_BYTES} bytes")
-            given["zones"] = ZONES.validate_json(zones)
+            try:
+                given["zones"] = ZONES.validate_json(zones)
+            except ValidationError as error:
+                raise client_error(f"invalid job options: {problems(error, 'zones')}") from None
         elif zones is not None and not isinstance(zones, str):
             given["zones"] = zones
         return JobOptions.model_validate(given)

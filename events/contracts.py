@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from events import topics
 from events.statuses import OutboxStatus, RunnerStatus
@@ -99,7 +99,13 @@ class PolygonZone(Contract):
         return self.polygon
 
 
-Zone = LineZone | PolygonZone
+def _shape(value: Any) -> str:
+    """Which kind of zone a value is: a line if it has one, else a polygon (each then says what is wrong)."""
+    has_line = "line" in value if isinstance(value, dict) else getattr(value, "kind", None) == "line"
+    return "line" if has_line else "polygon"
+
+
+Zone = Annotated[Annotated[LineZone, Tag("line")] | Annotated[PolygonZone, Tag("polygon")], Discriminator(_shape)]
 
 
 def zone_problem(zones: list[Zone], tracked: bool = True) -> str | None:

@@ -41,6 +41,7 @@ async def finished(services: Services, event_id: str) -> OutboxPayload:
 
 @router.post(
     "/jobs/{event_id}/zones",
+    response_model_exclude_none=True,
     responses={**NOT_FOUND, **NOT_READY, 400: {"model": Problem, "description": "two zones of the same name"}},
 )
 async def zones(services: ServicesDep, event_id: JobId, body: ZonesRequest) -> ZonesAnswer:
