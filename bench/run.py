@@ -42,6 +42,7 @@ import httpx
 import numpy as np
 from pymongo import MongoClient
 
+from bench import tracks
 from bench.agreement import agreement
 from bench.engines import frames_of, table
 from events import topics, webhooks
@@ -661,6 +662,7 @@ def run(
                     report["large_result"] = large_result(stack, large_frames, large_objects)
         if not throughput_only:
             report["durable_insert"] = durable_insert_cost(Path(tmp) / "durable")
+            report["tracks"] = tracks.figures(hd, hd_video(video, Path(tmp), 3 * hd_seconds))
     report["ratios"] = ratios(report)
     return report
 

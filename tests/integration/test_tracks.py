@@ -53,7 +53,7 @@ def finish(settings, event_id: str, frames: list[dict], options: JobOptions | No
 
 
 def outbox(settings, event_id: str) -> dict:
-    with MongoClient(settings.mongo()["host"]) as mongo:
+    with MongoClient[dict](settings.mongo()["host"]) as mongo:
         return mongo[settings.main_db][OUTBOX].find_one({"_id": event_id}) or {}
 
 
@@ -164,7 +164,7 @@ def test_the_annotated_video_is_asked_for_served_with_ranges_and_its_failure_sai
 
 def test_the_render_worker_draws_a_real_video_and_fails_only_the_rendering(settings, tmp_path) -> None:
     store = DirectoryStore(settings.storage_dir)
-    renderer = Renderer(store, None, settings)  # type: ignore[arg-type]  # nothing is dead-lettered here
+    renderer = Renderer(store, None, settings)  # type: ignore[arg-type, unused-ignore]  # nothing is dead-lettered
     video = StorageLocation(bucket="videos", object="input/job.mp4")
     (settings.storage_dir / "videos" / "input").mkdir(parents=True)
     (settings.storage_dir / "videos" / "input" / "job.mp4").write_bytes(bikes_video().read_bytes())
