@@ -101,8 +101,9 @@ def test_a_real_video_uploaded_over_http_comes_back_with_detections(stack: Stack
     elapsed = time.monotonic() - started
     stream.join(30)
     assert not stream.is_alive()  # the job's stream ended after its final status
-    assert set(answer) == {"status", "event_id", "fps", "model", "prediction", "processing_time_seconds",
-                           "processing_time_formatted"}  # fmt: skip
+    assert set(answer) == {"status", "event_id", "fps", "model", "stride", "width", "height", "prediction", "summary",
+                           "processing_time_seconds", "processing_time_formatted"}  # fmt: skip
+    assert (answer["stride"], answer["width"], answer["height"]) == (5, 640, 272)  # tracked by default: a summary
     assert answer["fps"] == 25 and answer["model"]["name"] == "yolov10n"  # the built-in default
     assert answer["event_id"] == upload["event_id"]
     assert isinstance(answer["processing_time_seconds"], float) and answer["processing_time_formatted"].endswith("s")
