@@ -1,6 +1,7 @@
 """A job's frames, in frame order, through its tracker, summary and zones: what the S3 relay runs while it
 writes the detection file, and what recounts a finished job's stored tracks for new zones."""
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
@@ -38,9 +39,21 @@ class Analysis:
             self.zones.add(doc["frame"], time_s, objects)
         return {**doc, "objects": objects}
 
-    async def frames(self, docs: AsyncIterable[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async def frames(self, docs: AsyncIterable[dict[str, Any]], batch: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """`docs` tracked, a batch at a time in a thread: a dense video's tracking never holds up the caller's
+        event loop (the relay's other work goes on meanwhile)."""
+        pending: list[dict[str, Any]] = []
         async for doc in docs:
-            yield self.frame(doc)
+            pending.append(doc)
+            if len(pending) >= batch:
+                for done in await asyncio.to_thread(self.batch, pending):
+                    yield done
+                pending = []
+        for done in await asyncio.to_thread(self.batch, pending) if pending else []:
+            yield done
+
+    def batch(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.frame(doc) for doc in docs]
 
     def tail(self) -> dict[str, Any]:
         """What the detection file holds after its `prediction`: the summary and the zones' counts."""

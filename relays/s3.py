@@ -186,7 +186,7 @@ def exporter(
                                  stride=job.stride, width=job.width, height=job.height, tracked=analysis.tracked,
                                  created_at=job.created_at, completed_at=utcnow())  # fmt: skip
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as out:
-            frames = analysis.frames(sorted_frames(job.id))
+            frames = analysis.frames(sorted_frames(job.id), batch=500)
             frames_written = await detection_file.write(out, header.model_dump(mode="json"), frames, analysis.tail)
             size = out.tell()
             out.seek(0)

@@ -178,3 +178,10 @@ def test_boxes_between_sampled_frames_move_along_their_track() -> None:
     mid = between(before, after, 0.5)
     assert mid[0]["box"] == [5, 0, 15, 10] and mid[1] == before[1]  # the untracked box is held
     assert between(before, None, 0.5) == before and between(before, after, 0.0) == before
+
+
+def test_a_crowd_is_tracked_in_its_most_confident_boxes_and_every_box_is_kept(monkeypatch) -> None:
+    monkeypatch.setattr("analytics.tracking.MAX_TRACKED", 3)
+    crowd = [{"class": "person", "box": [50.0 * i, 0.0, 50.0 * i + 40, 80.0], "conf": 0.5 + 0.05 * i} for i in range(6)]
+    out = tracked([(f, crowd) for f in range(0, 20, 5)])[-1]
+    assert len(out) == 6 and [("track_id" in o) for o in out] == [False, False, False, True, True, True]
