@@ -79,6 +79,10 @@ class Renderer:
             self.stats.skipped += 1
             log.info("annotated video already made", duplicates=1)
             return
+        if await self.store.size(bucket, detection_key(event_id)) is None:
+            self.stats.skipped += 1  # asked for, then deleted: nothing is left behind for it
+            log.info("no result to draw: the job was deleted")
+            return
         started = time.monotonic()
         try:
             frames = await self.draw(video, event_id)
@@ -101,8 +105,6 @@ class Renderer:
     async def draw(self, location: StorageLocation, event_id: str) -> int:
         """Render into a temporary file and store it: the video's and the result's local copies, the output."""
         bucket, result_key = location.bucket, detection_key(event_id)
-        if await self.store.size(bucket, result_key) is None:
-            raise RenderError("the job has no result to draw (not finished, or deleted)")
         async with (
             self.store.local_copy(bucket, location.object) as video,
             self.store.local_copy(bucket, result_key) as result,

@@ -182,3 +182,5 @@ def test_the_render_worker_draws_a_real_video_and_fails_only_the_rendering(setti
     failure = json.loads((settings.storage_dir / "videos" / annotated_failure_key("broken")).read_text())
     assert "video" in failure["error"] and renderer.stats.failed == 1
     assert (settings.storage_dir / "videos" / detection_key("broken")).exists()  # the result is untouched
+    asyncio.run(renderer.make("deleted", StorageLocation(bucket="videos", object="input/deleted.mp4")))
+    assert not list((settings.storage_dir / "videos" / "annotated").glob("deleted*"))  # a deleted job: nothing written
