@@ -466,8 +466,9 @@ class ZoneCounts(Contract):
 class DetectionFile(DetectionHeader):
     """`detection/{event_id}.json` in object storage: the finished result, written by the S3 relay.
 
-    It is written by streaming the job's frame documents (`events.detection_file`), `prediction`
-    last, so neither writer nor reader ever holds a whole result; this model describes its shape."""
+    It is written by streaming the job's frame documents (`events.detection_file`): a small header,
+    `prediction`, then what was counted over the frames of a tracked job (`summary`, `zones`), so neither
+    writer nor reader ever holds a whole result; this model describes its shape."""
 
     prediction: list[FramePrediction]
     # after the prediction: made while it was written (tracked jobs only)
