@@ -13,6 +13,11 @@ from events.contracts import JobOptions, Zone, ZoneCounts
 UNKNOWN_FPS = 25.0  # a container that gives no frame rate: times are approximate
 
 
+def duration_s(total_frames: int | None, stride: int | None, fps: float) -> float | None:
+    """The video's length from its sampled frames, if known (occupancy's intervals follow it)."""
+    return total_frames * (stride or 1) / fps if total_frames else None
+
+
 class Analysis:
     def __init__(self, options: JobOptions | None, fps: float | None, stride: int | None,
                  total_frames: int | None = None) -> None:  # fmt: skip
@@ -20,8 +25,7 @@ class Analysis:
         self.fps = fps or UNKNOWN_FPS
         self.tracker = Tracker(self.fps, stride or 1) if options.track else None
         self.summary = Summarizer() if options.track else None
-        duration = total_frames * (stride or 1) / self.fps if total_frames else None
-        self.zones = Zones(options.zones, duration) if options.zones else None
+        self.zones = Zones(options.zones, duration_s(total_frames, stride, self.fps)) if options.zones else None
 
     @property
     def tracked(self) -> bool:
@@ -70,7 +74,7 @@ def recount(zones: list[Zone], frames: Iterable[dict[str, Any]], fps: float | No
     """New zones' counts from a finished job's tracked frames (their stored `track_id`s): no detecting,
     no tracking again."""
     fps = fps or UNKNOWN_FPS
-    counters = Zones(zones, total_frames * (stride or 1) / fps if total_frames else None)
+    counters = Zones(zones, duration_s(total_frames, stride, fps))
     for frame in frames:
         counters.add(frame["frame"], frame["frame"] / fps, frame["objects"])
     return counters.result()

@@ -87,3 +87,12 @@ def coco_json(head: dict[str, Any], frames: Callable[[], Frames]) -> Iterator[st
                 annotation["track_id"] = found["track_id"]
             yield ("," if number > 1 else "") + json.dumps(annotation)
     yield '],"categories":' + json.dumps([{"id": i, "name": name} for name, i in categories.items()]) + "}"
+
+
+def text(output: Format, head: dict[str, Any], frames: Callable[[], Frames], header: bool = True) -> Iterator[str]:
+    """A result (its header's members, and its frames, read afresh by each call) in `output` (not json)."""
+    if output == "csv":
+        return csv_text(head["event_id"], frames(), header)
+    if output == "mot":
+        return mot_text(frames())
+    return coco_json(head, frames)

@@ -76,16 +76,13 @@ def byte_range(header: str | None, size: int) -> tuple[int, int]:
     return start, end
 
 
-async def exported(store: ObjectStore, bucket: str, key: str, event_id: str, output: str) -> AsyncIterator[bytes]:
+async def exported(
+    store: ObjectStore, bucket: str, key: str, event_id: str, output: exports.Format
+) -> AsyncIterator[bytes]:
     """A ready result in another format (`analytics.exports`), converted frame by frame from a local copy."""
     async with store.local_copy(bucket, key) as path:
-        if output == "csv":
-            text = exports.csv_text(event_id, detection_file.frames(path))
-        elif output == "mot":
-            text = exports.mot_text(detection_file.frames(path))
-        else:
-            head = await asyncio.to_thread(detection_file.header, path)
-            text = exports.coco_json(head, lambda: detection_file.frames(path))
+        head = {**await asyncio.to_thread(detection_file.header, path), "event_id": event_id}
+        text = exports.text(output, head, lambda: detection_file.frames(path))
         async for piece in iterate_in_threadpool(batched(text)):
             yield piece
 

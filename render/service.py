@@ -9,7 +9,6 @@ be away from the broker for up to RENDER_MAX_SECONDS while it renders; a worker 
 committed nothing, so the event is delivered again and the video made again."""
 
 import asyncio
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from events import topics
 from events.clients import ensure_topics, kafka_consumer, kafka_producer, object_store
 from events.consume import Item, Loop, parse_with
 from events.contracts import (
+    FailureFile,
     JobEvent,
     JobEventType,
     StorageLocation,
@@ -54,9 +54,10 @@ class Stats:
     frames: int = 0
 
 
-def wanted(event: JobEvent) -> bool:
+def wanted(event: JobEvent) -> StorageLocation | None:
+    """The video to draw, if the event asks for a rendering (`ready` with `render`, or `render`)."""
     asked = event.type == JobEventType.RENDER or (event.type == JobEventType.READY and bool(event.render))
-    return asked and event.video is not None
+    return event.video if asked else None
 
 
 @dataclass
@@ -68,9 +69,9 @@ class Renderer:
 
     async def handle(self, items: list[Item[JobEvent]]) -> None:
         for _, event in items:
-            if wanted(event) and event.video is not None:
+            if (video := wanted(event)) is not None:
                 with structlog.contextvars.bound_contextvars(event_id=event.event_id):
-                    await self.make(event.event_id, event.video)
+                    await self.make(event.event_id, video)
 
     async def make(self, event_id: str, video: StorageLocation) -> None:
         """The job's annotated video, beside its result (in its video's bucket), unless it is there."""
@@ -90,10 +91,8 @@ class Renderer:
             if is_infrastructure(error):
                 raise  # storage unreachable: the worker stops and the event is delivered again
             reason = str(error) if isinstance(error, RenderError | VideoError) else f"{type(error).__name__}: {error}"
-            await self.store.put_bytes(bucket, annotated_failure_key(event_id),
-                                       json.dumps({"event_id": event_id, "error": reason[:2000],
-                                                   "failed_at": utcnow().isoformat()}).encode(),
-                                       "application/json")  # fmt: skip
+            failure = FailureFile(event_id=event_id, error=reason[:2000], failed_at=utcnow())
+            await self.store.put_bytes(bucket, annotated_failure_key(event_id), failure.to_bytes(), "application/json")
             self.stats.failed += 1
             log.error("annotated video failed", error=reason[:500], render_failures=1)
             return

@@ -10,9 +10,9 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from rich.console import Console
@@ -144,9 +144,9 @@ def follow(api: Api, ids: list[str], err: Console) -> dict[str, dict]:
     return last
 
 
-def output_format(path: Path, chosen: str | None, jobs: int = 1) -> str:
+def output_format(path: Path, chosen: str | None, jobs: int = 1) -> exports.Format:
     """`--format`, or the one `--output`'s suffix names (.json, .csv, .txt: MOT); ClientError otherwise."""
-    found = chosen or SUFFIXES.get(path.suffix.lower())
+    found = cast(exports.Format | None, chosen or SUFFIXES.get(path.suffix.lower()))
     if found is None:
         raise ClientError(f"--output must end in .json, .csv or .txt (MOT), or give --format: {path}")
     if found in ("mot", "coco") and jobs > 1:
@@ -161,13 +161,13 @@ def write_output(path: Path, answers: list[dict], chosen: str | None = None) -> 
     with path.open("w", newline="") as out:
         if found == "json":
             out.write(json.dumps(answers[0] if len(answers) == 1 else answers))
-        elif found == "csv":
-            for number, answer in enumerate(answers):
-                out.writelines(exports.csv_text(answer["event_id"], answer.get("prediction", []), header=number == 0))
-        elif found == "mot":
-            out.writelines(exports.mot_text(answers[0].get("prediction", [])))
-        else:
-            out.writelines(exports.coco_json(answers[0], lambda: answers[0].get("prediction", [])))
+            return
+        for number, answer in enumerate(answers):  # several only for CSV, one header
+            out.writelines(exports.text(found, answer, frames_of(answer), number == 0))
+
+
+def frames_of(answer: dict) -> Callable[[], list[dict]]:
+    return lambda: answer.get("prediction", [])
 
 
 def job_fields(track: bool | None, zones: str | None, render: bool) -> dict[str, str]:

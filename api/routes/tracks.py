@@ -6,7 +6,6 @@ which the outbox relay publishes. Whether it is made is storage's to say, as for
 `annotated/{id}.mp4` exists, or `annotated/{id}.failed.json` says why it could not be."""
 
 import asyncio
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response, status
@@ -20,7 +19,15 @@ from api.schemas import Problem, RenderState, ZonesAnswer, ZonesRequest
 from api.streaming import ranged
 from api.validation import client_error
 from events import detection_file
-from events.contracts import OutboxPayload, annotated_failure_key, annotated_key, detection_key, zone_problem
+from events.contracts import (
+    FailureFile,
+    OutboxDocument,
+    OutboxPayload,
+    annotated_failure_key,
+    annotated_key,
+    detection_key,
+    zone_problem,
+)
 from events.statuses import OutboxStatus
 
 router = APIRouter()
@@ -65,16 +72,11 @@ async def render_state(services: Services, event_id: str, location: OutboxPayloa
     failure = await services.store.get_bytes(location.bucket, annotated_failure_key(event_id))
     if failure is not None:
         try:
-            reason = str(json.loads(failure).get("error"))
+            reason = FailureFile.from_bytes(failure).error
         except ValueError:
             reason = "the rendering failed"
         return RenderState(event_id=event_id, status="failed", error=reason)
     return RenderState(event_id=event_id, status="rendering" if asked else "none")
-
-
-def asked_for(doc: dict) -> bool:
-    options = (doc.get("payload") or {}).get("options") or {}
-    return bool(options.get("render") or doc.get("render_requested_at"))
 
 
 @router.get("/jobs/{event_id}/render", responses=NOT_FOUND)
@@ -83,7 +85,9 @@ async def render_status(services: ServicesDep, event_id: JobId) -> RenderState:
     doc = await services.jobs.get(event_id)
     if doc is None:
         raise client_error(f"no job with event_id {event_id}", status.HTTP_404_NOT_FOUND)
-    return await render_state(services, event_id, OutboxPayload.model_validate(doc["payload"]), asked_for(doc))
+    job = OutboxDocument.model_validate(doc)
+    asked = bool(job.payload.options and job.payload.options.render) or job.render_requested_at is not None
+    return await render_state(services, event_id, job.payload, asked)
 
 
 @router.post("/jobs/{event_id}/render", status_code=status.HTTP_202_ACCEPTED, responses={**NOT_FOUND, **NOT_READY})

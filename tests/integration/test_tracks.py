@@ -145,7 +145,11 @@ def test_the_annotated_video_is_asked_for_served_with_ranges_and_its_failure_sai
     assert outbox(settings, event_id)["render_pending"] is True  # the outbox relay publishes it
     failure = settings.storage_dir / "videos" / annotated_failure_key(event_id)
     failure.parent.mkdir(parents=True, exist_ok=True)
-    failure.write_text(json.dumps({"event_id": event_id, "error": "the video has no decodable frames"}))
+    failure.write_text(
+        json.dumps(
+            {"event_id": event_id, "error": "the video has no decodable frames", "failed_at": "2026-12-02T10:00:00Z"}
+        )
+    )
     state = client.get(f"/api/jobs/{event_id}/render").json()
     assert state == {
         "event_id": event_id,
