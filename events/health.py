@@ -2,7 +2,9 @@
 
 `/health` answers `{"status": "ok", "service": ..., **report()}`: the service's counters and, for a
 Kafka consumer, `"ready"`: whether it has joined its consumer groups. `vdetect health` (the container
-healthcheck) fails while a service says `"ready": false`.
+healthcheck) fails while a service says `"ready": false`. `GET /health/ready` answers the same with 503
+while it does: an HTTP readiness probe (Kubernetes) reads the status code only, so `/health` stays
+the liveness probe (the process answers) and `/health/ready` the readiness probe.
 """
 
 import time
@@ -11,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from events import metrics
 
@@ -23,6 +26,11 @@ def health_app(service: str, report: Report) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "service": service, **report()}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        answer = {"status": "ok", "service": service, **report()}
+        return JSONResponse(answer, status_code=503 if answer.get("ready") is False else 200)
 
     return app
 

@@ -1,11 +1,16 @@
-"""All configuration, from environment variables (the original names kept: MONGO_URI, MINIO_ENDPOINT, ...)."""
+"""All configuration, from environment variables (the original names kept: MONGO_URI, MINIO_ENDPOINT, ...).
 
+SECRETS_DIR names a folder of files, one per setting (`API_KEY`, `MONGO_PASSWORD`, ...), each holding its
+value: a Kubernetes Secret mounted as a volume. A variable of the environment wins over a file.
+"""
+
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SecretsSettingsSource, SettingsConfigDict
 
 from events import topics
 from events.ports import DEFAULT as PORTS
@@ -16,6 +21,20 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "inference" / "models" 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment, then the files of SECRETS_DIR (read when the settings are made, not imported)."""
+        folder = os.environ.get("SECRETS_DIR")
+        files = SecretsSettingsSource(settings_cls, secrets_dir=folder) if folder else file_secret_settings
+        return init_settings, env_settings, dotenv_settings, files
 
     # MongoDB: the API and the outbox relay use MONGO_URI, the runner and the S3 relay RUNNER_MONGO_URI.
     # Credentials go best in MONGO_USERNAME/MONGO_PASSWORD: passed to the client as they are, so a
