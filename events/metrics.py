@@ -23,6 +23,9 @@ RELAY_LAG = Histogram(
 )
 DEAD_LETTERS = Counter("vdetect_dead_letters", "Messages a consumer could not handle", ["topic"])
 TOKENS_LOST = Counter("vdetect_resume_tokens_lost", "Resume tokens the server refused (relay reconciled)", ["relay"])
+RUNNER_JOBS = Gauge(
+    "vdetect_runner_jobs", "Jobs this runner is reading and fanning out now (RUNNER_ACTIVE_JOBS at most)"
+)
 CONSUMER_LAG = Gauge("vdetect_consumer_lag", "Messages not yet consumed by this process's consumer", ["topic", "group"])
 
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from events import metrics
 from events.contracts import OutboxEvent
 from events.log import get_logger
 from events.storage import ObjectStore, PermanentStorageError
@@ -60,10 +61,12 @@ class FanOut:
         self.stats.jobs_started += 1
         task = asyncio.create_task(self.fan_out(event.event_id, bucket, key, model=model.sha256 if model else None))
         self.fanning[event.event_id] = task
+        metrics.RUNNER_JOBS.inc()  # what a scale-down would interrupt: the autoscaler keeps a runner for it
         task.add_done_callback(lambda done: self.fan_out_done(event.event_id, done))
 
     def fan_out_done(self, event_id: str, task: asyncio.Task[None]) -> None:
         self.fanning.pop(event_id, None)
+        metrics.RUNNER_JOBS.dec()
         self.slots.release()
         if not task.cancelled() and (error := task.exception()) is not None and self.crash is None:
             self.crash = error  # an infrastructure error (the rest is handled in fan_out): the runner stops
