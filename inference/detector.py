@@ -82,7 +82,10 @@ class OnnxDetector(Thresholds):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=execution_providers(device))
+        providers = execution_providers(device)
+        if CUDA in providers and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA and cuDNN from NVIDIA's wheels (the gpu image), before the provider loads
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
         super().__init__(session_info(self.session), conf_threshold, iou_threshold, max_detections)
         self.precision = "f32"
 

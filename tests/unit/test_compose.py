@@ -208,7 +208,9 @@ def test_minio_comes_from_quay_pinned_by_digest() -> None:
 
 def test_every_image_is_pinned_to_an_exact_version_or_digest() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)", dockerfile, re.M))
+    bases = [image for image in re.findall(r"^FROM (\S+)", dockerfile, re.M) if image not in stages]
+    assert bases
     for image in [*IMAGES.values(), *bases]:
         assert re.search(r"@sha256:[0-9a-f]{64}$|:v?\d+\.\d+\.\d+", image), f"{image} is not pinned"
 
