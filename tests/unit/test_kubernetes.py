@@ -235,7 +235,8 @@ def test_the_scalers_follow_the_topics_and_groups_the_services_consume() -> None
         assert spec["scaleTargetRef"] == {"name": name}
         (kafka,) = [trigger for trigger in spec["triggers"] if trigger["type"] == "kafka"]
         meta = kafka["metadata"]
-        assert (meta["topic"], meta["consumerGroup"]) == (settings.topic(expected[0]), expected[1])
+        group = f"{settings.kafka_topic_prefix}{expected[1]}"  # as events/clients.py names it
+        assert (meta["topic"], meta["consumerGroup"]) == (settings.topic(expected[0]), group)
         assert meta["bootstrapServers"] == settings.kafka_bootstrap_servers
         assert meta["offsetResetPolicy"] == "earliest"  # as the consumers (events/clients.py)
         assert meta["allowIdleConsumers"] == "false" and meta["scaleToZeroOnInvalidOffset"] == "false"
