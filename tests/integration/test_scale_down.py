@@ -20,7 +20,7 @@ from tests.integration.test_inference import task
 from tests.servers import photo
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAMES = 240
+FRAMES = 120
 
 
 def grace_period() -> int:
@@ -83,7 +83,7 @@ async def test_a_worker_stopped_with_sigterm_commits_what_it_answered_and_the_ne
     first = worker(settings, tmp_path / "first.log", port)
     try:
         async with asyncio.timeout(120):  # the model loads, the worker joins its group and starts answering
-            while await frames_answered(port) < 24:
+            while await frames_answered(port) < 16:
                 await asyncio.sleep(0.1)
         first.process.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
