@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from events import detection_file, topics
 from events.clients import ensure_topics, kafka_producer
 from events.contracts import (
@@ -22,13 +21,14 @@ from events.contracts import (
     utcnow,
 )
 from relays.follow import job_event_publisher
+from tests.conftest import api_client
 from tests.harness import wait_until
 from tests.servers import bikes_video
 
 
 @pytest.fixture
 def client(settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings.model_copy(update={"allowed_buckets": "videos,clips"}))) as test_client:
+    with api_client(settings.model_copy(update={"allowed_buckets": "videos,clips"})) as test_client:
         yield test_client
 
 
@@ -49,7 +49,7 @@ def test_health_names_the_local_stacks_services_that_are_down_and_why(settings, 
     services = {"runner": {"state": "running", "restarts": 0, "reason": None},
                 "outbox-relay": {"state": "failing", "restarts": 3, "reason": reason}}  # fmt: skip
     status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
-    with TestClient(create_app(settings.model_copy(update={"stack_status_file": status}))) as api:
+    with api_client(settings.model_copy(update={"stack_status_file": status})) as api:
         answer = api.get("/api/health").json()
         down = [{"name": "outbox-relay", "state": "failing", "restarts": 3, "reason": reason}]
         assert answer == {"status": "degraded", "service": "api", "down": down}
@@ -59,7 +59,7 @@ def test_health_names_the_local_stacks_services_that_are_down_and_why(settings, 
     services["outbox-relay"]["state"] = "failing"
     status.write_text(json.dumps({"updated_at": utcnow().isoformat(), "services": services}))
     keyed_settings = settings.model_copy(update={"stack_status_file": status, "api_key": SecretStr("k3y")})
-    with TestClient(create_app(keyed_settings)) as keyed:  # health answers anyone; reasons only with the key
+    with api_client(keyed_settings) as keyed:  # health answers anyone; reasons only with the key
         assert keyed.get("/api/health").json()["down"] == [{**down[0], "reason": None}]
         assert keyed.get("/api/health", headers={"X-API-Key": "k3y"}).json()["down"] == down
 
@@ -224,7 +224,7 @@ def strict_client(settings) -> Iterator[TestClient]:
     strict = settings.model_copy(
         update={"max_upload_bytes": 300_000, "allowed_buckets": "videos", "api_key": SecretStr("s3cret")}
     )
-    with TestClient(create_app(strict)) as test_client:
+    with api_client(strict) as test_client:
         yield test_client
 
 
@@ -380,7 +380,7 @@ REFUSED_CALLBACKS = [
 
 def test_callback_urls_into_private_networks_are_refused(settings) -> None:
     hooked = settings.model_copy(update={"webhook_secret": SecretStr("whsec")})
-    with TestClient(create_app(hooked)) as client:
+    with api_client(hooked) as client:
         for url, message in REFUSED_CALLBACKS:
             answer = upload(client, callback_url=url)
             assert answer["code"] == 400 and message in answer["detail"], url
@@ -392,7 +392,7 @@ def test_callback_urls_into_private_networks_are_refused(settings) -> None:
 
 
 def upload_without_secret(settings) -> dict:
-    with TestClient(create_app(settings)) as client:
+    with api_client(settings) as client:
         answer = upload(client, callback_url="https://93.184.215.14/hook")
     assert "WEBHOOK_SECRET" in answer["detail"]
     return answer
@@ -407,7 +407,7 @@ def test_the_page_is_served_with_a_strict_content_security_policy_and_no_cors(cl
     preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
     assert "access-control-allow-origin" not in client.options("/api/upload_video", headers=preflight).headers
     allowed = settings.model_copy(update={"cors_origins": "https://app.example"})
-    with TestClient(create_app(allowed)) as cors_client:
+    with api_client(allowed) as cors_client:
         answer = cors_client.options("/api/upload_video", headers={**preflight, "Origin": "https://app.example"})
         assert answer.headers["access-control-allow-origin"] == "https://app.example"
         other = cors_client.options("/api/upload_video", headers=preflight)

@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from pymongo import MongoClient
 
 from analytics.analysis import Analysis
-from api.app import create_app
 from events import detection_file
 from events.contracts import OUTBOX, JobOptions, StorageLocation, annotated_failure_key, annotated_key, detection_key
 from events.storage import DirectoryStore
 from render.service import Renderer
+from tests.conftest import api_client
 from tests.servers import bikes_video
 
 DOOR = {"name": "door", "line": [[320, 0], [320, 272]]}
@@ -26,7 +26,7 @@ WALK = [{"frame": f, "objects": [{"class": "person", "box": [200 + 4 * f, 50, 24
 
 @pytest.fixture
 def client(settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with api_client(settings) as test_client:
         yield test_client
 
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
-from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
+from tests.conftest import api_client
 from tests.harness import free_port, wait_until
 from tests.servers import bikes_video
 
@@ -115,7 +115,7 @@ def test_the_page_asks_for_the_key_once_and_keeps_it_in_an_http_only_cookie(keye
 
 
 def test_the_video_is_served_with_byte_ranges(settings) -> None:
-    with TestClient(create_app(settings)) as client:
+    with api_client(settings) as client:
         event_id = client.post("/api/upload_video", files={"file": ("v.mp4", bikes_video().read_bytes())}).json()[
             "event_id"
         ]
