@@ -37,7 +37,7 @@ from events import metrics
 from events.contracts import JobEvent
 from events.crash import crash_point
 from events.log import get_logger
-from events.retry import transient
+from events.retry import is_infrastructure, transient
 from events.runtime import wait_or_stop
 from relays.checkpoints import TokenStore
 
@@ -70,12 +70,18 @@ class RelayStats:
     redeliveries: int = 0
 
 
-def job_event_publisher(producer: AIOKafkaProducer, topic: str) -> Callable[[JobEvent], Awaitable[None]]:
+# Publishes a job event; may answer where it went ({partition: offset}), which lets a relay tell later
+# whether the broker still holds it (`events.inflight`).
+PublishEvent = Callable[[JobEvent], Awaitable[dict[str, int] | None]]
+
+
+def job_event_publisher(producer: AIOKafkaProducer, topic: str) -> PublishEvent:
     """Publish a change of a job to `topic` (`job_events`), keyed by the job (its events stay in order)."""
 
     @transient
-    async def publish(event: JobEvent) -> None:
-        await producer.send_and_wait(topic, event.to_bytes(), key=event.event_id.encode())
+    async def publish(event: JobEvent) -> dict[str, int]:
+        metadata = await producer.send_and_wait(topic, event.to_bytes(), key=event.event_id.encode())
+        return {str(metadata.partition): metadata.offset}
 
     return publish
 
@@ -165,3 +171,15 @@ class Relay:
                 self.stats.tokens_lost += 1
                 metrics.TOKENS_LOST.labels(relay=self.name).inc()
                 await self.tokens.clear(self.name)
+
+
+async def every(stop: asyncio.Event, interval_s: float, check: Callable[[], Awaitable[int]], stats: RelayStats) -> None:
+    """Run `check` every `interval_s` until `stop`, adding what it sent again to `stats.redeliveries`. A
+    broker or database away (or slow to answer) only means "look again later"."""
+    while not await wait_or_stop(stop, interval_s):
+        try:
+            stats.redeliveries += await check()
+        except Exception as error:
+            if not (is_infrastructure(error) or isinstance(error, TimeoutError)):
+                raise
+            log.warning("looking for lost events failed, trying again later", error=str(error)[:200])

@@ -14,7 +14,7 @@ only delays a job; and a job the runner started is the runner's to watch over.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -40,12 +40,12 @@ from events.contracts import (
 from events.crash import crash_point
 from events.health import health_app
 from events.log import get_logger
-from events.retry import is_infrastructure, transient
-from events.runtime import http_server, wait_or_stop
+from events.retry import transient
+from events.runtime import http_server
 from events.settings import Settings
 from events.statuses import OutboxStatus
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, job_event_publisher
+from relays.follow import PublishEvent, Relay, every, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "outbox-relay"
@@ -62,7 +62,6 @@ PIPELINE = [
 PENDING = {"status": OutboxStatus.NEW.value, "relayed_at": None}
 RENDER_PENDING = {"render_pending": True}
 LOST_AFTER_S = 5  # an event sent this long ago that the broker no longer holds is sent again
-PublishEvent = Callable[[JobEvent], Awaitable[None]]
 
 
 def publisher(outbox: AsyncCollection, producer: AIOKafkaProducer, publish_event: PublishEvent, topic: str):
@@ -181,18 +180,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         db = client[settings.main_db]
         relay = build(db, producer, settings)
 
-        async def watch_lost() -> None:
-            while not await wait_or_stop(stop, min(settings.stall_check_interval_s, LOST_AFTER_S)):
-                try:
-                    relay.stats.redeliveries += await resend_lost(db[OUTBOX], producer, runner, settings)
-                except Exception as error:
-                    if not (is_infrastructure(error) or isinstance(error, TimeoutError)):
-                        raise
-                    log.warning("looking for lost events failed, trying again later", error=str(error)[:200])
-
+        lost = functools.partial(resend_lost, db[OUTBOX], producer, runner, settings)
         async with (
             http_server(health_app(relay.name, relay.report), settings.bind_host, settings.outbox_relay_port),
             asyncio.TaskGroup() as group,
         ):
             group.create_task(relay.run(stop))
-            group.create_task(watch_lost())
+            group.create_task(every(stop, min(settings.stall_check_interval_s, LOST_AFTER_S), lost, relay.stats))
