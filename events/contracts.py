@@ -389,6 +389,10 @@ class RunnerPrediction(Contract):
     failed_at: datetime | None = None
     updated_at: datetime | None = Field(default=None, description="last progress: for the stall watchdog")
     resends: int = 0
+    outcome_sent_to: dict[str, int] | None = Field(
+        default=None, description="partition -> offset of the job's outcome event on job_events, until it is read"
+    )
+    outcome_sent_at: datetime | None = Field(default=None, description="when the outcome event was published")
 
     def is_complete(self) -> bool:
         return self.total_frames is not None and self.received_frames >= self.total_frames

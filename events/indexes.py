@@ -25,9 +25,13 @@ MAIN_DB = {
     ],
     SESSIONS: [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)],  # expired sessions go
 }
-# runner_db: the S3 relay's sweep and the runner's stall check find jobs by status and age.
+# runner_db: the S3 relay's sweep and the runner's stall check find jobs by status and age; the S3
+# relay's lost check finds the outcome events not read yet.
 RUNNER_DB = {
-    PREDICTIONS: [IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)])],
+    PREDICTIONS: [
+        IndexModel([("status", ASCENDING), ("updated_at", ASCENDING)]),
+        IndexModel([("outcome_sent_at", ASCENDING)], sparse=True),
+    ],
 }
 
 

@@ -1,14 +1,15 @@
 """S3 relay: the runner's jobs in `runner_db.runner_predictions` -> object storage and `job_events`.
 
 `processing` -> `started` (as soon as the runner takes the job, and again with its frame count) and
-`progress`, at most one per job every
-PROGRESS_INTERVAL_S (the last one is never dropped, only delayed). `predictable` ->
-`detection/{id}.json`, streamed from the job's frame documents in frame order through the job's tracker,
-summary and zones (`analytics.analysis`), then the `ready` event (so the API
-never hears of a result before it exists), then `predictable -> ready`; `failed` -> `failed/{id}.json`
-(why it failed) and the `failed` event, then `output_s3` is set on the failed job. Either way the job's
-frame documents are deleted once it is settled. Each object is written only if absent, so a replayed
-change writes nothing twice, and a replayed event is a duplicate the projector ignores.
+`progress`, at most one per job every PROGRESS_INTERVAL_S (the last one is never dropped, only
+delayed). `predictable` -> `detection/{id}.json`, streamed from the job's frame documents in frame
+order through the job's tracker, summary and zones (`analytics.analysis`), then the `ready` event (so
+the API never hears of a result before it exists), then `predictable -> ready` with where the event
+went; `failed` -> `failed/{id}.json` (why it failed) and the `failed` event, then `output_s3` is set
+on the failed job. Either way the job's frame documents are deleted once it is settled, and its
+outcome event is watched until the API's projector (and, for a rendering, the render workers) have
+read it: one that the broker lost is published again. Each object is written only if absent, so a
+replayed change writes nothing twice, and a replayed event is a duplicate the projector ignores.
 
 A storage error that no retry can fix (bucket deleted, access denied, invalid key) fails that one job
 with the reason, recorded as `export_error`, and the relay moves on; transient errors are retried
@@ -16,9 +17,9 @@ and, if they last, stop the relay before its token moves on.
 """
 
 import asyncio
+import functools
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import Any
 
@@ -27,8 +28,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from analytics.analysis import Analysis
-from events import detection_file, runnerstate, topics
-from events.clients import ensure_topics, kafka_producer, mongo_client, object_store
+from events import detection_file, inflight, runnerstate, topics
+from events.clients import GroupOffsets, ensure_topics, group_offsets, kafka_producer, mongo_client, object_store
 from events.contracts import (
     CHECKPOINTS,
     FRAMES,
@@ -53,7 +54,7 @@ from events.settings import Settings
 from events.statuses import RunnerStatus
 from events.storage import ObjectStore, PermanentStorageError
 from relays.checkpoints import MongoTokenStore
-from relays.follow import Relay, job_event_publisher
+from relays.follow import PublishEvent, Relay, every, job_event_publisher
 
 log = get_logger(__name__)
 NAME = "s3-relay"
@@ -84,7 +85,7 @@ SOURCE_FILTER = {
 SPOOL_BYTES = 8 * 1024 * 1024  # a detection file up to this size is assembled in memory, larger on disk
 PROGRESS_INTERVAL_S = 1.0
 FLUSH_INTERVAL_S = 0.2
-PublishEvent = Callable[[JobEvent], Awaitable[None]]
+LOST_CHECK_INTERVAL_S = 2.0  # soon after a broker restarted empty, before its new log grows past the old offsets
 
 
 def progress_event(job: RunnerPrediction) -> JobEvent:
@@ -96,7 +97,7 @@ def progress_event(job: RunnerPrediction) -> JobEvent:
 
 def outcome_event(job: RunnerPrediction, error: str | None = None) -> JobEvent:
     """`ready` for a written result; `failed` with the runner's reason, or `error` (storage refused it)."""
-    if job.status == RunnerStatus.PREDICTABLE and error is None:
+    if job.status in (RunnerStatus.PREDICTABLE, RunnerStatus.READY) and error is None:
         render = bool(job.options and job.options.render) or None
         video = StorageLocation(bucket=job.bucket, object=job.object) if render and job.object else None
         return JobEvent(event_id=job.id, type=JobEventType.READY, frames_total=job.total_frames,
@@ -152,10 +153,10 @@ def exporter(
     predictions: AsyncCollection, frames: AsyncCollection, store: ObjectStore, publish: PublishEvent, throttle: Throttle
 ):
     @transient
-    async def mark_exported(job: RunnerPrediction, location: StorageLocation) -> None:
+    async def mark_exported(job: RunnerPrediction, location: StorageLocation, sent: dict[str, Any]) -> None:
         move = runnerstate.Move.EXPORT
         update: dict[str, Any] = {"status": runnerstate.status_after(job.status, move),
-                                  "output_s3": location.to_mongo()}  # fmt: skip
+                                  "output_s3": location.to_mongo(), **sent}  # fmt: skip
         condition = runnerstate.where(move, job.status)
         if job.status == RunnerStatus.PREDICTABLE:
             update["ready_at"] = utcnow()
@@ -164,13 +165,13 @@ def exporter(
         await predictions.update_one({"_id": job.id, **condition}, {"$set": update})
 
     @transient
-    async def mark_unexportable(job: RunnerPrediction, error: PermanentStorageError) -> None:
+    async def mark_unexportable(job: RunnerPrediction, error: PermanentStorageError, sent: dict[str, Any]) -> None:
         """The outcome cannot be written: the job fails with the reason, and is not tried again."""
         reason, move = f"the job's outcome could not be written to storage: {error}", runnerstate.Move.REFUSE
         await predictions.update_one(
             {"_id": job.id, **runnerstate.where(move), "output_s3": {"$exists": False}},
             {"$set": {"status": runnerstate.status_after(job.status, move), "export_error": reason,
-                      "error": job.error or reason, "failed_at": job.failed_at or utcnow()}},
+                      "error": job.error or reason, "failed_at": job.failed_at or utcnow(), **sent}},
         )  # fmt: skip
 
     async def sorted_frames(job_id: str):
@@ -216,17 +217,52 @@ def exporter(
                     crash_point("after_side_effect")
                 else:
                     log.info("job outcome already present", object=location.object, duplicates=1)
-                await publish(outcome_event(job))
-                await mark_exported(job, location)
+                sent = outcome_sent(await publish(outcome_event(job)))
+                await mark_exported(job, location, sent)
             except PermanentStorageError as error:
                 log.error("job outcome cannot be written, job failed", error=str(error), export_errors=1)
                 reason = f"the job's outcome could not be written to storage: {error}"
-                await publish(outcome_event(job, job.error or reason))
-                await mark_unexportable(job, error)
+                sent = outcome_sent(await publish(outcome_event(job, job.error or reason)))
+                await mark_unexportable(job, error, sent)
             # the job is settled, whatever its outcome: its frame documents are not needed any more
             await transient(frames.delete_many)(FrameDocument.range_of(job.id))
 
     return export
+
+
+def outcome_sent(sent_to: dict[str, int] | None) -> dict[str, Any]:
+    """The fields that record where a job's outcome event went, watched until it is read (nothing when
+    the publisher does not say)."""
+    return {"outcome_sent_to": sent_to, "outcome_sent_at": utcnow()} if sent_to else {}
+
+
+async def resend_lost_outcomes(
+    predictions: AsyncCollection, publish: PublishEvent, projector: GroupOffsets, render: GroupOffsets
+) -> int:
+    """Publish again the outcome events (`ready`, `failed`) that the broker no longer holds (it restarted
+    empty before the API's projector, or the render workers for a rendering, had read them): without
+    them the job would stay unfinished in the read model and its webhook would never leave. An event is
+    watched until every group it is for has committed past it; while one has not, it is queued (an API
+    that is down only delays it). Returns how many were sent again."""
+    checked_at = utcnow()
+    # before the query: an event published after the offsets were read is not taken for lost
+    readers = {"projector": await projector.positions(), "render": await render.positions()}
+    sent_again = 0
+    async for doc in predictions.find({"outcome_sent_at": {"$lt": checked_at}}):
+        job = RunnerPrediction.model_validate(doc)
+        event, sent_to = outcome_event(job), job.outcome_sent_to or {}
+        groups = ["projector", "render"] if event.render else ["projector"]
+        places = {inflight.where(sent_to, *readers[group]) for group in groups}
+        watched = {"_id": job.id, "outcome_sent_at": job.outcome_sent_at}
+        if inflight.Where.LOST in places:
+            with structlog.contextvars.bound_contextvars(event_id=job.id):
+                if sent := outcome_sent(await publish(event)):
+                    await predictions.update_one(watched, {"$set": sent})
+                log.warning("job outcome event lost, sent again", type=event.type.value, redeliveries=1)
+            sent_again += 1
+        elif places == {inflight.Where.TAKEN}:
+            await predictions.update_one(watched, {"$unset": {"outcome_sent_to": "", "outcome_sent_at": ""}})
+    return sent_again
 
 
 def build(
@@ -245,13 +281,21 @@ def build(
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     await ensure_topics(settings)
-    async with mongo_client(**settings.mongo(runner=True)) as client, kafka_producer(settings) as producer:
+    async with (
+        mongo_client(**settings.mongo(runner=True)) as client,
+        kafka_producer(settings) as producer,
+        group_offsets(settings, topics.JOB_EVENTS, topics.PROJECTOR_GROUP) as projector,
+        group_offsets(settings, topics.JOB_EVENTS, topics.RENDER_GROUP) as render,
+    ):
         publish = job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))
         throttle = Throttle(publish)
-        relay = build(client[settings.runner_db], object_store(settings), publish, throttle, settings)
+        db = client[settings.runner_db]
+        relay = build(db, object_store(settings), publish, throttle, settings)
+        lost = functools.partial(resend_lost_outcomes, db[PREDICTIONS], publish, projector, render)
         async with (
             http_server(health_app(relay.name, relay.report), settings.bind_host, settings.s3_relay_port),
             asyncio.TaskGroup() as group,
         ):
             group.create_task(relay.run(stop))
             group.create_task(throttle.run(stop))
+            group.create_task(every(stop, LOST_CHECK_INTERVAL_S, lost, relay.stats))

@@ -1,6 +1,7 @@
 """The S3 relay against real SecantusDB: predictable jobs become detection files, written once."""
 
 import asyncio
+import functools
 import itertools
 import shutil
 import time
@@ -8,7 +9,7 @@ import uuid
 
 import relays.s3
 from events import topics
-from events.clients import kafka_producer, object_store
+from events.clients import group_offsets, kafka_consumer, kafka_producer, object_store, records
 from events.contracts import (
     FRAMES,
     PREDICTIONS,
@@ -19,7 +20,9 @@ from events.contracts import (
     FramePrediction,
     JobEvent,
     JobEventType,
+    JobOptions,
     RunnerPrediction,
+    StorageLocation,
     detection_key,
     failure_key,
     utcnow,
@@ -128,6 +131,65 @@ async def test_progress_reaches_job_events_at_most_once_a_second_and_the_last_on
     assert [e.frames_done for e in progress] == sorted(e.frames_done for e in progress)
     on_kafka = [JobEvent.from_bytes(m.value) for m in await read_topic(settings, topics.JOB_EVENTS, len(events))]
     assert [(e.type, e.frames_done) for e in on_kafka] == [(e.type, e.frames_done) for e in events]
+
+
+async def read_as(settings, group: str, count: int) -> None:
+    """Read `count` job events as consumer group `group` does, and commit them."""
+    async with kafka_consumer(settings, topics.JOB_EVENTS, group) as consumer:
+        read = 0
+        async with asyncio.timeout(30):
+            while read < count:
+                read += len(records(await consumer.getmany(timeout_ms=500)))
+        await consumer.commit()
+
+
+async def test_an_outcome_event_is_watched_until_read_and_published_again_if_the_broker_lost_it(
+    settings, mongo, kafka_topics
+):
+    db, store = mongo[settings.runner_db], object_store(settings)
+    await store.ensure_bucket("videos")
+    plain, rendered = finished_job(), finished_job()
+    rendered.options, rendered.object = JobOptions(render=True), "input/video.mp4"
+    plain.status = rendered.status = RunnerStatus.PREDICTABLE
+    await with_frames(db, plain, rendered)
+    async with (
+        kafka_producer(settings) as producer,
+        group_offsets(settings, topics.JOB_EVENTS, topics.PROJECTOR_GROUP) as projector,
+        group_offsets(settings, topics.JOB_EVENTS, topics.RENDER_GROUP) as render,
+    ):
+        publish = job_event_publisher(producer, settings.topic(topics.JOB_EVENTS))
+        async with serving(relays.s3.build(db, store, publish, relays.s3.Throttle(publish), settings)):
+            for job in (plain, rendered):
+                await eventually(lambda job=job: db[PREDICTIONS].find_one({"_id": job.id, "status": "ready"}))
+        lost = functools.partial(relays.s3.resend_lost_outcomes, db[PREDICTIONS], publish, projector, render)
+
+        async def watched(job: RunnerPrediction) -> dict[str, int] | None:
+            doc = await db[PREDICTIONS].find_one({"_id": job.id})
+            return doc.get("outcome_sent_to")
+
+        first = await watched(rendered)
+        assert first and await watched(plain)
+        assert await lost() == 0  # nobody has read them yet: queued, never taken for lost
+        await read_as(settings, topics.PROJECTOR_GROUP, 2)
+        assert await lost() == 0
+        assert await watched(plain) is None  # read by the projector: no longer watched
+        assert await watched(rendered) == first  # a rendering: the render workers have not read it yet
+        # the broker restarted empty: the topic no longer holds the offset the event went to
+        (partition, offset), ends = next(iter(first.items())), await projector.ends()
+        assert offset < ends[int(partition)]
+        await db[PREDICTIONS].update_one(
+            {"_id": rendered.id}, {"$set": {"outcome_sent_to": {partition: ends[int(partition)] + 100}}}
+        )
+        assert await lost() == 1
+        again = await watched(rendered)
+        assert again and again[partition] >= ends[int(partition)]  # where it went this time, watched again
+        assert await lost() == 0
+    on_kafka = [JobEvent.from_bytes(m.value) for m in await read_topic(settings, topics.JOB_EVENTS, 3)]
+    of_rendered = [e for e in on_kafka if e.event_id == rendered.id]  # one job's events: one partition, in order
+    assert [e.type for e in of_rendered] == [JobEventType.READY] * 2
+    resent = of_rendered[-1]
+    assert resent.render and resent.video == StorageLocation(bucket="videos", object="input/video.mp4")
+    assert resent.frames_total == resent.frames_done == 2
 
 
 async def test_a_replayed_job_does_not_rewrite_its_detection_file(settings, mongo):
