@@ -244,15 +244,18 @@ async def resend_lost_outcomes(
     them the job would stay unfinished in the read model and its webhook would never leave. An event is
     watched until every group it is for has committed past it; while one has not, it is queued (an API
     that is down only delays it). Returns how many were sent again."""
-    checked_at = utcnow()
-    # before the query: an event published after the offsets were read is not taken for lost
-    readers = {"projector": await projector.positions(), "render": await render.positions()}
+    unread = {"outcome_sent_at": {"$lt": utcnow()}}  # published before the offsets below are read
+    if await predictions.find_one(unread, {"_id": 1}) is None:
+        return 0  # the usual case: every outcome read, nothing to ask the broker
+    # read before the query, and the query asks for nothing published since: no event is taken for
+    # lost because it was sent after the topic's end was read
+    by_projector, by_render = await projector.positions(), await render.positions()
     sent_again = 0
-    async for doc in predictions.find({"outcome_sent_at": {"$lt": checked_at}}):
+    async for doc in predictions.find(unread):
         job = RunnerPrediction.model_validate(doc)
         event, sent_to = outcome_event(job), job.outcome_sent_to or {}
-        groups = ["projector", "render"] if event.render else ["projector"]
-        places = {inflight.where(sent_to, *readers[group]) for group in groups}
+        readers = [by_projector, by_render] if event.render else [by_projector]
+        places = {inflight.where(sent_to, *positions) for positions in readers}
         watched = {"_id": job.id, "outcome_sent_at": job.outcome_sent_at}
         if inflight.Where.LOST in places:
             with structlog.contextvars.bound_contextvars(event_id=job.id):

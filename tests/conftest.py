@@ -79,14 +79,15 @@ async def kafka_topics(settings: Settings) -> Settings:
     return settings
 
 
-async def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30) -> list:
-    """Read `count` messages of a topic from the beginning with a fresh consumer group."""
+async def read_topic(settings: Settings, topic: str, count: int, timeout: float = 30, group: str | None = None) -> list:
+    """Read `count` messages of a topic from the beginning with a fresh consumer group, or as the
+    pipeline's consumer group `group` does (and commit what was read, as it would)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         settings.topic(topic),
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"reader-{uuid.uuid4().hex}",
+        group_id=f"{settings.kafka_topic_prefix}{group}" if group else f"reader-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         session_timeout_ms=4000,
@@ -102,6 +103,8 @@ async def read_topic(settings: Settings, topic: str, count: int, timeout: float 
         # anything beyond `count` that is already there counts too: duplicates must be visible
         batches = await consumer.getmany(timeout_ms=1000)
         messages += records(batches)
+        if group:
+            await consumer.commit()
     finally:
         await consumer.stop()
     return messages

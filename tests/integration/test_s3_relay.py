@@ -9,7 +9,7 @@ import uuid
 
 import relays.s3
 from events import topics
-from events.clients import group_offsets, kafka_consumer, kafka_producer, object_store, records
+from events.clients import group_offsets, kafka_producer, object_store
 from events.contracts import (
     FRAMES,
     PREDICTIONS,
@@ -133,16 +133,6 @@ async def test_progress_reaches_job_events_at_most_once_a_second_and_the_last_on
     assert [(e.type, e.frames_done) for e in on_kafka] == [(e.type, e.frames_done) for e in events]
 
 
-async def read_as(settings, group: str, count: int) -> None:
-    """Read `count` job events as consumer group `group` does, and commit them."""
-    async with kafka_consumer(settings, topics.JOB_EVENTS, group) as consumer:
-        read = 0
-        async with asyncio.timeout(30):
-            while read < count:
-                read += len(records(await consumer.getmany(timeout_ms=500)))
-        await consumer.commit()
-
-
 async def test_an_outcome_event_is_watched_until_read_and_published_again_if_the_broker_lost_it(
     settings, mongo, kafka_topics
 ):
@@ -170,7 +160,7 @@ async def test_an_outcome_event_is_watched_until_read_and_published_again_if_the
         first = await watched(rendered)
         assert first and await watched(plain)
         assert await lost() == 0  # nobody has read them yet: queued, never taken for lost
-        await read_as(settings, topics.PROJECTOR_GROUP, 2)
+        await read_topic(settings, topics.JOB_EVENTS, 2, group=topics.PROJECTOR_GROUP)  # as the API's projector
         assert await lost() == 0
         assert await watched(plain) is None  # read by the projector: no longer watched
         assert await watched(rendered) == first  # a rendering: the render workers have not read it yet
@@ -184,6 +174,11 @@ async def test_an_outcome_event_is_watched_until_read_and_published_again_if_the
         again = await watched(rendered)
         assert again and again[partition] >= ends[int(partition)]  # where it went this time, watched again
         assert await lost() == 0
+        # each group reads what it has not yet: the projector the event published again, the render workers all three
+        for group, unread in ((topics.PROJECTOR_GROUP, 1), (topics.RENDER_GROUP, 3)):
+            await read_topic(settings, topics.JOB_EVENTS, unread, group=group)
+        assert await lost() == 0
+        assert await watched(rendered) is None  # read by every group it is for: nothing is watched any more
     on_kafka = [JobEvent.from_bytes(m.value) for m in await read_topic(settings, topics.JOB_EVENTS, 3)]
     of_rendered = [e for e in on_kafka if e.event_id == rendered.id]  # one job's events: one partition, in order
     assert [e.type for e in of_rendered] == [JobEventType.READY] * 2
