@@ -272,6 +272,9 @@ class InferenceTask(Contract):
     image_width: int = Field(gt=0, description="the image's size as sent (i420: even numbers)")
     image_height: int = Field(gt=0)
     image: bytes = Field(default=b"", exclude=True, repr=False)
+    stored: bool | None = Field(
+        default=None, description="true: the image is in the frame store (FRAME_STORE_DIR), not in the message"
+    )
     width: int | None = Field(default=None, gt=0, description="the original frame's width: boxes come back in it")
     height: int | None = Field(default=None, gt=0, description="the original frame's height")
     model: str | None = Field(

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         default="i420", description="frames to inference: the decoder's samples (lossless) or JPEG (JPEG_QUALITY)"
     )
     jpeg_quality: int = Field(default=90, ge=10, le=100)
+    frame_store_dir: Path | None = Field(
+        default=None,
+        description="frames go to inference as files in this folder (tmpfs; runner and workers on one machine)"
+        " rather than in their messages; unset: through the broker (`events.framestore`)",
+    )
+    frame_store_max_mb: int = Field(default=1024, ge=1, description="what one runner keeps in the frame store")
     model_input_size: int = Field(
         default=640, ge=32, description="frames are scaled down to this long side (the model's input) before sending"
     )
@@ -177,11 +183,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("webhook_secret", "api_key", "mongo_username", "mongo_password", mode="before")
+    @field_validator("webhook_secret", "api_key", "mongo_username", "mongo_password", "frame_store_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        """An empty value (compose's `${WEBHOOK_SECRET:-}`) means no secret: never an empty key that an
-        empty header would match."""
+        """An empty value (compose's `${WEBHOOK_SECRET:-}`) means unset: never an empty key that an empty
+        header would match, nor the current folder as the frame store."""
         return None if value == "" else value
 
     def mongo(self, runner: bool = False) -> dict[str, Any]:

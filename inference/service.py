@@ -3,7 +3,8 @@
 At least once: offsets are committed only after every result of the batch is acknowledged by Kafka.
 A message that cannot be decoded, or a frame the detector cannot handle, goes to the dead-letter
 topic with the error; a frame that was decoded also gets a result with the error and no objects, so
-its job still completes. The loop moves on either way.
+its job still completes. The loop moves on either way. A frame whose bytes are in the frame store
+(`events.framestore`) is read from there; one no longer there is answered by nobody (`FrameGone`).
 """
 
 import asyncio
@@ -24,6 +25,7 @@ from events.clients import Consumer, ensure_topics, kafka_consumer, kafka_produc
 from events.consume import Item, Loop, topped_up
 from events.contracts import DetectedObject, InferenceResult, InferenceTask
 from events.deadletter import dead_letter
+from events.framestore import FrameGone, FrameStore, frame_store
 from events.health import health_app
 from events.log import get_logger
 from events.modelfile import sha256_of
@@ -45,24 +47,30 @@ class Stats:
     batches: int = 0
     dead_letters: int = 0
     frame_errors: int = 0
+    frames_gone: int = 0
     busy_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
 
-def decode_all(messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
+def decode_all(messages: list[ConsumerRecord], store: FrameStore | None = None) -> list[Decoded | Exception]:
     """Decode a batch (in a worker thread: parsing and any JPEG decoding stay off the event loop)."""
     decoded: list[Decoded | Exception] = []
     for message in messages:
         try:
-            decoded.append(decode_task(message))
+            decoded.append(decode_task(message, store))
         except Exception as error:  # noqa: BLE001 - whatever is wrong with one message concerns it alone
             decoded.append(error)
     return decoded
 
 
-def decode_task(message: ConsumerRecord) -> Decoded:
-    """Parse a task, take out its image as BGR and preprocess it; raises ValueError for anything malformed."""
+def decode_task(message: ConsumerRecord, store: FrameStore | None = None) -> Decoded:
+    """Parse a task, take out its image as BGR and preprocess it; raises ValueError for anything malformed,
+    FrameGone for a stored frame no longer in the store."""
     task = InferenceTask.from_bytes(message.value)
+    if task.stored:
+        if store is None:
+            raise ValueError("the frame is in a frame store, and this worker has none (FRAME_STORE_DIR is unset)")
+        task.image = store.read(task)
     return task, model_input(task)
 
 
@@ -105,13 +113,14 @@ class Worker:
     producer: AIOKafkaProducer
     settings: Settings
     stats: Stats = field(default_factory=Stats)
+    frames: FrameStore | None = None  # FRAME_STORE_DIR's, where stored frames are read
     sending: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)  # results not acknowledged yet
 
     def __post_init__(self) -> None:
         metrics.start_at_zero(metrics.FRAMES, {"stage": "inferred"})
 
     async def parse(self, messages: list[ConsumerRecord]) -> list[Decoded | Exception]:
-        return await asyncio.to_thread(decode_all, messages)
+        return await asyncio.to_thread(decode_all, messages, self.frames)
 
     async def detect(self, items: list[Item[Decoded]]) -> None:
         """One detector call per model in the batch (one, usually), then one result per frame."""
@@ -152,7 +161,13 @@ class Worker:
         return asyncio.gather(*sending)
 
     async def reject(self, message: ConsumerRecord, decoded: Decoded | None, error: Exception) -> None:
-        """Dead-letter the message; a frame that was decoded still gets a result, with the error."""
+        """Dead-letter the message; a frame that was decoded still gets a result, with the error. A frame gone
+        from the store was answered already, or belongs to a job that is over, or is sent again by its
+        runner's stall check: it is let go."""
+        if isinstance(error, FrameGone):
+            self.stats.frames_gone += 1
+            log.info("frame no longer in the frame store, let go", reason=str(error))
+            return
         await dead_letter(self.producer, self.settings, SERVICE, message, error)
         self.stats.dead_letters += 1
         if decoded is not None:
@@ -192,6 +207,7 @@ def inference_app(models: Models, settings: Settings, stats: Stats, loop: Loop) 
             "batches": stats.batches,
             "dead_letters": stats.dead_letters,
             "frame_errors": stats.frame_errors,
+            "frames_gone": stats.frames_gone,
             "busy_seconds": round(stats.busy_seconds, 3),
             "uptime_seconds": round(time.monotonic() - stats.started, 3),
         }
@@ -219,7 +235,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP, settings.inference_batch_size
         ) as consumer,
     ):
-        worker = Worker(models, producer, settings)
+        worker = Worker(models, producer, settings,
+                        frames=frame_store(settings.frame_store_dir, settings.frame_store_max_mb))  # fmt: skip
         size, wait_ms = settings.inference_batch_size, settings.inference_batch_wait_ms
         loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, size,
                                    fetch=lambda: next_batch(consumer, size, wait_ms), settle=worker.settle)  # fmt: skip

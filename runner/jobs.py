@@ -156,6 +156,12 @@ class Jobs:
         return [RunnerPrediction.model_validate(doc) async for doc in docs]
 
     @transient
+    async def processing_among(self, event_ids: list[str]) -> set[str]:
+        """Those of the jobs that are still processing."""
+        docs = self.collection.find({"_id": {"$in": event_ids}, **PROCESSING}, {"_id": 1})
+        return {doc["_id"] async for doc in docs}
+
+    @transient
     async def claim_resend(self, job: RunnerPrediction, counted: bool = True) -> RunnerPrediction | None:
         """Take a stalled job for a resend; None if another runner took it or it moved on meanwhile.
         `counted`: it counts towards MAX_RESENDS (not when the broker lost the frames).

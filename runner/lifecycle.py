@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from events.contracts import RunnerPrediction
+from events.framestore import FrameStore
 from events.log import get_logger
 from runner.jobs import Jobs
 
@@ -29,15 +30,23 @@ class Stats:
 class Lifecycle:
     jobs: Jobs
     stats: Stats
+    frames: FrameStore | None = None  # FRAME_STORE_DIR's: a job over leaves nothing there
+
+    def over(self, event_id: str) -> None:
+        """The job is over (complete, failed or deleted): its frames in the store go."""
+        if self.frames is not None:
+            self.frames.drop_job(event_id)
 
     async def complete(self, job: RunnerPrediction) -> None:
         """processing -> predictable, once every frame's result is stored."""
+        self.over(job.id)
         if await self.jobs.complete(job):
             self.stats.jobs_completed += 1
             log.info("job predictable", total_frames=job.total_frames)
 
     async def fail(self, event_id: str, reason: str) -> None:
         """processing -> failed, with the reason."""
+        self.over(event_id)
         if await self.jobs.fail(event_id, reason):
             self.stats.jobs_failed += 1
             log.error("job failed", reason=reason)

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from events import metrics, topics
+from events.framestore import FrameStore
 from events.log import get_logger
 from events.runtime import read_ahead
 from events.settings import Settings
@@ -67,12 +68,15 @@ class Outgoing:
     stride: int
     sent: dict[int, int]
     model: str | None  # the sha256 of the job's model; None: the workers' default
+    store: FrameStore | None = None  # FRAME_STORE_DIR's: the frames' bytes go there, their messages to Kafka
     pending: deque[tuple[Frame, asyncio.Future[Encoded]]] = field(default_factory=deque)
     deliveries: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
 
     async def send_oldest(self) -> None:
         frame, encoding = self.pending.popleft()
         task = frame_task(self.event_id, frame, await encoding, self.model)
+        if self.store is not None:
+            task = self.store.put(task)
         partition = self.partitions[(frame.index // self.stride) % len(self.partitions)]
         self.deliveries.append(
             await self.producer.send(self.topic, task.to_bytes(), key=self.event_id.encode(), partition=partition)
@@ -100,6 +104,7 @@ class Publisher:
     settings: Settings
     stats: Stats
     flows: dict[str, Flow] = field(default_factory=dict)  # the jobs being fanned out
+    frames: FrameStore | None = None  # FRAME_STORE_DIR's (None: frames travel in their messages)
 
     def __post_init__(self) -> None:
         metrics.start_at_zero(metrics.FRAMES, {"stage": "published"})
@@ -141,7 +146,7 @@ class Publisher:
                 await self.jobs.expect(event_id, info, limits.frame_stride)
             topic = limits.topic(topics.INFERENCE_TASKS)
             out = Outgoing(self.producer, topic, event_id, sorted(await self.producer.partitions_for(topic)),
-                           limits.frame_stride, sent, model)  # fmt: skip
+                           limits.frame_stride, sent, model, self.frames)  # fmt: skip
             count = await self.send_all(path, event_id, flow, out, skip)
         finally:
             self.flows.pop(event_id, None)

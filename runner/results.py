@@ -35,6 +35,8 @@ class ResultStore:
         for event_id, batch in by_job.items():
             with structlog.contextvars.bound_contextvars(event_id=event_id):
                 job, stored = await self.jobs.record(event_id, batch)
+                if self.lifecycle.frames is not None:
+                    self.lifecycle.frames.discard(event_id, [result.frame for result in batch])
                 if stored and (flow := self.flows.get(event_id)) is not None:
                     flow.stored += stored
                     flow.changed.set()  # room for more of its frames

@@ -24,6 +24,7 @@ from events.clients import (
 from events.consume import Item, Loop, parse_with
 from events.contracts import FRAMES, PREDICTIONS, InferenceResult, JobEvent, JobEventType, OutboxEvent
 from events.deadletter import dead_letter
+from events.framestore import frame_store
 from events.health import counters, health_app
 from events.indexes import RUNNER_DB, ensure_indexes
 from events.log import get_logger
@@ -60,8 +61,9 @@ class Runner:
         tasks: GroupOffsets, results: GroupOffsets | None = None,
     ) -> "Runner":  # fmt: skip
         stats = Stats()
-        lifecycle = Lifecycle(jobs, stats)
-        publisher = Publisher(jobs, producer, pool, settings, stats)
+        frames = frame_store(settings.frame_store_dir, settings.frame_store_max_mb)
+        lifecycle = Lifecycle(jobs, stats, frames)
+        publisher = Publisher(jobs, producer, pool, settings, stats, frames=frames)
         fan_outs = FanOut(jobs, store, publisher, settings.runner_active_jobs, lifecycle, stats)
         return cls(jobs, producer, settings, stats, fan_outs, ResultStore(jobs, lifecycle, stats, fan_outs.flows),
                    StallWatch(jobs, fan_outs, settings, stats, tasks, results))  # fmt: skip
@@ -84,6 +86,7 @@ class Runner:
         for _, event in items:
             if event.type == JobEventType.DELETED:
                 await self.jobs.forget(event.event_id)
+                self.fan_outs.lifecycle.over(event.event_id)
                 self.stalls.taken_at.pop(event.event_id, None)
                 log.info("job deleted, forgotten", event_id=event.event_id)
 

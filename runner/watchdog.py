@@ -101,10 +101,22 @@ class StallWatch:
                     job.id, job.bucket, job.object, done, job.model.sha256 if job.model else None
                 )
 
+    async def sweep_frames(self) -> None:
+        """Frames left in the store by jobs no longer processing (their runner died before it cleaned up,
+        or another runner finished them) go."""
+        store = self.fan_out.lifecycle.frames
+        if store is None or not (held := [job for job in store.jobs() if job not in self.fan_out.flows]):
+            return
+        live = await self.jobs.processing_among(held)
+        for job in held:
+            if job not in live:
+                store.drop_job(job)
+
     async def run(self, stop: asyncio.Event) -> None:
         while not await wait_or_stop(stop, min(self.settings.stall_check_interval_s, LOST_AFTER_S)):
             try:
                 await self.resend_stalled()
+                await self.sweep_frames()
             except Exception as error:
                 if not (is_infrastructure(error) or isinstance(error, TimeoutError)):
                     raise

@@ -8,6 +8,7 @@ first (each gets SIGTERM and time to finish), then the servers.
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
@@ -314,6 +315,16 @@ def stop_together(children: list[Child], grace_s: float = STOP_GRACE_S) -> None:
         child.wait_stopped(deadline)
 
 
+def frame_store_dir(data_dir: Path) -> Path:
+    """Where the stack's runner hands frames to its inference workers (`events.framestore`): a folder of
+    the memory filesystem (`/dev/shm`) named after the data folder, so that two stacks never share one;
+    the data folder where there is none."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"vdetect-frames-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]}"
+    return data_dir / "frames"
+
+
 def stack_env(data_dir: Path, ports: PortPlan) -> dict[str, str]:
     mongo = f"mongodb://127.0.0.1:{ports.mongo}/?directConnection=true"
     return {
@@ -325,6 +336,7 @@ def stack_env(data_dir: Path, ports: PortPlan) -> dict[str, str]:
         "STORAGE_BACKEND": os.environ.get("STORAGE_BACKEND", "dir"),
         "STORAGE_DIR": str(data_dir / "storage"),
         "STACK_STATUS_FILE": str(data_dir / STATUS_FILE),
+        "FRAME_STORE_DIR": os.environ.get("FRAME_STORE_DIR", str(frame_store_dir(data_dir))),
         "API_PORT": str(ports.api),
         "RUNNER_PORT": str(ports.runner),
         "INFERENCE_PORT": str(ports.inference),
@@ -400,5 +412,7 @@ def run_stack(data_dir: Path, ports: PortPlan, inference_workers: int = 0) -> in
         for group in (workers, backing):  # the services together, then the servers they use
             stop_together(group)
         status_file.unlink(missing_ok=True)
+        if "FRAME_STORE_DIR" not in os.environ:  # frames in flight are sent again from the videos on the next start
+            shutil.rmtree(frame_store_dir(data_dir), ignore_errors=True)
         log.info("stack stopped")
     return 0

@@ -1,17 +1,20 @@
 """The inference worker against real Tansu with the real model."""
 
 import asyncio
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import pytest
 
 from events import topics
 from events.clients import kafka_consumer, kafka_producer
 from events.consume import Loop
 from events.contracts import DeadLetter, InferenceResult, InferenceTask
+from events.framestore import FrameStore
 from inference.models import Models
 from inference.preprocess import preprocess
-from inference.service import Worker, build_detector, next_batch
+from inference.service import Worker, build_detector, decode_task, next_batch
 from tests.conftest import read_topic
 from tests.servers import photo
 
@@ -55,7 +58,7 @@ async def run_worker(settings, worker: Worker, expected: int) -> tuple[dict, boo
         stop = asyncio.Event()
         running = asyncio.create_task(loop.run(stop))
         async with asyncio.timeout(60):
-            while worker.stats.frames + worker.stats.dead_letters < expected:
+            while worker.stats.frames + worker.stats.dead_letters + worker.stats.frames_gone < expected:
                 await asyncio.sleep(0.1)
         alive = not running.done()
         stop.set()
@@ -149,3 +152,34 @@ async def test_boxes_found_on_a_scaled_down_frame_are_mapped_to_the_original_pix
                       key=lambda m: sum(abs(a - b) for a, b in zip(m.box, obj.box, strict=True)))  # fmt: skip
         assert max(abs(a - b) for a, b in zip(nearest.box, obj.box, strict=True)) < 12  # pixels of 1080
         assert all(0 <= v <= limit for v, limit in zip(obj.box, (width, height) * 2, strict=True))
+
+
+async def test_a_worker_reads_frames_from_the_frame_store_and_lets_go_of_those_no_longer_there(
+    settings, kafka_topics, tmp_path
+):
+    """Frames handed over in the store are detected as if they had come in their messages; one whose file
+    went (its result stored already, its job over) is committed with no result and no dead letter."""
+    bus = photo("bus.jpg")
+    store = FrameStore(tmp_path / "frames", 1 << 30)
+
+    def frame(index: int) -> InferenceTask:
+        return InferenceTask(event_id="job-s", frame=index, image=cv2.cvtColor(bus, cv2.COLOR_BGR2YUV_I420).tobytes(),
+                             image_width=bus.shape[1], image_height=bus.shape[0])  # fmt: skip
+
+    stored, gone = store.put(frame(0)), store.put(frame(5))
+    store.discard("job-s", [5])
+    assert stored.stored and gone.stored
+    async with kafka_producer(settings) as producer:
+        for value in (stored.to_bytes(), gone.to_bytes(), frame(10).to_bytes()):  # an inline frame beside them
+            await producer.send_and_wait(settings.topic(topics.INFERENCE_TASKS), value, key=b"job-s", partition=0)
+        worker = Worker(Models.only(build_detector(settings)), producer, settings,
+                        frames=FrameStore(tmp_path / "frames", 0))  # fmt: skip
+        committed, alive = await run_worker(settings, worker, 3)
+    assert alive and sum(v or 0 for v in committed.values()) == 3
+    assert worker.stats.frames_gone == 1 and worker.stats.dead_letters == 0
+    results = {r.frame: r for r in (InferenceResult.from_bytes(m.value) for m in
+                                    await read_topic(settings, topics.INFERENCE_RESULTS, 2))}  # fmt: skip
+    assert sorted(results) == [0, 10]
+    assert results[0].objects == results[10].objects and {o.class_name for o in results[0].objects} >= {"bus"}
+    with pytest.raises(ValueError, match="FRAME_STORE_DIR is unset"):  # a worker without the store
+        decode_task(SimpleNamespace(value=stored.to_bytes()))  # type: ignore[arg-type]

@@ -111,6 +111,32 @@ async def test_a_video_fans_out_one_task_per_sampled_frame_once(runner: Runner, 
     assert runner.stats.jobs_started == 1
 
 
+async def test_frames_handed_over_in_the_frame_store_skip_the_broker_and_go_once_stored(
+    make_runner, settings, tmp_path
+):
+    runner = make_runner(settings.model_copy(update={"frame_store_dir": tmp_path / "frames"}))
+    event = upload(settings, bikes_video())
+    await start(runner, event)
+    messages = await read_topic(settings, topics.INFERENCE_TASKS, BIKES_SAMPLED)
+    tasks = [InferenceTask.from_bytes(m.value) for m in messages]
+    assert all(t.stored and t.image == b"" for t in tasks) and max(len(m.value) for m in messages) < 300
+    folder = tmp_path / "frames" / event.event_id
+    frames = list(range(0, 250, 5))
+    assert sorted(int(path.name) for path in folder.iterdir()) == frames
+    assert {path.stat().st_size for path in folder.iterdir()} == {640 * 272 * 3 // 2}  # I420 at the model's size
+    results = [InferenceResult(event_id=event.event_id, frame=f, objects=[]) for f in frames]
+    await runner.results.store(results[:10])
+    assert len(list(folder.iterdir())) == BIKES_SAMPLED - 10  # a stored result's frame goes
+    left = tmp_path / "frames" / "job-whose-runner-died"  # not processing (no such job): the sweep takes it
+    left.mkdir()
+    (left / "0").write_bytes(b"frame")
+    await runner.stalls.sweep_frames()
+    assert not left.exists() and folder.exists()  # the job still processing keeps its frames
+    await runner.results.store(results[10:])
+    assert (await job(runner, event.event_id))["status"] == "predictable"
+    assert not folder.exists() and runner.fan_outs.lifecycle.frames.used == 0
+
+
 async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runner, settings):
     event = upload(settings, bikes_video())
     await start(runner, event)
