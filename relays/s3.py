@@ -134,9 +134,8 @@ class Throttle:
 
     async def flush(self) -> None:
         now = time.monotonic()
-        for job, event in list(self.held.items()):
-            if self.due(job, now):
-                del self.held[job]
+        for job in list(self.held):  # a publish lets others run: a job may be forgotten or offered anew meanwhile
+            if self.due(job, now) and (event := self.held.pop(job, None)) is not None:
                 await self._send(event.model_copy(update={"at": utcnow()}), now)
         self.sent = {job: sent for job, sent in self.sent.items() if now - sent[0] < self.interval or job in self.held}
 
