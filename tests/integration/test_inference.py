@@ -182,4 +182,4 @@ async def test_a_worker_reads_frames_from_the_frame_store_and_lets_go_of_those_n
     assert sorted(results) == [0, 10]
     assert results[0].objects == results[10].objects and {o.class_name for o in results[0].objects} >= {"bus"}
     with pytest.raises(ValueError, match="FRAME_STORE_DIR is unset"):  # a worker without the store
-        decode_task(SimpleNamespace(value=stored.to_bytes()))  # type: ignore[arg-type]
+        decode_task(SimpleNamespace(value=stored.to_bytes()))

@@ -12,12 +12,11 @@ async def test_a_job_forgotten_while_held_progress_is_published_is_skipped_not_a
     """Publishing awaits the broker: meanwhile a job may finish (forgotten) or change again (offered)."""
     published: list[tuple[str, int | None]] = []
 
-    async def publish(event: JobEvent) -> dict[int, int]:
+    async def publish(event: JobEvent) -> None:
         published.append((event.event_id, event.frames_done))
         if event.event_id == "a":  # while the first is published, the others move on
             throttle.forget("b")
             await throttle.offer(progress("c", 3))
-        return {0: len(published)}
 
     throttle = Throttle(publish, interval=0)
     throttle.held = {"a": progress("a", 1), "b": progress("b", 1), "c": progress("c", 1)}
