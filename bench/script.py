@@ -20,7 +20,7 @@ IN_FLIGHT = 8  # frames handed to the engine at once (its requests run them in p
 
 
 def run(video: str, settings: Settings) -> dict:
-    detector = build_detector(settings)
+    detector = build_detector(settings, pinning=None)  # OpenVINO's defaults, as a script run alone would have
     capture = cv2.VideoCapture(video)
     ok, first = capture.read()
     if not ok:

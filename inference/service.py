@@ -215,10 +215,11 @@ def inference_app(models: Models, settings: Settings, stats: Stats, loop: Loop) 
     return app
 
 
-def build_detector(settings: Settings, path: Path | None = None) -> Detector:
+def build_detector(settings: Settings, path: Path | None = None, pinning: bool | None = False) -> Detector:
+    """The detector the settings choose; its threads are not pinned to cores (`inference.openvino_engine`)."""
     engine = engines.this_machine(settings.inference_engine, settings.inference_precision, settings.inference_device)
     return engines.build(engine, path or settings.model_path, settings.conf_threshold, settings.iou_threshold,
-                         settings.inference_threads, settings.max_detections)  # fmt: skip
+                         settings.inference_threads, settings.max_detections, pinning)  # fmt: skip
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:

@@ -1,12 +1,16 @@
 """Which engine runs the model (a pure rule), and the OpenVINO engine against ONNX Runtime on real frames."""
 
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from events.settings import Settings
 from inference.agreement import f1
-from inference.detector import CPU, CUDA, OnnxDetector
+from inference.detector import CPU, CUDA, Detector, OnnxDetector
 from inference.engines import Engine, choose
 from inference.service import build_detector
 from tests.reference import direct
@@ -68,3 +72,35 @@ def test_a_batch_of_frames_of_several_sizes_gives_each_frames_own_detections() -
     alone = [detector.detect([image])[0] for image in (bus, zidane, bus)]
     assert [[o.class_name for o in f] for f in together] == [[o.class_name for o in f] for f in alone]
     assert together[0] == together[2]
+
+
+def test_a_workers_engine_threads_are_not_pinned_to_one_core() -> None:
+    """OpenVINO pins its threads to the first cores by default: two single-threaded workers (the local
+    stack's one per core) then shared one core. A worker's threads may run on every core it is given."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: nothing to pin away from")
+
+    def narrowest_affinity_while_detecting(detector: Detector) -> int:
+        frame, running, narrowest = photo("bus.jpg"), threading.Event(), []
+        detector.detect([frame])
+
+        def detect() -> None:
+            while not running.is_set():
+                detector.detect([frame])
+
+        thread = threading.Thread(target=detect)
+        thread.start()
+        try:
+            for _ in range(20):  # the engine's threads, sampled while they work
+                tasks = Path(f"/proc/{os.getpid()}/task").iterdir()
+                narrowest.append(min(len(os.sched_getaffinity(int(task.name))) for task in tasks))
+                time.sleep(0.02)
+        finally:
+            running.set()
+            thread.join()
+        return min(narrowest)
+
+    worker = build_detector(Settings(inference_threads=1))
+    assert narrowest_affinity_while_detecting(worker) == len(os.sched_getaffinity(0))
+    pinned = build_detector(Settings(inference_threads=1), pinning=None)  # OpenVINO's default
+    assert narrowest_affinity_while_detecting(pinned) == 1
