@@ -9,7 +9,7 @@ jobs fanned out together share the inference workers.
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -43,31 +43,59 @@ class JobOver(Exception):
 @dataclass
 class Flow:
     """A job being fanned out: frames published and stored since it started, so that it stays at most
-    RUNNER_FRAMES_IN_FLIGHT frames ahead of inference and jobs fanned out together share the workers."""
+    RUNNER_FRAMES_IN_FLIGHT frames ahead of inference and jobs fanned out together share the workers;
+    and which partition each frame waiting for its result went to, so that the next goes where the
+    fewest wait."""
 
     stored_before: int  # the job's stored frames when this fan-out started (a resend's)
     published: int = 0
     stored: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: dict[int, int] = field(default_factory=dict)  # frame -> partition, oldest first
+    placed: int = 0  # frames given a partition (whose turn it is on a tie)
 
     @property
     def in_flight(self) -> int:
         return self.published - self.stored
 
+    def place(self, frame: int, partitions: list[int]) -> int:
+        """The partition for a frame: the one where the fewest of the job's frames wait for a result, in
+        turn on a tie. A worker that falls behind (its core shared with decoding, a larger share of the
+        machine's other work) gets fewer frames instead of holding most of the job's window while the
+        others idle, and every worker has frames until the job's last: with a fixed turn, the slowest
+        worker's backlog was the job's tail, one core idle for seconds."""
+        for stale in list(self.waiting)[: max(0, len(self.waiting) - (self.in_flight - 1))]:
+            del self.waiting[stale]  # stored by another runner (counted from the job, not named): oldest first
+        load = Counter(self.waiting.values())
+        turn = self.placed % len(partitions)
+        partition = min(partitions[turn:] + partitions[:turn], key=load.__getitem__)
+        self.waiting[frame] = partition
+        self.placed += 1
+        return partition
+
+    def done(self, frames: list[int], stored: int) -> None:
+        """Results of these frames were recorded, `stored` of them new: room for as many more."""
+        for frame in frames:
+            self.waiting.pop(frame, None)
+        if stored:
+            self.stored += stored
+            self.changed.set()
+
 
 @dataclass
 class Outgoing:
-    """One job's frames on their way to Kafka: encoded in the pool in order, sent round-robin over the
-    topic's partitions (one video keeps every inference worker busy, not only the one that owns the
-    key's partition); `sent` keeps the offset of the job's last delivered message per partition."""
+    """One job's frames on their way to Kafka: encoded in the pool in order, spread over the topic's
+    partitions where the fewest of its frames wait (`Flow.place`: one video keeps every inference worker
+    busy, not only the one that owns the key's partition); `sent` keeps the offset of the job's last
+    delivered message per partition."""
 
     producer: AIOKafkaProducer
     topic: str
     event_id: str
     partitions: list[int]
-    stride: int
     sent: dict[int, int]
     model: str | None  # the sha256 of the job's model; None: the workers' default
+    flow: Flow
     store: FrameStore | None = None  # FRAME_STORE_DIR's: the frames' bytes go there, their messages to Kafka
     pending: deque[tuple[Frame, asyncio.Future[Encoded]]] = field(default_factory=deque)
     deliveries: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
@@ -77,7 +105,7 @@ class Outgoing:
         task = frame_task(self.event_id, frame, await encoding, self.model)
         if self.store is not None:
             task = self.store.put(task)
-        partition = self.partitions[(frame.index // self.stride) % len(self.partitions)]
+        partition = self.flow.place(frame.index, self.partitions)
         self.deliveries.append(
             await self.producer.send(self.topic, task.to_bytes(), key=self.event_id.encode(), partition=partition)
         )
@@ -146,7 +174,7 @@ class Publisher:
                 await self.jobs.expect(event_id, info, limits.frame_stride)
             topic = limits.topic(topics.INFERENCE_TASKS)
             out = Outgoing(self.producer, topic, event_id, sorted(await self.producer.partitions_for(topic)),
-                           limits.frame_stride, sent, model, self.frames)  # fmt: skip
+                           sent, model, flow, self.frames)  # fmt: skip
             count = await self.send_all(path, event_id, flow, out, skip)
         finally:
             self.flows.pop(event_id, None)

@@ -37,9 +37,8 @@ class ResultStore:
                 job, stored = await self.jobs.record(event_id, batch)
                 if self.lifecycle.frames is not None:
                     self.lifecycle.frames.discard(event_id, [result.frame for result in batch])
-                if stored and (flow := self.flows.get(event_id)) is not None:
-                    flow.stored += stored
-                    flow.changed.set()  # room for more of its frames
+                if (flow := self.flows.get(event_id)) is not None:
+                    flow.done([result.frame for result in batch], stored)  # room for more of its frames
                 self.stats.results_stored += stored
                 metrics.FRAMES.labels(stage="stored").inc(stored)
                 self.stats.duplicate_results += len(batch) - stored
