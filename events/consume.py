@@ -3,7 +3,9 @@
 At least once: offsets are committed only after every message of the batch was handled or rejected.
 A service whose handling ends with sends to Kafka may give `settle` (what waits for those sends to be
 acknowledged): the loop then handles the next batch while the last one settles and is committed, so
-the CPU does not idle through the round trips to the broker.
+the CPU does not idle through the round trips to the broker. With `read_ahead`, the next batch is
+also fetched and parsed while this one is handled (an inference worker's engine then never waits
+for its next frames to be read and converted); a batch read ahead is committed only once handled.
 A message whose handling raises is rejected alone (dead-lettered, and accounted for in its job by
 the service), and the loop goes on with the next one. Only infrastructure errors (MongoDB, Kafka or
 storage unreachable; `events.retry.is_infrastructure`), already retried where they happened, stop
@@ -30,6 +32,7 @@ Handle = Callable[[list[Item[T]]], Awaitable[None]]
 Reject = Callable[[ConsumerRecord, T | None, Exception], Awaitable[None]]
 # called right after a batch was handled: an awaitable that is done when that batch's sends are acknowledged
 Settle = Callable[[], Awaitable[Any]]
+Read = tuple[list[ConsumerRecord], list[T | Exception]]  # a batch and its parsed forms
 LAG_INTERVAL_S = 2.0
 
 
@@ -53,9 +56,10 @@ class Loop(Generic[T]):
         fetch: Fetch | None = None,
         settle: Settle | None = None,
         linger_ms: int = 0,
+        read_ahead: bool = False,
     ) -> None:
         self.consumer, self.parse, self.handle, self.reject = consumer, parse, handle, reject
-        self.settle = settle
+        self.settle, self.read_ahead = settle, read_ahead
         self.fetch = fetch or self.fetch_available
         self.max_records, self.linger_ms = max_records, linger_ms
         self.lag_measured_at = 0.0
@@ -72,24 +76,34 @@ class Loop(Generic[T]):
 
     async def run(self, stop: asyncio.Event) -> None:
         settling: asyncio.Task[None] | None = None  # the last batch: its sends acknowledged, then committed
+        ahead: asyncio.Task[Read[T]] | None = None  # the next batch, fetched and parsed while this one is handled
         try:
             while not stop.is_set():
-                messages = await self.fetch()
+                messages, parsed = await (ahead or self.fetch_parsed())
+                ahead = asyncio.create_task(self.fetch_parsed()) if messages and self.read_ahead else None
                 if messages:
-                    await self.handle_batch(messages)
+                    await self.handle_batch(messages, parsed)
                     if self.settle is None:
-                        await commit(self.consumer)
+                        await commit(self.consumer, next_offsets(messages))
                     else:
                         if settling is not None:
                             await settling
                         settling = asyncio.create_task(self.commit_settled(self.settle(), next_offsets(messages)))
                 await self.measure_lag()
         except BaseException:
-            if settling is not None:
-                settling.cancel()  # not committed: the batch is delivered again (handlers are idempotent)
+            for task in (settling, ahead):  # not committed: delivered again (handlers are idempotent)
+                if task is not None:
+                    task.cancel()
             raise
+        if ahead is not None:
+            ahead.cancel()  # read, not handled: not committed, delivered again
+            await asyncio.gather(ahead, return_exceptions=True)
         if settling is not None:
             await settling
+
+    async def fetch_parsed(self) -> Read[T]:
+        messages = await self.fetch()
+        return messages, await self.parse(messages) if messages else []
 
     async def commit_settled(self, settled: Awaitable[Any], offsets: dict[TopicPartition, int]) -> None:
         await settled
@@ -114,9 +128,9 @@ class Loop(Generic[T]):
         for topic, behind in lag.items():
             metrics.CONSUMER_LAG.labels(topic=topic, group=self.consumer.group).set(behind)
 
-    async def handle_batch(self, messages: list[ConsumerRecord]) -> None:
+    async def handle_batch(self, messages: list[ConsumerRecord], parsed_all: list[T | Exception]) -> None:
         items: list[Item[T]] = []
-        for message, parsed in zip(messages, await self.parse(messages), strict=True):
+        for message, parsed in zip(messages, parsed_all, strict=True):
             if isinstance(parsed, Exception):
                 await self.reject(message, None, parsed)
             else:

@@ -240,7 +240,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                         frames=frame_store(settings.frame_store_dir, settings.frame_store_max_mb))  # fmt: skip
         size, wait_ms = settings.inference_batch_size, settings.inference_batch_wait_ms
         loop: Loop[Decoded] = Loop(consumer, worker.parse, worker.detect, worker.reject, size,
-                                   fetch=lambda: next_batch(consumer, size, wait_ms), settle=worker.settle)  # fmt: skip
+                                   fetch=lambda: next_batch(consumer, size, wait_ms), settle=worker.settle,
+                                   read_ahead=True)  # fmt: skip
         async with http_server(inference_app(models, settings, worker.stats, loop), settings.bind_host,
                                settings.inference_port):  # fmt: skip
             log.info("inference ready", model=str(settings.model_path), classes=len(detector.names),

@@ -88,3 +88,34 @@ async def test_a_batch_whose_sends_were_not_acknowledged_is_not_committed_when_t
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(loop.run(asyncio.Event()), 5)
     assert consumer.commits == []  # both batches are delivered again
+
+
+async def test_reading_ahead_the_next_batch_is_fetched_and_parsed_while_this_one_is_handled() -> None:
+    consumer = FakeConsumer([[message(0)], [message(1)], [message(2)]])
+    stop, events = asyncio.Event(), []
+
+    async def fetch() -> list[ConsumerRecord]:
+        batch = consumer.batches.pop(0) if consumer.batches else []
+        events.append(f"fetched {batch[0].offset}" if batch else "fetched nothing")
+        return batch
+
+    async def parse_logged(messages: list[ConsumerRecord]) -> list[Any]:
+        events.append(f"parsed {messages[0].offset}")
+        return await parse(messages)
+
+    async def handle(items: list[Item[Any]]) -> None:
+        events.append(f"handling {items[0][1]}")
+        await asyncio.sleep(0.01)  # the engine at work: the next batch is read meanwhile
+        events.append(f"handled {items[0][1]}")
+        if items[0][1] == 1:
+            stop.set()  # batch 2 was read ahead, and is never handled
+
+    async def settle() -> None:
+        return None
+
+    loop: Loop[Any] = Loop(consumer, parse_logged, handle, never_rejected, 1, fetch=fetch, settle=settle,  # type: ignore[arg-type]
+                           read_ahead=True)  # fmt: skip
+    await asyncio.wait_for(loop.run(stop), 5)
+    assert events == ["fetched 0", "parsed 0", "handling 0", "fetched 1", "parsed 1", "handled 0",
+                      "handling 1", "fetched 2", "parsed 2", "handled 1"]  # fmt: skip
+    assert consumer.commits == [{TopicPartition(TOPIC, 0): 1}, {TopicPartition(TOPIC, 0): 2}]  # not batch 2
