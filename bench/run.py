@@ -11,6 +11,7 @@ Figures printed (and returned as one JSON line):
 - relay latency p50/p95: outbox insert -> Kafka publish; `predictable` -> detection file written;
 - live update latency p50/p95 on the running stack: a change in `runner_db` -> the SSE message that
   shows it, and a job's end -> its webhook received;
+- one inference worker on every core against one per core (the default), each in a stack of its own;
 - peak memory (VmHWM) of the API uploading a small and a large file, and of the runner on a short and
   a long video;
 - a large result (default 43,200 frames x 50 objects: two hours at 30 fps, every 5th frame): the
@@ -561,6 +562,24 @@ def durable_insert_cost(folder: Path, count: int = 200) -> dict:
     return result
 
 
+def worker_layouts(videos: dict[str, Path], folder: Path, rounds: int) -> dict:
+    """One inference worker on every core (`--inference-workers 1`, the engine's streams) against one
+    single-threaded worker per core (the default): each in a stack of its own as `make up` starts it,
+    the two in turn (the order swapped every round), frames/s of each video; the median counts."""
+    layouts = {"one_on_every_core": 1, "one_per_core": 0}
+    measured: dict[str, dict[str, list[float]]] = {name: {video: [] for video in videos} for name in layouts}
+    for turn in range(rounds):
+        for name, workers in list(layouts.items())[:: 1 if turn % 2 == 0 else -1]:
+            data = folder / f"{name}-{turn}"
+            with local_stack(data, inference_workers=workers, default_ports=in_isolation()) as stack:
+                for path in videos.values():
+                    pipeline(stack, path)  # warm-up: each video's frame size compiled in the workers
+                for video, path in videos.items():
+                    measured[name][video].append(pipeline(stack, path)["fps"])
+    return {name: {video: {"fps": fps, "median": statistics.median(fps)} for video, fps in by_video.items()}
+            for name, by_video in measured.items()}  # fmt: skip
+
+
 def side_by_side(stack: Stack, videos: dict[str, Path], rounds: int) -> dict:
     """The one-process script and the pipeline on each video in turn, `rounds` times (these machines are
     shared and noisy: the median of the rounds' ratios counts)."""
@@ -661,6 +680,7 @@ def run(
                 if large_frames:
                     report["large_result"] = large_result(stack, large_frames, large_objects)
         if not throughput_only:
+            report["worker_layouts"] = worker_layouts({"sd": sd, "hd": hd}, Path(tmp) / "layouts", rounds)
             report["durable_insert"] = durable_insert_cost(Path(tmp) / "durable")
             report["tracks"] = tracks.figures(hd, hd_video(video, Path(tmp), 3 * hd_seconds))
     report["ratios"] = ratios(report)
