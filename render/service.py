@@ -125,7 +125,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     poll_ms = int(settings.render_max_seconds * 1000) + 60_000  # a rendering keeps the consumer away this long
     async with (
         kafka_producer(settings) as producer,
-        kafka_consumer(settings, topics.JOB_EVENTS, topics.RENDER_GROUP, 100, max_poll_interval_ms=poll_ms) as consumer,
+        kafka_consumer(
+            settings, topics.JOB_EVENTS, topics.RENDER_GROUP, 100, quiet=True, max_poll_interval_ms=poll_ms
+        ) as consumer,
     ):
         renderer = Renderer(store, producer, settings)
         loop: Loop[JobEvent] = Loop(consumer, parse_with(JobEvent.from_bytes), renderer.handle, renderer.reject, 100)

@@ -107,7 +107,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 settings, topics.OUTBOX_EVENTS, topics.RUNNER_JOBS_GROUP, 1, max_poll_interval_ms=JOB_POLL_INTERVAL_MS
             ) as jobs_consumer,
             kafka_consumer(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP, 500) as results_consumer,
-            kafka_consumer(settings, topics.JOB_EVENTS, topics.RUNNER_CLEANUP_GROUP, 500) as events_consumer,
+            kafka_consumer(
+                settings, topics.JOB_EVENTS, topics.RUNNER_CLEANUP_GROUP, 500, quiet=True
+            ) as events_consumer,
             group_offsets(settings, topics.INFERENCE_TASKS, topics.INFERENCE_GROUP) as tasks,
             group_offsets(settings, topics.INFERENCE_RESULTS, topics.RUNNER_RESULTS_GROUP) as results,
         ):
