@@ -59,7 +59,7 @@ def this_machine(engine: str, precision: str, device: str) -> Engine:
 
 
 def build(engine: Engine, model_path: Path, conf_threshold: float, iou_threshold: float, threads: int,
-          max_detections: int, pinning: bool | None = False) -> Detector:  # fmt: skip
+          max_detections: int, pinning: bool | None) -> Detector:  # fmt: skip
     """`pinning`: whether OpenVINO pins its threads to cores (None: its default, as a script run alone would)."""
     if engine.name == "openvino":
         from inference.openvino_engine import OpenVinoDetector  # noqa: PLC0415 - only where installed

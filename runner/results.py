@@ -35,10 +35,11 @@ class ResultStore:
         for event_id, batch in by_job.items():
             with structlog.contextvars.bound_contextvars(event_id=event_id):
                 job, stored = await self.jobs.record(event_id, batch)
+                frames = [result.frame for result in batch]
                 if self.lifecycle.frames is not None:
-                    self.lifecycle.frames.discard(event_id, [result.frame for result in batch])
+                    self.lifecycle.frames.discard(event_id, frames)
                 if (flow := self.flows.get(event_id)) is not None:
-                    flow.done([result.frame for result in batch], stored)  # room for more of its frames
+                    flow.done(frames, stored)  # room for more of its frames
                 self.stats.results_stored += stored
                 metrics.FRAMES.labels(stage="stored").inc(stored)
                 self.stats.duplicate_results += len(batch) - stored
