@@ -9,7 +9,18 @@ import pytest
 
 from inference.preprocess import preprocess
 from runner import frames as frames_module
-from runner.frames import MAX_FRAME_BYTES, Frame, VideoError, encode_frame, rotated, sample_frames, scaled_size
+from runner.frames import (
+    MAX_FRAME_BYTES,
+    Frame,
+    VideoError,
+    VideoInfo,
+    encode_frame,
+    open_video,
+    rotated,
+    sample_frames,
+    scaled_size,
+    video_info,
+)
 from tests.servers import bikes_video
 
 
@@ -140,3 +151,22 @@ def test_a_rotated_video_is_sampled_turned_as_players_show_it(tmp_path) -> None:
     assert (
         frame.bgr() == np.rot90(Frame(0, decode_all(upright)[0], 64, 32).bgr())
     ).all()  # a quarter turn counterclockwise, as ffmpeg
+
+
+@pytest.mark.parametrize(("container", "codec", "count"),
+                         [("mp4", "libx264", 50), ("mkv", "libx264", None), ("ts", "libx264", None),
+                          ("avi", "mjpeg", 50), ("webm", "libvpx-vp9", None), ("mov", "mpeg4", 50)])  # fmt: skip
+def test_a_video_is_opened_without_decoding_a_frame_and_reads_as_its_container_declares(
+    tmp_path, container: str, codec: str, count: int | None
+) -> None:
+    video = tmp_path / f"clip.{container}"
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for i in range(50):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 96, 3), i * 5, np.uint8), format="bgr24")))
+        out.mux(stream.encode(None))
+    with open_video(video) as opened:  # H.264 tells its pixel format only in a decoded frame: none was
+        assert (opened.streams.video[0].codec_context.format is None) == (codec == "libx264")
+    assert video_info(video) == VideoInfo(frames=count, fps=25.0, width=96, height=64, seconds=2.0)
+    assert [frame.index for frame in sample_frames(video, 5)] == list(range(0, 50, 5))
