@@ -198,8 +198,8 @@ class Publisher:
                     await self.wait_for_room(event_id, flow)
                 flow.published += 1
                 out.pending.append((frame, self.encode(loop, frame)))
-                if len(out.pending) >= window:
-                    await out.send_oldest()
+                while out.pending and (len(out.pending) >= window or out.pending[0][1].done()):
+                    await out.send_oldest()  # a frame goes out once encoded (a raw one at once)
         await out.flush()
         return count
 
