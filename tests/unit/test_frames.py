@@ -162,6 +162,7 @@ def test_a_video_is_opened_without_decoding_a_frame_and_reads_as_its_container_d
     video = tmp_path / f"clip.{container}"
     with av.open(str(video), "w") as out:
         stream = out.add_stream(codec, rate=25)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 96, 64, "yuvj420p" if codec == "mjpeg" else "yuv420p"
         for i in range(50):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((64, 96, 3), i * 5, np.uint8), format="bgr24")))
