@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
+    IllegalStateError,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
     UnknownError,
@@ -227,17 +228,30 @@ def records(batches: dict[TopicPartition, list[ConsumerRecord]]) -> list[Consume
     return [message for partition in batches.values() for message in partition]
 
 
+# What aiokafka raises for a commit the group no longer takes from this member (IllegalStateError: no
+# partition assigned at all, in the middle of a rebalance)
+COMMIT_REFUSED = (CommitFailedError, UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError,
+                  IllegalStateError)  # fmt: skip
+
+
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] | None = None) -> None:
     """Commit what was consumed, or the given offsets (the next message to read, per partition).
 
     If the group rebalanced meanwhile, the commit is refused and the messages go to the partition's
-    new owner: harmless, as every consumer is idempotent. A commit that does not finish in time
+    new owner: harmless, as every consumer is idempotent. Offsets of a partition taken away since its
+    messages were read (a batch read ahead, or settled, across a rebalance) are left to the new owner,
+    and those of the partitions still held are committed. A commit that does not finish in time
     raises (aiokafka retries some errors forever, such as a topic gone with an in-memory broker): a
     stuck consumer is worse than a restarted one."""
+    if offsets is not None and (lost := offsets.keys() - consumer.assignment()):
+        log.warning("commit refused after a rebalance; messages will be redelivered", partitions_taken=len(lost))
+        offsets = {partition: offset for partition, offset in offsets.items() if partition not in lost}
+        if not offsets:
+            return
     try:
         async with asyncio.timeout(COMMIT_TIMEOUT_S):
             await consumer.commit(offsets)
-    except (CommitFailedError, UnknownMemberIdError, IllegalGenerationError, RebalanceInProgressError) as error:
+    except COMMIT_REFUSED as error:
         log.warning("commit refused after a rebalance; messages will be redelivered", error=type(error).__name__)
 
 

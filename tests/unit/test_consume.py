@@ -22,12 +22,13 @@ class FakeConsumer:
     def __init__(self, batches: list[list[ConsumerRecord]]) -> None:
         self.batches, self.commits = list(batches), []  # type: ignore[var-annotated]
         self.joined, self.topic, self.group = True, TOPIC, "group"
+        self.assigned = {TopicPartition(m.topic, m.partition) for batch in batches for m in batch}
 
     async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
         self.commits.append(offsets)
 
     def assignment(self) -> set[TopicPartition]:
-        return set()
+        return self.assigned
 
 
 async def parse(messages: list[ConsumerRecord]) -> list[Any]:
