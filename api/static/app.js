@@ -7,6 +7,7 @@ const jobs = new Map(); // event_id -> the latest status answer
 // ---- the API key, asked once and exchanged for an HttpOnly session cookie -----------------------
 
 let signingIn = null;
+let sessions = 0; // sign-ins that succeeded on this page
 
 function askKey() {
   signingIn ??= new Promise((resolve) => {
@@ -15,6 +16,7 @@ function askKey() {
       event.preventDefault();
       const answer = await fetch("/api/session", { method: "POST", headers: { "X-API-Key": $("#key").value } });
       if (answer.ok) {
+        sessions += 1;
         dialog.close();
         signingIn = null;
         resolve();
@@ -27,10 +29,17 @@ function askKey() {
   return signingIn;
 }
 
+// A request refused for want of the key: the key is asked for, unless a sign-in has succeeded since
+// the request was sent (an upload started while the key was being given): then it is simply sent again.
+function signedIn(since) {
+  return sessions !== since ? Promise.resolve() : askKey();
+}
+
 async function call(path, options = {}) {
+  const since = sessions;
   let answer = await fetch(path, options);
   if (answer.status === 401) {
-    await askKey();
+    await signedIn(since);
     answer = await fetch(path, options);
   }
   return answer;
@@ -45,6 +54,7 @@ function upload(file) {
   row.firstChild.textContent = file.name;
   $("#uploads").append(row);
   const send = () => {
+    const since = sessions;
     const request = new XMLHttpRequest();
     request.open("POST", "/api/upload_video");
     request.upload.onprogress = (event) => {
@@ -52,7 +62,7 @@ function upload(file) {
     };
     request.onload = async () => {
       if (request.status === 401) {
-        await askKey();
+        await signedIn(since);
         send();
         return;
       }

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -16,6 +17,9 @@ from api.app import create_app
 from tests.conftest import api_client
 from tests.harness import free_port, wait_until
 from tests.servers import bikes_video
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Route
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 KEY = "s3cret-web"
@@ -112,6 +116,31 @@ def test_the_page_asks_for_the_key_once_and_keeps_it_in_an_http_only_cookie(keye
         chromium.close()
         playwright.stop()
     assert httpx.post(f"{keyed_api}/api/session", headers={"X-API-Key": "wrong"}).status_code == 401
+
+
+def test_an_upload_refused_just_before_the_key_was_accepted_is_sent_again_not_asked_for(keyed_api: str) -> None:
+    """An upload started while the key is being given is refused (no session yet); its answer arrives once
+    the sign-in has succeeded: the page sends it again with the session, it does not ask for the key."""
+    playwright, chromium = browser()
+    held: list[Route] = []  # the first upload's request, answered by the test
+    try:
+        page = chromium.new_page()
+        page.route("**/api/upload_video", lambda route: route.continue_() if held else held.append(route))
+        page.goto(f"{keyed_api}/")
+        page.wait_for_selector("#key-dialog[open]")
+        page.set_input_files("#file", str(bikes_video()))  # sent without a session: held here
+        page.wait_for_function("() => document.querySelector('.upload .state') !== null")
+        wait_until(lambda: page.evaluate("1") and held, 10, "the upload sent")
+        page.fill("#key", KEY)
+        page.click("#key-form button")
+        page.wait_for_selector("#key-dialog", state="hidden")  # signed in
+        held[0].fulfill(status=401, content_type="application/json", body='{"detail": "missing or wrong X-API-Key"}')
+        page.wait_for_function("() => document.querySelector('.upload .state').textContent === 'queued'",
+                               timeout=15000)  # fmt: skip
+        assert not page.is_visible("#key-dialog")
+    finally:
+        chromium.close()
+        playwright.stop()
 
 
 def test_the_video_is_served_with_byte_ranges(settings) -> None:
