@@ -3,8 +3,9 @@ runner (a job's frame messages, for the inference group) and the outbox relay (a
 for the runners' group) decide to send something again.
 
 Kafka keeps no per-message receipts. Messages (partition -> offset of the last one sent there) are
-- LOST when the topic no longer holds one of them (a broker that restarted empty numbers from 0 again):
-  sent again at once;
+- LOST when the topic no longer holds one of them (a broker that restarted empty numbers from 0 again;
+  Tansu's in-memory log at times answers an end below messages it acknowledged, and serves nothing
+  past it until the next message arrives there): sent again at once;
 - QUEUED while the group has not committed past one of them: a backlog or an outage only delays them;
 - TAKEN once the group committed past them all: their effect is on its way, or they were lost between
   being taken and having their effect, which only patience tells (`resend`).

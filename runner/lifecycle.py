@@ -21,6 +21,7 @@ class Stats:
     results_stored: int = 0
     duplicate_results: int = 0
     resends: int = 0
+    lost_resends: int = 0  # of which for frame messages the broker no longer served (`stalls.BROKER_LOST`)
     waiting: int = 0  # quiet jobs whose frames were still queued or in process at the last check
     dead_letters: int = 0
     started: float = field(default_factory=time.monotonic)

@@ -23,7 +23,7 @@ def why_resend(
     `drained`: the runners' group has consumed every result; `busy`: frames may be somewhere (see
     `Runner.in_flight`); `stalled`: no progress for STALL_TIMEOUT_S."""
     if inflight.lost(job.tasks, ends):
-        return BROKER_LOST  # a broker that restarted empty
+        return BROKER_LOST  # a broker that restarted empty, or one whose end fell behind what it acknowledged
     if not job.tasks:
         return "its fan-out stopped before it recorded a frame"  # its runner died
     if drained and not inflight.waiting(job.tasks, committed, ends):

@@ -95,8 +95,11 @@ class StallWatch:
                     continue
                 done = await self.jobs.stored_frames(job.id)
                 log.warning("job stalled: frames lost, resending the missing ones", resends=job.resends,
-                            received=len(done), why=why)  # fmt: skip
+                            received=len(done), why=why, sent_offsets=candidate.tasks,
+                            end_offsets=ends, committed_offsets=committed)  # fmt: skip
                 self.stats.resends += 1
+                if not counted:
+                    self.stats.lost_resends += 1
                 await self.fan_out.fan_out(
                     job.id, job.bucket, job.object, done, job.model.sha256 if job.model else None
                 )

@@ -76,6 +76,15 @@ def runner_health(stack: Stack) -> dict:
     return httpx.get(f"http://127.0.0.1:{stack.runner_port}/health", timeout=10).json()
 
 
+def stall_resends(stack: Stack) -> int:
+    """Resends judged by a job's stall, not by the broker's end offsets. Tansu's in-memory log at times
+    answers a partition's end below messages it acknowledged (here about one run in five), and its fetches
+    stop at that end too, until the next message arrives there; the runner then sends the job's missing
+    frames again, which the workers do get: `lost_resends` counts those."""
+    health = runner_health(stack)
+    return health["resends"] - health["lost_resends"]
+
+
 def test_an_8k_video_ends_ready_with_boxes_in_its_own_pixels(stack: Stack, videos) -> None:
     answer = wait_ready(upload(stack.api, videos["8k"]), stack.api)
     assert [f["frame"] for f in answer["prediction"]] == [0, 1]
@@ -134,8 +143,9 @@ OUTAGE_S = 3 * STALL_TIMEOUT_S  # well past the stall timeout, and past the runn
 
 def test_a_large_result_a_backlog_and_an_inference_outage_only_delay(stack: Stack, videos) -> None:
     """220 frames at about 1,550 boxes each (> 16 MB of results) fill the queue; a short job waits behind
-    them; then every inference worker is frozen for 3x the stall timeout. Nothing is resent, all end ready."""
-    resends_before = runner_health(stack)["resends"]
+    them; then every inference worker is frozen for 3x the stall timeout. Nothing is resent for waiting, all end
+    ready."""
+    before = stall_resends(stack)
     large = upload(stack.api, videos["long"])
     wait_until(lambda: status(stack, large)["status"] == "sent", 60, "the large job taken", poll=0.1)
     behind = upload(stack.api, videos["short"])
@@ -160,7 +170,7 @@ def test_a_large_result_a_backlog_and_an_inference_outage_only_delay(stack: Stac
     assert [f["frame"] for f in answer["prediction"]] == list(range(LONG_FRAMES))
     detection = Path(stack.data) / "storage" / "videos" / "detection" / f"{large}.json"
     assert detection.stat().st_size > 16 * MiB and len(response.content) > 16 * MiB
-    assert runner_health(stack)["resends"] == resends_before  # waiting was never taken for stalling
+    assert stall_resends(stack) == before  # waiting was never taken for stalling
     assert workers == [stack.pid(name) for name in ("inference", "inference-1")]  # no worker restarted
     print(
         f"\nlarge result: {detection.stat().st_size / MiB:.1f} MiB in the file, {len(response.content) / MiB:.1f} "
