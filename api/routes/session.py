@@ -15,31 +15,39 @@ log = get_logger(__name__)
 router = APIRouter()
 
 
-@router.api_route(
+COOKIE_HEADER = {"Set-Cookie": {
+    "description": "vdetect_session=...; HttpOnly; Max-Age=43200; SameSite=strict; Path=/api (Secure over TLS)",
+    "schema": {"type": "string"}}}  # fmt: skip
+
+
+@router.post(
     "/session",
-    methods=["POST", "DELETE"],
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={204: {"description": "POST: the session cookie is set; DELETE: it is revoked and removed",
-                     "headers": {"Set-Cookie": {
-        "description": "vdetect_session=...; HttpOnly; Max-Age=43200; SameSite=strict; Path=/api (Secure over TLS)",
-        "schema": {"type": "string"}}}},
-        401: {"model": Problem, "description": "POST without a valid X-API-Key: a session opens only with the key"},
-        403: {"model": Problem, "description": "DELETE with `all=true` without the X-API-Key header"}},
+    responses={204: {"description": "the session cookie is set", "headers": COOKIE_HEADER},
+               401: {"model": Problem, "description": "without a valid X-API-Key: a session opens only with the key"}},
 )  # fmt: skip
-async def session(
+async def open_session(services: ServicesDep, request: Request, response: Response) -> None:
+    """Sign in: the X-API-Key header (checked, like every /api path, before the request is read) is
+    exchanged for an HttpOnly session cookie that expires after SESSION_TTL_S, so the web page's uploads,
+    event streams and video player work without the key in a URL."""
+    await sign_in(services, request, response)
+
+
+@router.delete(
+    "/session",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={204: {"description": "the session is revoked and its cookie removed", "headers": COOKIE_HEADER},
+               403: {"model": Problem, "description": "`all=true` without the X-API-Key header"}},
+)  # fmt: skip
+async def close_session(
     services: ServicesDep,
     request: Request,
     response: Response,
-    every: Annotated[bool, Query(alias="all", description="DELETE: revoke every session (needs X-API-Key)")] = False,
+    every: Annotated[bool, Query(alias="all", description="revoke every session (needs X-API-Key)")] = False,
 ) -> None:
-    """POST signs in: the X-API-Key header (checked, like every /api path, before the request is read) is
-    exchanged for an HttpOnly session cookie that expires after SESSION_TTL_S, so the web page's uploads,
-    event streams and video player work without the key in a URL. DELETE signs out: this cookie's
-    session is revoked and the cookie removed; with `all=true` and the key, every session is revoked."""
-    if request.method == "DELETE":
-        await sign_out(services, request, response, every)
-    else:
-        await sign_in(services, request, response)
+    """Sign out: this cookie's session is revoked and the cookie removed; with `all=true` and the key,
+    every session is revoked."""
+    await sign_out(services, request, response, every)
 
 
 async def sign_in(services: Services, request: Request, response: Response) -> None:
