@@ -472,7 +472,7 @@ def _store_frames(uri: str, db: str, event_id: str, frames: int, objects: int, s
             for first in range(0, frames, 500):
                 batch = [InferenceResult(event_id=event_id, frame=i * stride, objects=boxes)
                          for i in range(first, min(first + 500, frames))]  # fmt: skip
-                await jobs.record(event_id, batch)
+                await jobs.record({event_id: batch})
             return time.perf_counter() - started
 
     seconds = asyncio.run(store())

@@ -4,6 +4,7 @@ A job is one small document in `runner_predictions`; each frame's result is a do
 `runner_frames` (first write wins, by `_id`), so no document grows with the length of the video.
 """
 
+from collections import Counter
 from datetime import timedelta
 
 from pymongo import ReturnDocument
@@ -77,40 +78,61 @@ class Jobs:
             },
         )
 
-    async def record(self, event_id: str, results: list[InferenceResult]) -> tuple[RunnerPrediction | None, int]:
-        """Store the frames of one job, each at most once (first write wins). Returns the job as it
-        stands after the writes and how many frames were new; (None, 0) if the job is over or unknown.
+    async def record(self, batches: dict[str, list[InferenceResult]]) -> dict[str, tuple[RunnerPrediction | None, int]]:
+        """Store the frames of a batch's jobs, each at most once (first write wins). Returns, per job, the
+        job as it stands after the writes and how many of its frames were new; (None, 0) for a job over
+        or unknown.
 
-        The frame documents are inserted first, then the job's counter moves on by what was new, so a
-        crash in between leaves the counter short, never long; a batch with duplicates (a redelivery)
-        counts the job's frames again to repair it. Progress resets the resend count: a job fails
-        only after MAX_RESENDS resends in a row that brought nothing back."""
-        if await transient(self.collection.find_one)({"_id": event_id, **PROCESSING}, {"_id": 1}) is None:
-            return None, 0
-        documents = {r.frame: FrameDocument.of(r).to_mongo() for r in results}
-        stored = await self._insert_new(list(documents.values()))
-        job = None
-        if stored:
-            job = _job(
-                await transient(self.collection.find_one_and_update)(
-                    {"_id": event_id, **PROCESSING},
-                    {"$inc": {"received_frames": stored}, "$set": {"updated_at": utcnow(), "resends": 0}},
-                    return_document=ReturnDocument.AFTER,
+        The jobs still processing are read in one query and all their frame documents inserted in one
+        write, whatever the number of jobs the batch holds; then each job's counter moves on by what was
+        new, so a crash in between leaves a counter short, never long; a job whose frames included
+        duplicates (a redelivery) has them counted again to repair it. Progress resets the resend count:
+        a job fails only after MAX_RESENDS resends in a row that brought nothing back."""
+        live = await self._processing(list(batches))
+        owners, documents = [], []
+        for event_id in live:
+            for result in {r.frame: r for r in batches[event_id]}.values():
+                owners.append(event_id)
+                documents.append(FrameDocument.of(result).to_mongo())
+        refused = await self._insert_new(documents) if documents else set()
+        new = Counter(owner for index, owner in enumerate(owners) if index not in refused)
+        sent = Counter(owners)
+        recorded: dict[str, tuple[RunnerPrediction | None, int]] = {event_id: (None, 0) for event_id in batches}
+        for event_id in live:
+            job = None
+            if stored := new[event_id]:
+                job = _job(
+                    await transient(self.collection.find_one_and_update)(
+                        {"_id": event_id, **PROCESSING},
+                        {"$inc": {"received_frames": stored}, "$set": {"updated_at": utcnow(), "resends": 0}},
+                        return_document=ReturnDocument.AFTER,
+                    )
                 )
-            )
-        if stored < len(documents):
-            job = await self.recount(event_id)
-        return job, stored
+            if stored < sent[event_id]:
+                job = await self.recount(event_id)
+            recorded[event_id] = (job, stored)
+        return recorded
 
     @transient
-    async def _insert_new(self, documents: list[dict]) -> int:
-        """Insert what is not there yet; returns how many were new. Only duplicates are tolerated."""
+    async def _processing(self, event_ids: list[str]) -> list[str]:
+        """Those of these jobs that are still processing, in the given order."""
+        found = {
+            doc["_id"] async for doc in self.collection.find({"_id": {"$in": event_ids}, **PROCESSING}, {"_id": 1})
+        }
+        return [event_id for event_id in event_ids if event_id in found]
+
+    @transient
+    async def _insert_new(self, documents: list[dict]) -> set[int]:
+        """Insert what is not there yet; returns the indexes of the documents that were there already.
+        Only duplicates are tolerated."""
         try:
-            return len((await self.frames.insert_many(documents, ordered=False)).inserted_ids)
+            await self.frames.insert_many(documents, ordered=False)
         except BulkWriteError as error:
-            if any(e.get("code") != DUPLICATE_KEY for e in error.details.get("writeErrors", [])):
+            errors = error.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
-            return error.details.get("nInserted", 0)
+            return {e["index"] for e in errors}
+        return set()
 
     @transient
     async def recount(self, event_id: str) -> RunnerPrediction | None:

@@ -28,13 +28,15 @@ class ResultStore:
         metrics.start_at_zero(metrics.FRAMES, {"stage": "stored"})
 
     async def store(self, results: list[InferenceResult]) -> None:
-        """Store a batch of results, one write per job in the usual case; redelivered frames change nothing."""
+        """Store a batch of results: one write of every job's frames, then one of each job's counter;
+        redelivered frames change nothing."""
         by_job: dict[str, list[InferenceResult]] = defaultdict(list)
         for result in results:
             by_job[result.event_id].append(result)
+        recorded = await self.jobs.record(by_job)
         for event_id, batch in by_job.items():
             with structlog.contextvars.bound_contextvars(event_id=event_id):
-                job, stored = await self.jobs.record(event_id, batch)
+                job, stored = recorded[event_id]
                 frames = [result.frame for result in batch]
                 if self.lifecycle.frames is not None:
                     self.lifecycle.frames.discard(event_id, frames)

@@ -159,6 +159,30 @@ async def test_results_are_stored_once_and_the_job_completes_sorted(runner: Runn
     assert (await job(runner, event.event_id))["status"] == "predictable"
 
 
+async def test_a_batch_of_several_jobs_is_stored_in_one_write_of_frames_each_counted_to_its_job(runner, settings):
+    """Results of three jobs in one batch: one still processing with a redelivered frame among its new
+    ones, one new, one already failed. Each job's counter moves by its own new frames; the failed one
+    gets nothing stored."""
+    first, second, over = (upload(settings, bikes_video()) for _ in range(3))
+    for event in (first, second, over):
+        assert await runner.jobs.create(event.event_id, "videos", event.payload.object)
+    await runner.jobs.collection.update_one({"_id": over.event_id}, {"$set": {"status": "failed"}})
+    await runner.results.store([InferenceResult(event_id=first.event_id, frame=0, objects=[])])
+
+    def results(event: OutboxEvent, frames: range) -> list[InferenceResult]:
+        return [InferenceResult(event_id=event.event_id, frame=frame, objects=[]) for frame in frames]
+
+    batch = [*results(first, range(0, 20, 5)), *results(second, range(0, 15, 5)), *results(over, range(0, 10, 5))]
+    recorded = await runner.jobs.record({event: [r for r in batch if r.event_id == event] for event in
+                                         (first.event_id, second.event_id, over.event_id)})  # fmt: skip
+    assert {event: stored for event, (_, stored) in recorded.items()} == {
+        first.event_id: 3, second.event_id: 3, over.event_id: 0}  # fmt: skip
+    assert recorded[first.event_id][0].received_frames == 4 and recorded[second.event_id][0].received_frames == 3
+    assert recorded[over.event_id][0] is None
+    assert await runner.jobs.frames.count_documents({"job": over.event_id}) == 0
+    assert [(await job(runner, e.event_id))["received_frames"] for e in (first, second, over)] == [4, 3, 0]
+
+
 async def test_a_job_is_not_complete_while_frame_documents_it_counted_are_missing(runner: Runner, settings):
     """A database that restarted may lose acknowledged frame documents and keep the counter's increment:
     the job then stays in processing with the counter set back to what is stored (the stall check
