@@ -96,7 +96,7 @@ class Jobs:
                 documents.append(FrameDocument.of(result).to_mongo())
         refused = await self._insert_new(documents) if documents else set()
         new = Counter(owner for index, owner in enumerate(owners) if index not in refused)
-        sent = Counter(owners)
+        offered = Counter(owners)
         recorded: dict[str, tuple[RunnerPrediction | None, int]] = {event_id: (None, 0) for event_id in batches}
         for event_id in live:
             job = None
@@ -108,7 +108,7 @@ class Jobs:
                         return_document=ReturnDocument.AFTER,
                     )
                 )
-            if stored < sent[event_id]:
+            if stored < offered[event_id]:
                 job = await self.recount(event_id)
             recorded[event_id] = (job, stored)
         return recorded
